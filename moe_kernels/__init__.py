@@ -1,0 +1,1 @@
+"""Triton kernels for the MoE side of JetSpec verification (each with a pure-torch reference)."""
