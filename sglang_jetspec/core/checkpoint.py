@@ -1,0 +1,103 @@
+"""Save and load draft heads as Hugging Face folders in the published JetSpec layout.
+
+A folder holds config.json (HeadConfig.to_dict) and model.safetensors, or shards listed in
+model.safetensors.index.json. Loading is strict: a head that silently keeps random weights
+for a misnamed key would draft garbage with no error, so every key and shape must match.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .head import DraftHead
+from .head_config import CONFIG_NAME, HeadConfig
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def expected_shapes(config: HeadConfig) -> dict[str, tuple[int, ...]]:
+    """Every safetensors key of a head with this config and its shape (built on the meta device)."""
+    with torch.device("meta"):
+        head = DraftHead(config)
+    return {k: tuple(v.shape) for k, v in head.state_dict().items()}
+
+
+def save_head(head: DraftHead, folder: str, dtype: torch.dtype | None = None) -> None:
+    """Write config.json and model.safetensors; dtype casts the weights (and sets torch_dtype)."""
+    os.makedirs(folder, exist_ok=True)
+    tensors = {k: v.detach().to(device="cpu", dtype=dtype or v.dtype).contiguous()
+               for k, v in head.state_dict().items()}
+    save_file(tensors, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+    config = head.config
+    stored = next(iter(tensors.values())).dtype
+    if stored in _DTYPE_NAMES:
+        config = copy.deepcopy(config)  # the head's own config stays as is
+        keys = [k for k in ("torch_dtype", "dtype") if k in config.extra] or ["torch_dtype"]
+        for k in keys:
+            config.extra[k] = _DTYPE_NAMES[stored]
+    config.save(folder)
+
+
+def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32) -> DraftHead:
+    """Load a head folder strictly: ValueError names missing/unexpected keys and wrong shapes."""
+    config = HeadConfig.load(folder)
+    state = _read_weights(folder)
+    want = expected_shapes(config)
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    wrong = [f"{k} has {list(state[k].shape)}, expected {list(want[k])}"
+             for k in sorted(set(want) & set(state)) if tuple(state[k].shape) != want[k]]
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if missing:
+        problems.append(f"missing {missing}")
+    if wrong:
+        problems.append("wrong shapes: " + ", ".join(wrong))
+    if problems:
+        raise ValueError(f"head checkpoint {folder}: " + "; ".join(problems))
+    with torch.device("meta"):
+        head = DraftHead(config)
+    head.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()},
+                         strict=True, assign=True)
+    return head.eval()
+
+
+def _read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """All tensors of a single-file or sharded safetensors checkpoint (on CPU)."""
+    single = os.path.join(folder, WEIGHTS_NAME)
+    index = os.path.join(folder, INDEX_NAME)
+    if os.path.isfile(single):
+        return load_file(single)
+    if not os.path.isfile(index):
+        present = sorted(os.listdir(folder))
+        raise FileNotFoundError(f"head checkpoint {folder}: neither {WEIGHTS_NAME} nor {INDEX_NAME}"
+                                f" found (files: {present})")
+    with open(index) as f:
+        weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"head checkpoint {folder}: {INDEX_NAME} has no 'weight_map' dict")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = os.path.join(folder, shard)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"head checkpoint {folder}: shard {shard} listed in {INDEX_NAME} is missing")
+        part = load_file(path)
+        dup = sorted(set(part) & set(state))
+        if dup:
+            raise ValueError(f"head checkpoint {folder}: keys {dup} appear in more than one shard")
+        state.update(part)
+    unlisted = sorted(k for k in state if weight_map.get(k) is None)
+    listed_missing = sorted(k for k in weight_map if k not in state)
+    if unlisted or listed_missing:
+        raise ValueError(f"head checkpoint {folder}: {INDEX_NAME} disagrees with its shards "
+                         f"(in shards but not indexed: {unlisted}; indexed but absent: {listed_missing})")
+    return state
