@@ -1,0 +1,19 @@
+"""Embedded default models: ``python -m launch.models path smollm2`` prints the prepared folder."""
+
+import argparse
+
+from sglang_jetspec.model_store import KNOWN_MODELS, model_path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m launch.models", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("path", help="print the folder of an embedded model, preparing it if needed")
+    p.add_argument("name", choices=KNOWN_MODELS)
+    args = parser.parse_args(argv)
+    if args.cmd == "path":
+        print(model_path(args.name))
+
+
+if __name__ == "__main__":
+    main()

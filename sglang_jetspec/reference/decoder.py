@@ -1,0 +1,119 @@
+"""The JetSpec reference decoder on transformers: the correctness oracle and the CPU path.
+
+One round, for a sequence whose last committed token (the anchor) is not yet in the target's
+KV cache:
+  1. head forward over [anchor, MASK x (block-1)] with the new context features -> per-depth logits
+  2. best-first tree under the node budget (root = anchor)
+  3. ONE target forward over all tree nodes under the ancestor mask
+  4. accept (greedy, or lossless sampling), keep only the accepted path's KV, and hand the
+     accepted nodes' fused hidden states to the head as the next round's context.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from sglang_jetspec.core.acceptance import accept_greedy, accept_sampling_rrs
+from sglang_jetspec.core.head import DraftHead, HeadKVCache
+from sglang_jetspec.core.sampling import draft_distribution, target_distribution
+from sglang_jetspec.core.tree import build_tree, resample_children
+from sglang_jetspec.reference.results import GenerationResult, truncate_at_stop
+from sglang_jetspec.reference.target import HFTarget, keep_cache_rows
+
+
+@dataclass
+class TreeSettings:
+    budget: int = 32        # nodes per tree, root included (1 = plain decoding)
+    width: int = 7          # top-k per depth
+    depth: int | None = None  # max depth; None = block_size - 1
+
+    def validate(self, block_size: int) -> int:
+        depth = block_size - 1 if self.depth is None else self.depth
+        if self.budget < 1:
+            raise ValueError(f"budget {self.budget} must be >= 1 (1 = no speculation)")
+        if self.width < 1:
+            raise ValueError(f"width {self.width} must be >= 1")
+        if not 1 <= depth <= block_size - 1:
+            raise ValueError(f"depth {depth} must be in [1, block_size - 1 = {block_size - 1}]")
+        return depth
+
+
+class ReferenceDecoder:
+    def __init__(self, target: HFTarget, head: DraftHead, tree: TreeSettings):
+        cfg = head.config
+        cfg.check_target(target.hidden_size, target.num_layers, target.vocab_size)
+        if cfg.mask_token_id is None:
+            raise ValueError("draft head config has no dflash_config.mask_token_id")
+        self.target, self.head, self.tree = target, head.to(target.device).eval(), tree
+        self.depth = tree.validate(cfg.block_size)
+        self.layer_ids = list(cfg.target_layer_ids)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int = -1, top_p: float = 1.0, seed: int = 0) -> GenerationResult:
+        t0 = time.perf_counter()
+        tgt, eos = self.target, self.target.eos_token_ids()
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        sampling = temperature > 0.0
+
+        def pick(logits_row: torch.Tensor) -> int:
+            if not sampling:
+                return int(logits_row.argmax())
+            probs = target_distribution(logits_row[None], temperature, top_k, top_p)[0]
+            return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+        cache = tgt.new_cache()
+        step = tgt.forward(torch.tensor(prompt_ids), cache, 0, layer_ids=self.layer_ids)
+        anchor = pick(step.logits[-1])
+        out, stopped = truncate_at_stop([anchor], max_new_tokens, eos)
+        head_cache = HeadKVCache(self.head.config, batch_size=1)
+        new_feats = step.features                       # [s, K*d] context not yet seen by the head
+        feat_pos = torch.arange(len(prompt_ids))        # their positions
+        rounds, accepted = 0, []
+        while not stopped and len(out) < max_new_tokens:
+            prefix_len = len(prompt_ids) + len(out) - 1  # tokens in the target cache
+            draft_lp = self._draft(anchor, prefix_len, new_feats, feat_pos, head_cache)  # [D, V]
+            tree = build_tree(anchor, draft_lp, self.tree.budget, self.tree.width, self.depth)
+            if sampling:
+                q = draft_distribution(draft_lp, temperature)
+                tree = resample_children(tree, q, gen)
+            step = tgt.forward(tree.tokens, cache, prefix_len, layer_ids=self.layer_ids,
+                               tree_mask=tree.ancestor_mask(), depths=tree.depths)
+            if sampling:
+                p = target_distribution(step.logits, temperature, top_k, top_p)
+                res = accept_sampling_rrs(tree, p, q, gen)
+            else:
+                res = accept_greedy(tree, step.logits)
+            path = torch.tensor(res.accepted_nodes)
+            keep_cache_rows(cache, prefix_len, path)
+            new_feats = step.features[path]
+            feat_pos = prefix_len + torch.arange(len(path))
+            committed, stopped = truncate_at_stop(res.tokens, max_new_tokens - len(out), eos)
+            out += committed
+            anchor = res.bonus_token
+            rounds += 1
+            accepted.append(len(committed))
+        return GenerationResult(
+            output_ids=out, rounds=rounds, accepted=accepted, seconds=time.perf_counter() - t0,
+            finish_reason="stop" if stopped else "length",
+        )
+
+    def _draft(self, anchor: int, anchor_pos: int, feats: torch.Tensor, feat_pos: torch.Tensor,
+               head_cache: HeadKVCache) -> torch.Tensor:
+        """Per-depth draft log-probs [depth, V] from one head forward."""
+        cfg, dev = self.head.config, self.target.device
+        if self.tree.budget == 1:  # plain decoding: the tree is the root alone, no head needed
+            return torch.zeros(self.depth, self.target.vocab_size)
+        block = torch.full((cfg.block_size,), cfg.mask_token_id, device=dev)
+        block[0] = anchor
+        embeds = self.target.embed(block)[None]
+        ctx = self.head.project_context(feats[None].to(embeds.dtype))
+        hidden = self.head(
+            embeds, (anchor_pos + torch.arange(cfg.block_size, device=dev))[None], ctx,
+            feat_pos.to(dev)[None], cache=head_cache,
+        )
+        logits = self.target.lm_head(hidden[0, 1 : 1 + self.depth])  # slot i predicts depth i
+        return torch.log_softmax(logits, dim=-1).cpu()

@@ -1,0 +1,104 @@
+"""The target model seen through Hugging Face transformers, as the reference decoder needs it.
+
+Three operations: a forward over new tokens on top of a KV cache that also returns the fused
+hidden states of the head's target layers, a tree forward under a 4D ancestor mask, and
+compaction of the cache to the accepted path. Target layer ``L`` means the OUTPUT of decoder
+layer ``L`` (transformers' ``hidden_states[L + 1]``; index 0 is the embedding output), the same
+convention SGLang's hidden-state capture uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class TargetStep:
+    logits: torch.Tensor    # [s, V] fp32
+    features: torch.Tensor  # [s, K * d] fused target-layer hidden states (K = len(layer_ids))
+
+
+class HFTarget:
+    """A causal LM from a Hugging Face folder, batch size 1, with its own KV cache."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()
+        cfg = self.model.config
+        self.num_layers: int = cfg.num_hidden_layers
+        self.hidden_size: int = cfg.hidden_size
+        self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
+        self.dtype = dtype
+
+    # ---- pieces the draft head borrows -------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden).float()
+
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if src is None:
+                continue
+            ids.update([src] if isinstance(src, int) else list(src))
+        return ids
+
+    # ---- forwards ------------------------------------------------------------------------
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, cache, start_pos: int, layer_ids: list[int] | None = None,
+                tree_mask: torch.Tensor | None = None, depths: torch.Tensor | None = None) -> TargetStep:
+        """Run ``ids`` ([s] long) on top of ``cache`` (which holds ``start_pos`` tokens).
+
+        Without ``tree_mask`` the tokens are a causal continuation at positions start_pos + i.
+        With ``tree_mask`` ([s, s] bool, ancestor-or-self) and ``depths`` they are tree nodes at
+        positions start_pos + depth that see the whole prefix plus their own ancestors.
+        """
+        s = ids.shape[0]
+        if tree_mask is None:
+            positions = start_pos + torch.arange(s, device=self.device)
+            attn = None
+        else:
+            positions = start_pos + depths.to(self.device)
+            allowed = torch.cat(
+                [torch.ones(s, start_pos, dtype=torch.bool, device=self.device), tree_mask.to(self.device)], dim=1
+            )
+            attn = torch.zeros(1, 1, s, start_pos + s, dtype=self.dtype, device=self.device)
+            attn.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        out = self.model(
+            input_ids=ids.view(1, s).to(self.device),
+            position_ids=positions.view(1, s),
+            attention_mask=attn,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=layer_ids is not None,
+        )
+        logits = out.logits[0].float()
+        if layer_ids is None:
+            feats = torch.empty(s, 0, device=self.device)
+        else:
+            feats = torch.cat([out.hidden_states[l + 1][0] for l in layer_ids], dim=-1)
+        return TargetStep(logits=logits, features=feats)
+
+
+def keep_cache_rows(cache, prefix_len: int, keep: torch.Tensor) -> None:
+    """WARNING: in place. Keep the first ``prefix_len`` cached tokens plus rows ``prefix_len + keep``
+    (the accepted path of a verified tree, in order); drop the rest of the tree's entries."""
+    idx = torch.cat([torch.arange(prefix_len), prefix_len + keep.cpu()])
+    for layer in cache.layers:
+        idx_dev = idx.to(layer.keys.device)
+        layer.keys = layer.keys.index_select(2, idx_dev)
+        layer.values = layer.values.index_select(2, idx_dev)
