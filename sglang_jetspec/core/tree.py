@@ -1,0 +1,266 @@
+"""The JetSpec draft tree: best-first construction from one head forward.
+
+The JetSpec head drafts all depths in one forward, so it yields one log-prob row per depth
+(`draft_logprobs[d]` scores the token at depth d+1, the same row for every node of that depth).
+The candidate tree is the full W-ary tree whose depth-d nodes take their children from the
+top-W tokens of row d; the draft tree keeps the root plus the B-1 candidates with the highest
+cumulative log-prob. A child never outscores its parent (log-probs are <= 0) and a sibling of
+rank r+1 never outscores rank r, so a heap that pops the best frontier node and pushes only its
+next sibling and its first child finds exactly those nodes in O(B log B).
+
+For lossless sampling (recursive rejection sampling) the tree SHAPE must not depend on which
+tokens were drawn: `resample_children` keeps the shape and redraws every sibling group without
+replacement from the draft distribution.
+
+Everything here is pure torch; the tree itself is at most a few hundred nodes and is built on
+the host. `build_tree` makes three small device-to-host copies per call (the NaN check, the max
+check and the [max_depth, W] top-W table), which matters only when draft_logprobs lives on a GPU.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+
+# log-probs are <= 0; allow a little rounding slack from log_softmax in low precision
+_LOGPROB_SLACK = 1e-4
+
+
+@dataclass
+class DraftTree:
+    """One request's draft tree, nodes in topological order (parents[i] < i)."""
+
+    tokens: torch.Tensor  # [n] long; tokens[0] = root = last committed token (anchor)
+    parents: torch.Tensor  # [n] long; parents[0] = -1
+    depths: torch.Tensor  # [n] long; depths[0] = 0
+    scores: torch.Tensor  # [n] float; cumulative draft log-prob of the path, root 0.0
+    ranks: torch.Tensor  # [n] long; position among the parent's children, root 0
+
+    @property
+    def n(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def ancestor_mask(self) -> torch.Tensor:
+        """[n, n] bool, mask[i, j] True iff j is i or an ancestor of i (tree attention)."""
+        n = self.n
+        device = self.tokens.device
+        # reach[i, j] = 1 iff j is i or i's parent; squaring doubles the path length covered
+        reach = torch.eye(n, dtype=torch.float32, device=device)  # [n, n]
+        child = torch.arange(1, n, device=device)
+        reach[child, self.parents[1:].to(device)] = 1.0
+        covered = 1
+        while covered < n - 1:  # the deepest node is at most n-1 steps below the root
+            reach = (reach @ reach > 0).float()
+            covered *= 2
+        return reach > 0
+
+    def children(self) -> list[list[int]]:
+        """Child indices of every node, in rank order."""
+        kids: list[list[tuple[int, int]]] = [[] for _ in range(self.n)]
+        for i, (p, r) in enumerate(zip(self.parents.tolist(), self.ranks.tolist())):
+            if p >= 0:
+                kids[p].append((r, i))
+        return [[i for _, i in sorted(k)] for k in kids]
+
+    def path_to(self, i: int) -> list[int]:
+        """Node indices from the root to node i (inclusive)."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"node {i} out of range for a tree of {self.n} nodes")
+        parents = self.parents.tolist()
+        path = [i]
+        while parents[path[-1]] >= 0:
+            path.append(parents[path[-1]])
+        return path[::-1]
+
+    def validate(self) -> None:
+        """Raise ValueError if any structural invariant is broken."""
+        n = self.n
+        for name in ("tokens", "parents", "depths", "scores", "ranks"):
+            t = getattr(self, name)
+            if t.dim() != 1 or t.shape[0] != n:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected [{n}]")
+        if n < 1:
+            raise ValueError("a draft tree needs at least the root node, got n = 0")
+        if not self.scores.is_floating_point():
+            raise ValueError(f"scores dtype {self.scores.dtype} must be floating point")
+        tokens, parents = self.tokens.tolist(), self.parents.tolist()
+        depths, ranks = self.depths.tolist(), self.ranks.tolist()
+        if parents[0] != -1 or depths[0] != 0 or ranks[0] != 0:
+            raise ValueError(
+                f"root must have parent -1, depth 0, rank 0; got {parents[0]}, {depths[0]}, {ranks[0]}"
+            )
+        if float(self.scores[0]) != 0.0:
+            raise ValueError(f"root score {float(self.scores[0])} must be 0.0")
+        if min(tokens) < 0:
+            raise ValueError(f"token ids must be >= 0, got {min(tokens)}")
+        for i in range(1, n):
+            p = parents[i]
+            if not 0 <= p < i:
+                raise ValueError(f"parents[{i}] = {p} must be in [0, {i}) (topological order)")
+            if depths[i] != depths[p] + 1:
+                raise ValueError(f"depths[{i}] = {depths[i]} must be depths[parent {p}] + 1 = {depths[p] + 1}")
+        for p, kids in enumerate(self.children()):
+            got = [ranks[c] for c in kids]
+            if got != list(range(len(kids))):
+                raise ValueError(f"children of node {p} have ranks {got}, expected 0..{len(kids) - 1}")
+            toks = [tokens[c] for c in kids]
+            if len(set(toks)) != len(toks):
+                raise ValueError(f"children of node {p} repeat a token: {toks}")
+
+
+def _check_logprobs(draft_logprobs: torch.Tensor) -> None:
+    if draft_logprobs.dim() != 2 or not draft_logprobs.is_floating_point():
+        raise ValueError(
+            f"draft_logprobs must be a 2-D float tensor [D, V], got shape "
+            f"{tuple(draft_logprobs.shape)} dtype {draft_logprobs.dtype}"
+        )
+    if draft_logprobs.shape[0] < 1 or draft_logprobs.shape[1] < 1:
+        raise ValueError(f"draft_logprobs shape {tuple(draft_logprobs.shape)} must have D >= 1 and V >= 1")
+
+
+def build_tree(
+    root_token: int,
+    draft_logprobs: torch.Tensor,  # [D, V], row d scores the token at depth d+1
+    budget: int,
+    width: int,
+    max_depth: int | None = None,
+) -> DraftTree:
+    """Best-first draft tree: the root plus the budget-1 best candidates of the W-ary tree.
+
+    budget counts the root, so budget 1 is plain decoding. Nodes are stored in pop order, which
+    is topological; ties pop in insertion order, so the result is deterministic.
+    """
+    _check_logprobs(draft_logprobs)
+    n_rows, vocab = draft_logprobs.shape
+    if max_depth is None:
+        max_depth = n_rows
+    if budget < 1:
+        raise ValueError(f"budget {budget} must be >= 1 (it counts the root)")
+    if width < 1:
+        raise ValueError(f"width {width} must be >= 1")
+    if not 1 <= max_depth <= n_rows:
+        raise ValueError(f"max_depth {max_depth} must be in [1, D = {n_rows}]")
+    if root_token < 0:
+        raise ValueError(f"root_token {root_token} must be >= 0")
+    if torch.isnan(draft_logprobs).any():
+        raise ValueError("draft_logprobs contains NaN")
+    top = float(draft_logprobs.max())
+    if top > _LOGPROB_SLACK:
+        raise ValueError(f"draft_logprobs max {top} > 0: pass log-probs (log_softmax), not logits")
+
+    w = min(width, vocab)
+    top_vals, top_ids = draft_logprobs[:max_depth].float().topk(w, dim=-1)  # [max_depth, w]
+    vals, ids = top_vals.tolist(), top_ids.tolist()
+
+    tokens, parents, depths, scores, ranks = [root_token], [-1], [0], [0.0], [0]
+    # heap entry: (-score, insertion counter, parent node, depth of the candidate, rank)
+    heap: list[tuple[float, int, int, int, int]] = []
+    counter = 0
+
+    def push(parent: int, depth: int, rank: int) -> None:
+        nonlocal counter
+        heapq.heappush(heap, (-(scores[parent] + vals[depth - 1][rank]), counter, parent, depth, rank))
+        counter += 1
+
+    if budget > 1:
+        push(0, 1, 0)
+    while heap and len(tokens) < budget:
+        neg_score, _, parent, depth, rank = heapq.heappop(heap)
+        node = len(tokens)
+        tokens.append(ids[depth - 1][rank])
+        parents.append(parent)
+        depths.append(depth)
+        scores.append(-neg_score)
+        ranks.append(rank)
+        if rank + 1 < w:  # lazily expose the next sibling
+            push(parent, depth, rank + 1)
+        if depth < max_depth:  # and the best child
+            push(node, depth + 1, 0)
+
+    device = draft_logprobs.device
+    return DraftTree(
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+        parents=torch.tensor(parents, dtype=torch.long, device=device),
+        depths=torch.tensor(depths, dtype=torch.long, device=device),
+        scores=torch.tensor(scores, dtype=torch.float32, device=device),
+        ranks=torch.tensor(ranks, dtype=torch.long, device=device),
+    )
+
+
+def build_trees(
+    root_tokens: torch.Tensor,  # [b] long
+    draft_logprobs: torch.Tensor,  # [b, D, V]
+    budget: int,
+    width: int,
+    max_depth: int | None = None,
+) -> list[DraftTree]:
+    """build_tree for every request of a batch."""
+    if root_tokens.dim() != 1 or draft_logprobs.dim() != 3 or draft_logprobs.shape[0] != root_tokens.shape[0]:
+        raise ValueError(
+            f"root_tokens {tuple(root_tokens.shape)} and draft_logprobs {tuple(draft_logprobs.shape)} "
+            "must be [b] and [b, D, V] with the same b"
+        )
+    return [
+        build_tree(int(r), lp, budget, width, max_depth)
+        for r, lp in zip(root_tokens.tolist(), draft_logprobs)
+    ]
+
+
+def resample_children(
+    tree: DraftTree,
+    draft_probs: torch.Tensor,  # [D, V], row d = draft distribution of the token at depth d+1
+    generator: torch.Generator,
+) -> DraftTree:
+    """Same shape, fresh tokens: each sibling group is a draw without replacement.
+
+    For every parent at depth d with k children, the children get k distinct tokens drawn
+    sequentially without replacement from draft_probs[d] (rank 0 = first draw). Groups are
+    independent. Uses the Gumbel-top-k trick: the top-k of log p + Gumbel noise is distributed
+    exactly as k sequential draws without replacement, in order.
+    """
+    _check_logprobs(draft_probs)
+    if (draft_probs < 0).any():
+        raise ValueError("draft_probs has negative entries; rows must be probability vectors")
+    kids = tree.children()
+    groups = [(p, c) for p, c in enumerate(kids) if c]
+    tokens = tree.tokens.clone()
+    if not groups:
+        return DraftTree(tokens, tree.parents.clone(), tree.depths.clone(), tree.scores.clone(), tree.ranks.clone())
+
+    device = draft_probs.device
+    depths = tree.depths.tolist()
+    group_depths = [depths[p] for p, _ in groups]
+    n_rows = draft_probs.shape[0]
+    if max(group_depths) >= n_rows:
+        raise ValueError(f"tree has parents at depth {max(group_depths)} but draft_probs has only {n_rows} rows")
+    k_max = max(len(c) for _, c in groups)
+    rows = draft_probs[torch.tensor(group_depths, device=device)].float()  # [m, V]
+    support = (rows > 0).sum(-1).tolist()
+    for (p, c), s, d in zip(groups, support, group_depths):
+        if s < len(c):
+            raise ValueError(
+                f"node {p} needs {len(c)} distinct children but draft_probs row {d} has only {s} "
+                "nonzero entries; cap the tree width"
+            )
+    u = torch.rand(rows.shape, generator=generator, device=device)  # [m, V]
+    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+    drawn = (rows.log() + gumbel).topk(k_max, dim=-1).indices  # [m, k_max] in draw order
+
+    for g, (_, c) in enumerate(groups):
+        tokens[torch.tensor(c, device=tokens.device)] = drawn[g, : len(c)].to(tokens.device)
+
+    # cumulative log q along each path: scores = ancestor_mask @ per-node log q
+    node_logq = torch.zeros(tree.n, dtype=torch.float32, device=device)  # [n]
+    parent_depth = tree.depths[1:].to(device) - 1
+    node_logq[1:] = draft_probs[parent_depth, tokens[1:].to(device)].float().log()
+    mask = tree.ancestor_mask().to(device)
+    scores = torch.where(mask, node_logq.unsqueeze(0), torch.zeros((), device=device)).sum(-1)  # [n]
+    return DraftTree(
+        tokens=tokens,
+        parents=tree.parents.clone(),
+        depths=tree.depths.clone(),
+        scores=scores.to(tree.scores.device),
+        ranks=tree.ranks.clone(),
+    )
