@@ -14,7 +14,9 @@ from launch.generate import main as generate_main
 from sglang_jetspec.reference.parity import check_parity
 from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
 
-from .conftest import REPO
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 PROMPTS = REPO / "data" / "parity_prompts.jsonl"
 MAX_NEW = 128
