@@ -22,7 +22,8 @@ def generate_ar(target: HFTarget, prompt_ids: list[int], max_new_tokens: int, te
     if temperature == 0.0:
         out = target.model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=sorted(eos), pad_token_id=sorted(eos)[0], temperature=None, top_p=None, top_k=None,
+            eos_token_id=sorted(eos) or None, pad_token_id=min(eos, default=0),
+            temperature=None, top_p=None, top_k=None,
         )
         new = out[0, len(prompt_ids):].tolist()
     else:

@@ -27,10 +27,19 @@ class HFTarget:
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model_dir = Path(model_dir)
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        self._init(model, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), dtype)
+
+    @classmethod
+    def from_model(cls, model, tokenizer=None, dtype: torch.dtype = torch.float32) -> "HFTarget":
+        """Wrap an already built model (tests use tiny random ones)."""
+        self = cls.__new__(cls)
+        self._init(model.eval(), tokenizer, Path("."), dtype)
+        return self
+
+    def _init(self, model, tokenizer, model_dir: Path, dtype: torch.dtype) -> None:
+        self.model, self.tokenizer, self.model_dir = model, tokenizer, model_dir
+        self.device = next(model.parameters()).device
         cfg = self.model.config
         self.num_layers: int = cfg.num_hidden_layers
         self.hidden_size: int = cfg.hidden_size
@@ -46,7 +55,8 @@ class HFTarget:
 
     def eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
-        for src in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+        tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        for src in (self.model.generation_config.eos_token_id, tok_eos):
             if src is None:
                 continue
             ids.update([src] if isinstance(src, int) else list(src))
