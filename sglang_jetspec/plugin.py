@@ -1,11 +1,13 @@
-"""SGLang plugin entry point (group ``sglang.srt.plugins``).
+"""SGLang plugin entry point (group ``sglang.srt.plugins``, declared in pyproject.toml).
 
-SGLang calls :func:`register` in every process it starts. The JETSPEC algorithm is not
-registered yet: the SGLang worker lands with the integration work. Keeping the entry point
-declared from the start means installs never need re-doing when it does.
+SGLang calls :func:`register` in every process it starts; the work lives in
+``sglang_jetspec.integration.plugin`` (the only package that imports sglang), imported here
+lazily so that importing ``sglang_jetspec`` never pulls in SGLang.
 """
 
 
 def register() -> None:
-    """Called by SGLang's plugin loader; idempotent. Registers nothing yet."""
-    return None
+    """Called by SGLang's plugin loader; idempotent. Registers the JETSPEC algorithm."""
+    from sglang_jetspec.integration.plugin import register as _register
+
+    _register()

@@ -1,0 +1,76 @@
+"""One JetSpec head forward per round, with the target's embeddings and lm_head.
+
+Same math as DraftHead.forward with a HeadKVCache (see core/head.py), but the context K/V
+comes from the slot-indexed HeadContextPool and the block is batched over requests of
+different context lengths. Block for a request whose last committed token is the anchor a
+at position p (p = tokens already in the target KV):
+    tokens    [a, MASK, ..., MASK]   (block_size)
+    positions [p, p+1, ..., p+S-1]
+and slot i (1 <= i <= depth) scores the token at depth i of the draft tree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sglang_jetspec.core.head import DraftHead, rotary_cos_sin
+
+
+class Drafter:
+    def __init__(self, head: DraftHead, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor,
+                 vocab_size: int, depth: int):
+        cfg = head.config
+        if not 1 <= depth <= cfg.block_size - 1:
+            raise ValueError(f"depth {depth} must be in [1, block_size - 1 = {cfg.block_size - 1}]")
+        if cfg.mask_token_id is None:
+            raise ValueError("draft head config has no dflash_config.mask_token_id")
+        self.head, self.cfg, self.depth, self.vocab_size = head.eval(), cfg, depth, vocab_size
+        self.embed_weight = embed_weight  # [V(+pad), d] the target's input embeddings
+        self.lm_head_weight = lm_head_weight  # [V(+pad), d] the target's output head
+
+    def _rope(self, positions: torch.Tensor, dtype):
+        return rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, dtype)
+
+    @torch.no_grad()
+    def context_kv(self, features: torch.Tensor, positions: torch.Tensor):
+        """Fused target hidden states [t, K*d] at positions [t] -> per-layer (k, v) [t, H_kv, hd]."""
+        dtype = self.embed_weight.dtype
+        ctx = self.head.project_context(features[None].to(dtype))  # [1, t, d]
+        rope = self._rope(positions[None].to(ctx.device), dtype)
+        out = []
+        for layer in self.head.layers:
+            k, v = layer.self_attn.context_kv(ctx, rope)  # [1, t, H_kv, hd]
+            out.append((k[0], v[0]))
+        return out
+
+    @torch.no_grad()
+    def draft_logprobs(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
+                       ctx_kv: list[tuple[torch.Tensor, torch.Tensor]],
+                       ctx_valid: torch.Tensor) -> torch.Tensor:
+        """Per-depth draft log-probs [b, depth, V] (fp32).
+
+        anchors [b] last committed tokens; anchor_pos [b] their positions; ctx_kv per layer
+        (k, v) [b, c, H_kv, hd] from HeadContextPool.gather; ctx_valid [b, c] bool.
+        """
+        cfg, device = self.cfg, self.embed_weight.device
+        b, s = anchors.shape[0], cfg.block_size
+        block = torch.full((b, s), cfg.mask_token_id, dtype=torch.long, device=device)
+        block[:, 0] = anchors.to(device)
+        h = F.embedding(block, self.embed_weight)  # [b, S, d]
+        positions = anchor_pos.to(device).long()[:, None] + torch.arange(s, device=device)
+        q_rope = self._rope(positions, h.dtype)
+        mask = self._mask(ctx_valid.to(device), s)
+        for layer, (k, v) in zip(self.head.layers, ctx_kv):
+            h = layer(h, q_rope, k, v, mask)
+        h = self.head.norm(h)[:, 1: 1 + self.depth]  # [b, depth, d]
+        logits = F.linear(h, self.lm_head_weight)[..., : self.vocab_size].float()
+        return torch.log_softmax(logits, dim=-1)
+
+    def _mask(self, ctx_valid: torch.Tensor, s: int) -> torch.Tensor:
+        """bool [b, S, c + S]: valid context keys, then the block (causal for causal heads)."""
+        b = ctx_valid.shape[0]
+        block = torch.ones(s, s, dtype=torch.bool, device=ctx_valid.device)
+        if self.cfg.causal_head:
+            block = block.tril()
+        return torch.cat([ctx_valid[:, None, :].expand(b, s, -1), block.expand(b, s, s)], dim=-1)

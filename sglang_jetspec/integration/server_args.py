@@ -1,0 +1,179 @@
+"""JETSPEC server arguments: defaults from the head config, one startup validation.
+
+SGLang's generic speculative flags carry the tree settings:
+  --speculative-num-draft-tokens  node budget B (root included)       default 32
+  --speculative-eagle-topk        width W (top-W tokens per depth)    default 7
+  --speculative-num-steps         depth D, 1 <= D <= block_size - 1   default block_size - 1
+  --speculative-draft-model-path  the head folder (config.json + safetensors)
+
+`apply_jetspec_server_args` runs in the launcher during argument resolution (through
+JetSpecAlgo.handle_server_args); it collects every problem and raises ONE ValueError, so a
+bad head folder stops the server at startup with a message naming each problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from sglang_jetspec.core.head_config import HeadConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 32
+DEFAULT_WIDTH = 7
+CPU_VERIFY_BACKEND = "jetspec_torch_native"  # registered by cpu_support
+_CPU_REPLACEABLE = (None, "torch_native", "intel_amx", CPU_VERIFY_BACKEND)
+_GPU_BACKENDS = ("triton", "flashinfer")  # read spec_info.custom_mask in FULL_MASK layout
+
+
+@dataclass(frozen=True)
+class TargetDims:
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    budget: int  # nodes per tree, root included
+    width: int
+    depth: int
+
+
+def max_tree_nodes(width: int, depth: int, cap: int = 1 << 20) -> int:
+    """Nodes of the full W-ary candidate tree of depth D, root included (capped)."""
+    total, level = 1, 1
+    for _ in range(depth):
+        level = min(level * width, cap)
+        total = min(total + level, cap)
+    return total
+
+
+def check_tree(tree: TreeSettings, block_size: int) -> list[str]:
+    """Problems with the tree settings for a head of this block size (empty when fine)."""
+    errs = []
+    if tree.budget < 2:
+        errs.append(f"--speculative-num-draft-tokens (budget) {tree.budget} must be >= 2 "
+                    "(root + at least one draft); for plain decoding drop --speculative-algorithm")
+    if tree.width < 1:
+        errs.append(f"--speculative-eagle-topk (width) {tree.width} must be >= 1")
+    if not 1 <= tree.depth <= block_size - 1:
+        errs.append(f"--speculative-num-steps (depth) {tree.depth} must be in "
+                    f"[1, block_size - 1 = {block_size - 1}]")
+    elif tree.width >= 1 and tree.budget > max_tree_nodes(tree.width, tree.depth):
+        errs.append(f"budget {tree.budget} exceeds the {max_tree_nodes(tree.width, tree.depth)} "
+                    f"nodes of a width-{tree.width} depth-{tree.depth} tree")
+    return errs
+
+
+def check_head(head: HeadConfig, target: TargetDims) -> list[str]:
+    """Problems with using this head on this target (empty when fine)."""
+    errs = []
+    try:
+        head.check_target(target.hidden_size, target.num_layers, target.vocab_size)
+    except ValueError as e:
+        errs.append(str(e))
+    if head.mask_token_id is None:
+        errs.append("draft head config has no dflash_config.mask_token_id (the MASK input token)")
+    # SGLang captures layer L's output as the input of layer L+1, so L = last layer is unreachable
+    late = [i for i in head.target_layer_ids if i >= target.num_layers - 1]
+    if late and not any("exceed target depth" in e for e in errs):
+        errs.append(f"draft head target_layer_ids {late} cannot be captured: SGLang taps layer "
+                    f"L's output at the input of layer L+1, so ids must be <= "
+                    f"{target.num_layers - 2} for a {target.num_layers}-layer target")
+    return errs
+
+
+def resolve_attention_backend(device: str, backend: str | None) -> tuple[str | None, str | None]:
+    """(backend to use, error). On CPU the torch backend is replaced by the tree-verify one."""
+    if device == "cpu":
+        if backend in _CPU_REPLACEABLE:
+            return CPU_VERIFY_BACKEND, None
+        if backend == "triton":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                return None, "attention backend 'triton' on CPU needs TRITON_INTERPRET=1"
+            return "triton", None
+        return None, (f"attention backend {backend!r} is not supported by JETSPEC on CPU "
+                      f"(use torch_native, which becomes {CPU_VERIFY_BACKEND}, or triton)")
+    if backend is None or backend in _GPU_BACKENDS:
+        return backend, None
+    return None, (f"attention backend {backend!r} is not supported by JETSPEC tree verify "
+                  f"(supported: {', '.join(_GPU_BACKENDS)})")
+
+
+def check_runtime(sa) -> list[str]:
+    """Deployment features the phase-1 worker does not handle yet."""
+    errs = []
+    for flag, value in (("--tp-size", sa.tp_size), ("--pp-size", sa.pp_size), ("--dp-size", sa.dp_size)):
+        if value not in (None, 1):
+            errs.append(f"{flag} {value} is not supported by JETSPEC yet (only 1)")
+    if sa.page_size not in (None, 1):
+        errs.append(f"--page-size {sa.page_size} is not supported by JETSPEC yet (only 1)")
+    if getattr(sa, "disaggregation_mode", "null") not in (None, "null"):
+        errs.append("PD disaggregation is not supported by JETSPEC yet")
+    return errs
+
+
+def target_dims(sa) -> TargetDims:
+    from sglang.srt.utils.hf_transformers_utils import get_config
+
+    cfg = get_config(sa.model_path, trust_remote_code=sa.trust_remote_code, revision=sa.revision)
+    text = getattr(cfg, "text_config", None) or cfg
+    return TargetDims(text.hidden_size, text.num_hidden_layers, text.vocab_size)
+
+
+def load_head_config(path: str | None) -> HeadConfig:
+    if not path:
+        raise ValueError("JETSPEC needs --speculative-draft-model-path DIR (the draft head folder)")
+    try:
+        return HeadConfig.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"JETSPEC draft head {path!r}: {e}") from e
+
+
+def apply_jetspec_server_args(sa) -> TreeSettings:
+    """Fill JETSPEC defaults into `sa` (SGLang's recording view) and validate; raises
+    ValueError listing every problem."""
+    head = load_head_config(sa.speculative_draft_model_path)
+    tree = TreeSettings(
+        budget=sa.speculative_num_draft_tokens or DEFAULT_BUDGET,
+        width=sa.speculative_eagle_topk or DEFAULT_WIDTH,
+        depth=sa.speculative_num_steps or head.block_size - 1,
+    )
+    errs = check_tree(tree, head.block_size)
+    errs += check_head(head, target_dims(sa))
+    errs += check_runtime(sa)
+    backend, err = resolve_attention_backend(sa.device, sa.attention_backend)
+    if err:
+        errs.append(err)
+    if errs:
+        raise ValueError(f"JETSPEC cannot start with draft head {sa.speculative_draft_model_path!r}: "
+                         + "; ".join(errs))
+
+    sa.speculative_num_draft_tokens = tree.budget
+    sa.speculative_eagle_topk = tree.width
+    sa.speculative_num_steps = tree.depth
+    sa.disable_overlap_schedule = True  # the worker runs the synchronous V2 loop
+    sa.enable_mixed_chunk = False  # a mixed batch would need a split extend/verify round
+    if sa.attention_backend != backend:
+        sa.attention_backend = backend
+    for field in ("prefill_attention_backend", "decode_attention_backend"):
+        if getattr(sa, field) not in (None, backend):  # a split choice would skip tree verify
+            setattr(sa, field, backend)
+    _disable_decode_graphs(sa)
+    logger.info("JETSPEC: head %s, budget %d, width %d, depth %d, attention %s",
+                sa.speculative_draft_model_path, tree.budget, tree.width, tree.depth, backend)
+    return tree
+
+
+def _disable_decode_graphs(sa) -> None:
+    """SGLang's decode graph runner has no verify input for plugin algorithms: run eagerly."""
+    from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
+
+    cfg = getattr(sa, "cuda_graph_config", None)
+    if cfg is None:
+        return
+    if cfg.decode.backend != Backend.DISABLED:
+        sa.cuda_graph_config = with_phase(cfg, Phase.DECODE, backend=Backend.DISABLED)

@@ -1,0 +1,229 @@
+"""The JETSPEC speculative worker (SGLang V2 worker contract, synchronous loop).
+
+Per scheduler step, one of:
+  extend  target prefill with the head's target layers captured; their fused hidden states
+          become the head's context K/V at the prompt tokens' KV slots (head_pool.py).
+  decode  one round, the same as the reference decoder's (reference/decoder.py):
+          1. head forward over [anchor, MASK...] -> per-depth log-probs     (drafter.py)
+          2. best-first tree under the node budget                          (core/tree.py)
+          3. ONE target TARGET_VERIFY forward over every node, tree mask   (core/verify_layout.py)
+          4. greedy walk (SGLang's eagle_sample), compaction of the accepted path's KV,
+             and the accepted nodes' fused hidden states stored as head context.
+
+The anchor is the last committed token (req.output_ids[-1]): in the synchronous loop the
+scheduler commits each round's tokens before the next round is prepared. Nothing else is
+carried between rounds, so merge/filter of batches needs no JetSpec state.
+
+Limits (phase 1): greedy only on CPU (SGLang's CPU verify is greedy-only, a sampled request
+is verified greedily - see docs/sglang-integration.md), no grammar masks, tp = pp = dp = 1,
+page size 1, no overlap scheduling, no CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs_func
+from sglang.srt.layers.logprob_processor import compute_spec_logprobs
+from sglang.srt.managers.utils import GenerationBatchResult
+from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardMode
+from sglang.srt.runtime_context import get_spec
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
+from sglang.srt.speculative.eagle_utils import eagle_sample
+from sglang.srt.speculative.ngram_info import NgramVerifyInput
+from sglang.srt.speculative.spec_utils import move_accept_tokens_to_target_kvcache
+
+from sglang_jetspec.core.checkpoint import load_head
+from sglang_jetspec.core.tree import build_trees
+from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
+from sglang_jetspec.integration.drafter import Drafter
+from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
+from sglang_jetspec.integration.server_args import TargetDims, check_head
+
+logger = logging.getLogger(__name__)
+
+
+def enable_hidden_capture(model, layer_ids: list[int]) -> None:
+    """Make the target return the outputs of `layer_ids`, packed [tokens, K*d], whenever a
+    forward runs with CaptureHiddenMode.FULL (SGLang's DFLASH capture hook)."""
+    for hook in ("set_dflash_layers_to_capture", "set_eagle3_layers_to_capture"):
+        if hasattr(model, hook):
+            getattr(model, hook)(list(layer_ids))
+            return
+    raise ValueError(f"target model {type(model).__name__} has no hidden-state capture hook "
+                     "(set_dflash_layers_to_capture); JETSPEC cannot read its layers")
+
+
+class JetSpecWorker(BaseSpecWorker):
+    def __init__(self, server_args, gpu_id: int, nccl_port: int, target_worker):
+        super().__init__()
+        self.server_args = server_args
+        self._target_worker = target_worker
+        self._draft_worker = None  # the head is not a model runner: no draft KV, no graphs
+        self.model_runner = target_worker.model_runner
+        self.device = self.model_runner.device
+        spec = get_spec()
+        self.budget = spec.speculative_num_draft_tokens
+        self.width = spec.speculative_eagle_topk
+        self.depth = spec.speculative_num_steps
+        self.speculative_num_draft_tokens = self.budget
+
+        dtype = self.model_runner.model_config.dtype
+        head = load_head(spec.speculative_draft_model_path, device=self.device, dtype=dtype)
+        text_cfg = self.model_runner.model_config.hf_text_config
+        errs = check_head(head.config, TargetDims(
+            text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.vocab_size))
+        if errs:
+            raise ValueError("JETSPEC head does not fit the target: " + "; ".join(errs))
+        model = self.model_runner.model
+        enable_hidden_capture(model, head.config.target_layer_ids)
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
+            else model.model.embed_tokens
+        self.drafter = Drafter(head, embed.weight, model.lm_head.weight,
+                               text_cfg.vocab_size, self.depth)
+        self.head_pool: HeadContextPool | None = None
+        self._warned_sampling = False
+
+    # ---- setup (called by the scheduler after the target pools exist) ----------------------
+
+    def alloc_memory_pool(self, memory_pool_config=None, req_to_token_pool=None,
+                          token_to_kv_pool_allocator=None, **kwargs):
+        self.req_to_token_pool, self.token_to_kv_pool_allocator = self._target_worker.get_memory_pool()
+        kv = self.token_to_kv_pool_allocator.get_kvcache()
+        num_slots = kv.get_key_buffer(0).shape[0]  # pool size + padding rows, as the target's
+        cfg = self.drafter.cfg
+        self.head_pool = HeadContextPool(cfg.num_hidden_layers, num_slots, cfg.num_key_value_heads,
+                                         cfg.head_dim, self.device, self.drafter.embed_weight.dtype)
+        logger.info("JETSPEC head context pool: %d slots, %.1f MB", num_slots,
+                    self.head_pool.nbytes() / 2**20)
+
+    # ---- one scheduler step -------------------------------------------------------------
+
+    def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None,
+                                 pp_proxy_tensors=None) -> GenerationBatchResult:
+        if batch.forward_mode.is_decode():
+            return self._verify_round(batch, on_publish)
+        if not batch.forward_mode.is_extend():
+            raise NotImplementedError(f"JETSPEC cannot run forward mode {batch.forward_mode}")
+        return self._extend(batch, on_publish)
+
+    def _extend(self, batch, on_publish) -> GenerationBatchResult:
+        result = self._target_worker.forward_batch_generation(
+            batch, capture_hidden_mode=CaptureHiddenMode.FULL)
+        prefix, extend = list(batch.prefix_lens), list(batch.extend_lens)
+        positions = torch.cat([torch.arange(p, p + e) for p, e in zip(prefix, extend)])
+        self._store_context(batch.out_cache_loc, result.logits_output.hidden_states, positions)
+
+        bs, n = len(batch.reqs), self.budget
+        first = result.next_token_ids
+        accept_tokens = torch.zeros(bs, n, dtype=first.dtype, device=first.device)
+        accept_tokens[:, 0] = first
+        accept_lens = torch.ones(bs, dtype=torch.int32, device=first.device)
+        if on_publish is not None:
+            on_publish(batch.seq_lens)
+        result.accept_lens = accept_lens
+        result.new_seq_lens = batch.seq_lens
+        result.next_draft_input = NgramVerifyInput(
+            draft_token_num=n, new_seq_lens=batch.seq_lens,
+            accept_tokens=accept_tokens.flatten(), accept_lens=accept_lens)
+        result.speculative_num_draft_tokens = n
+        return result
+
+    def _verify_round(self, batch, on_publish) -> GenerationBatchResult:
+        bs, n = len(batch.reqs), self.budget
+        seq_lens_cpu = batch.seq_lens_cpu if batch.seq_lens_cpu is not None else batch.seq_lens.cpu()
+        prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
+        anchors = torch.tensor([int(req.output_ids[-1]) for req in batch.reqs])
+        self._maybe_warn_sampling(batch)
+
+        # 1-2. draft and build the trees
+        slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
+                                          batch.req_pool_indices, prefix)
+        logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
+                                               self.head_pool.gather(slots), valid)
+        trees = build_trees(anchors, logprobs.cpu(), n, self.width, self.depth)
+        layout = to_verify_layout(trees, prefix)
+        dev = self.device
+        verify_input = NgramVerifyInput(
+            draft_token=layout.draft_tokens.to(dev),
+            custom_mask=full_custom_mask(layout, prefix).to(dev),
+            positions=layout.positions.to(dev),
+            retrieve_index=layout.retrieve_index.to(dev),
+            retrieve_next_token=layout.retrieve_next_token.to(dev),
+            retrieve_next_sibling=layout.retrieve_next_sibling.to(dev),
+            draft_token_num=n,
+        )
+        verify_input.capture_hidden_mode = CaptureHiddenMode.FULL
+
+        # 3. one target forward over all nodes (the scheduler restores these batch fields)
+        batch.forward_mode = ForwardMode.TARGET_VERIFY
+        batch.input_ids = verify_input.draft_token
+        batch.out_cache_loc = assign_extend_cache_locs_func(
+            req_pool_indices=batch.req_pool_indices,
+            req_to_token=self.req_to_token_pool.req_to_token,
+            start_offset=batch.seq_lens, end_offset=batch.seq_lens + n,
+            batch_size=bs, draft_token_num=n, device=dev)
+        batch.spec_info = verify_input
+        result = self._target_worker.forward_batch_generation(
+            batch, is_verify=True, capture_hidden_mode=CaptureHiddenMode.FULL)
+        logits_output = result.logits_output
+
+        # 4. accept, compact the KV, keep the accepted nodes as head context
+        predict, accept_lens, accept_index = eagle_sample(
+            verify_input, batch, logits_output, None,
+            watermark_state=self.model_runner.watermark_state)
+        new_seq_lens = batch.seq_lens + accept_lens
+        accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
+        move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
+                                             self.token_to_kv_pool_allocator)
+        self._store_accepted_context(batch, accept_index, accept_lens,
+                                     logits_output.hidden_states)
+        if batch.return_logprob:
+            compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
+        if on_publish is not None:
+            on_publish(new_seq_lens)
+        batch.forward_mode = ForwardMode.DECODE
+
+        flat = accept_tokens.flatten()
+        return GenerationBatchResult(
+            logits_output=logits_output,
+            next_token_ids=flat,
+            can_run_cuda_graph=result.can_run_cuda_graph,
+            accept_lens=accept_lens,
+            new_seq_lens=new_seq_lens,
+            next_draft_input=NgramVerifyInput(draft_token_num=n, new_seq_lens=new_seq_lens,
+                                              accept_tokens=flat, accept_lens=accept_lens),
+            speculative_num_draft_tokens=n,
+        )
+
+    # ---- head context --------------------------------------------------------------------
+
+    def _store_context(self, slots: torch.Tensor, features: torch.Tensor,
+                       positions: torch.Tensor) -> None:
+        """Head context K/V of tokens now in the target KV: slots [t], features [t, K*d]."""
+        if features is None or features.shape[0] != slots.shape[0]:
+            got = None if features is None else tuple(features.shape)
+            raise RuntimeError(f"captured target hidden states {got} do not cover the "
+                               f"{slots.shape[0]} tokens written to the KV cache")
+        self.head_pool.write(slots, self.drafter.context_kv(features, positions))
+
+    def _store_accepted_context(self, batch, accept_index, accept_lens, features) -> None:
+        """After compaction, accepted node j of request b sits in the j-th slot of its verify
+        window (position seq_len + j): store its features' K/V there."""
+        bs, n = len(batch.reqs), self.budget
+        cols = torch.arange(n, device=accept_index.device)
+        keep = cols[None, :] < accept_lens[:, None].to(cols.device)  # [bs, n], a prefix per row
+        rows = accept_index[keep].long()  # global node rows into the verify batch
+        slots = batch.out_cache_loc.view(bs, n)[keep.to(batch.out_cache_loc.device)]
+        positions = (batch.seq_lens.view(bs, 1).to(cols.device) + cols)[keep]
+        self._store_context(slots, features[rows.to(features.device)], positions)
+
+    def _maybe_warn_sampling(self, batch) -> None:
+        if self._warned_sampling or batch.sampling_info.is_all_greedy:
+            return
+        if str(self.device).startswith("cpu"):
+            logger.warning("JETSPEC on CPU verifies greedily: requests with temperature > 0 get "
+                           "greedy tokens (SGLang's CPU tree verify has no sampling path)")
+            self._warned_sampling = True
