@@ -1,0 +1,142 @@
+"""JETSPEC startup validation: defaults from the head config, one error naming every problem."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_jetspec.core.head_config import HeadConfig
+from sglang_jetspec.integration.server_args import (
+    CPU_VERIFY_BACKEND, TargetDims, TreeSettings, apply_jetspec_server_args, check_head,
+    check_tree, max_tree_nodes, resolve_attention_backend,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOL = TargetDims(576, 30, 49152)  # SmolLM2-135M, the embedded target (smollm2_dir fixture)
+
+
+def _head(**kw):
+    args = dict(target_hidden_size=576, target_num_layers=30, vocab_size=49152, num_layers=1,
+                mask_token_id=16)
+    args.update(kw)
+    return HeadConfig.for_target(**args)
+
+
+def test_max_tree_nodes():
+    assert max_tree_nodes(1, 5) == 6
+    assert max_tree_nodes(2, 3) == 15
+    assert max_tree_nodes(7, 15) == 1 << 20  # capped, no overflow
+
+
+@pytest.mark.parametrize("tree, fragment", [
+    (TreeSettings(1, 7, 15), "budget) 1 must be >= 2"),
+    (TreeSettings(8, 0, 15), "width) 0 must be >= 1"),
+    (TreeSettings(8, 7, 16), "depth) 16 must be in [1, block_size - 1 = 15]"),
+    (TreeSettings(8, 7, 0), "depth) 0 must be in"),
+    (TreeSettings(16, 2, 3), "budget 16 exceeds the 15 nodes of a width-2 depth-3 tree"),
+])
+def test_bad_tree_settings_are_named(tree, fragment):
+    errs = check_tree(tree, block_size=16)
+    assert len(errs) == 1 and fragment in errs[0], errs
+
+
+def test_good_tree_settings_pass():
+    assert check_tree(TreeSettings(15, 2, 3), 16) == []
+    assert check_tree(TreeSettings(32, 7, 15), 16) == []
+
+
+def test_head_target_mismatch_is_named():
+    errs = check_head(_head(target_hidden_size=960), SMOL)
+    assert any("target_hidden_size 960 does not match target hidden_size 576" in e for e in errs)
+    errs = check_head(_head(vocab_size=32000, mask_token_id=3), SMOL)
+    assert any("vocab_size 32000 does not match" in e for e in errs)
+
+
+def test_missing_mask_token_is_named():
+    errs = check_head(_head(mask_token_id=None), SMOL)
+    assert errs == ["draft head config has no dflash_config.mask_token_id (the MASK input token)"]
+
+
+def test_last_layer_cannot_be_tapped():
+    errs = check_head(_head(target_layer_ids=[3, 29]), SMOL)
+    assert len(errs) == 1 and "target_layer_ids [29] cannot be captured" in errs[0]
+    assert "<= 28" in errs[0]
+    assert check_head(_head(target_layer_ids=[3, 28]), SMOL) == []
+
+
+def test_attention_backend_choice():
+    for given in (None, "torch_native", "intel_amx", CPU_VERIFY_BACKEND):
+        assert resolve_attention_backend("cpu", given) == (CPU_VERIFY_BACKEND, None)
+    backend, err = resolve_attention_backend("cpu", "flashinfer")
+    assert backend is None and "'flashinfer' is not supported by JETSPEC on CPU" in err
+    assert resolve_attention_backend("cuda", "triton") == ("triton", None)
+    backend, err = resolve_attention_backend("cuda", "fa3")
+    assert backend is None and "'fa3' is not supported" in err
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "TRITON_INTERPRET=1" in resolve_attention_backend("cpu", "triton")[1]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_attention_backend("cpu", "triton") == ("triton", None)
+
+
+def _args(head_dir, target=ROOT, **kw):
+    sa = SimpleNamespace(
+        speculative_draft_model_path=str(head_dir), speculative_num_draft_tokens=None,
+        speculative_eagle_topk=None, speculative_num_steps=None, model_path=str(target),
+        trust_remote_code=False, revision=None, tp_size=1, pp_size=1, dp_size=1, page_size=1,
+        disaggregation_mode="null", device="cpu", attention_backend="torch_native",
+        prefill_attention_backend=None, decode_attention_backend=None, cuda_graph_config=None,
+        disable_overlap_schedule=False, enable_mixed_chunk=True)
+    sa.__dict__.update(kw)
+    return sa
+
+
+def test_defaults_come_from_the_head(tmp_path, smollm2_dir):
+    _head(block_size=8).save(str(tmp_path))
+    sa = _args(tmp_path, smollm2_dir)
+    tree = apply_jetspec_server_args(sa)
+    assert tree == TreeSettings(32, 7, 7)
+    assert (sa.speculative_num_draft_tokens, sa.speculative_eagle_topk, sa.speculative_num_steps) == (32, 7, 7)
+    assert sa.disable_overlap_schedule is True and sa.enable_mixed_chunk is False
+    assert sa.attention_backend == CPU_VERIFY_BACKEND
+
+
+def test_one_error_lists_every_problem(tmp_path, smollm2_dir):
+    _head(mask_token_id=None, target_layer_ids=[29]).save(str(tmp_path))
+    sa = _args(tmp_path, smollm2_dir, speculative_num_steps=20, tp_size=2, attention_backend="fa3")
+    with pytest.raises(ValueError) as info:
+        apply_jetspec_server_args(sa)
+    msg = str(info.value)
+    for fragment in ("depth) 20", "no dflash_config.mask_token_id", "[29] cannot be captured",
+                     "--tp-size 2", "'fa3' is not supported"):
+        assert fragment in msg, msg
+
+
+def test_missing_or_broken_head_folder_is_named(tmp_path):
+    with pytest.raises(ValueError, match="needs --speculative-draft-model-path"):
+        apply_jetspec_server_args(_args(None, speculative_draft_model_path=None))
+    with pytest.raises(ValueError, match="has no config.json"):
+        apply_jetspec_server_args(_args(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ValueError, match="missing required field"):
+        apply_jetspec_server_args(_args(tmp_path))
+
+
+@pytest.mark.slow
+def test_real_server_exits_at_startup_naming_the_problem(tmp_path, smollm2_dir):
+    """The real launcher with a head built for another target: exits, message names it."""
+    _head(target_hidden_size=960).save(str(tmp_path))
+    env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS="1",
+               XDG_CACHE_HOME=str(ROOT / "build" / "xdg-cache"), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(smollm2_dir),
+           "--device", "cpu", "--port", "31079", "--host", "127.0.0.1",
+           "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert "target_hidden_size 960 does not match target hidden_size 576" in proc.stderr + proc.stdout
