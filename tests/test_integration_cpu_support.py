@@ -213,3 +213,57 @@ def test_shadow_package_is_the_standin(monkeypatch):
     assert cs.is_standin(sgl_kernel)
     assert isinstance(sgl_kernel, types.ModuleType)
     assert sgl_kernel.fill_bonus_tokens_cpu is cs.fill_bonus_tokens_cpu
+
+
+# ---- oracle: SGLang's own Triton kernels of the same names, interpreted on CPU ------------
+
+_ORACLE = r'''
+import sys, types, torch
+from sglang_jetspec.integration import cpu_support as cs
+cs.install_standin()  # the real sgl_kernel cannot import here; the kernels below are Triton
+from sglang.kernels.ops.speculative.cache_locs import assign_extend_cache_locs
+from sglang.kernels.ops.speculative.eagle import fill_accept_out_cache_loc, fill_bonus_tokens
+from sglang.srt.mem_cache.allocation import assign_req_to_token_pool
+g = torch.Generator().manual_seed(0)
+for trial in range(4):
+    bs, pool_len, rows = 3, 40, 6
+    rpi = torch.randperm(rows, generator=g)[:bs]
+    start = torch.randint(0, 10, (bs,), generator=g)
+    end = start + torch.randint(0, 30, (bs,), generator=g)
+    locs = torch.randint(1, 999, (int((end - start).sum()),), generator=g)
+    a, b = torch.zeros(rows, pool_len, dtype=torch.int32), torch.zeros(rows, pool_len, dtype=torch.int32)
+    assign_req_to_token_pool[(bs,)](rpi, a, start, end, locs, pool_len, 4)
+    cs.assign_req_to_token_pool_cpu(rpi, b, start, end, locs, pool_len)
+    assert torch.equal(a, b), "assign_req_to_token_pool"
+    x, y = torch.zeros_like(locs), torch.zeros_like(locs)
+    assign_extend_cache_locs[(bs,)](rpi, a, start, end, x, pool_len, 4)
+    cs.assign_extend_cache_locs_cpu(rpi, a, start, end, y, pool_len)
+    assert torch.equal(x, y), "assign_extend_cache_locs"
+    width, n = 4, 5
+    acc = torch.full((bs, width), -1, dtype=torch.int32)
+    for r in range(bs):
+        k = int(torch.randint(1, width + 1, (1,), generator=g))
+        acc[r, :k] = r * n + torch.randperm(n, generator=g)[:k].int()
+    out = torch.randint(100, 200, (bs * n,), generator=g)
+    p, q = torch.zeros(bs * width, dtype=torch.int64), torch.zeros(bs * width, dtype=torch.int64)
+    fill_accept_out_cache_loc[(bs * width,)](acc, out, p, 16)
+    cs.fill_accept_out_cache_loc_cpu(acc, out, q)
+    assert torch.equal(p, q), "fill_accept_out_cache_loc"
+    toks, lens = torch.randint(0, 50, (bs * width,), generator=g), (acc >= 0).sum(1)
+    u, v = torch.zeros(bs, dtype=torch.int64), torch.zeros(bs, dtype=torch.int64)
+    fill_bonus_tokens[(bs,)](toks, lens, u, width)
+    cs.fill_bonus_tokens_cpu(toks, lens, v, width)
+    assert torch.equal(u, v), "fill_bonus_tokens"
+print("ORACLE OK")
+'''
+
+
+def test_standin_ops_match_sglangs_triton_kernels():
+    import os
+    import subprocess
+
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env.pop("SGLANG_USE_CPU_ENGINE", None)  # the Triton branches, not the *_cpu ones
+    proc = subprocess.run([sys.executable, "-c", _ORACLE], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "ORACLE OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
