@@ -14,9 +14,9 @@ The anchor is the last committed token (req.output_ids[-1]): in the synchronous 
 scheduler commits each round's tokens before the next round is prepared. Nothing else is
 carried between rounds, so merge/filter of batches needs no JetSpec state.
 
-Limits (phase 1): greedy only on CPU (SGLang's CPU verify is greedy-only, a sampled request
-is verified greedily - see docs/sglang-integration.md), no grammar masks, tp = pp = dp = 1,
-page size 1, no overlap scheduling, no CUDA graphs.
+Sampled requests on CPU: SGLang's verify is greedy-only there, so such batches are accepted
+by the lossless walk rule of sampling_accept.py instead. Limits (phase 1): no grammar masks,
+tp = pp = dp = 1, page size 1, no overlap scheduling, no CUDA graphs.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from sglang_jetspec.core.tree import build_trees
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
+from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
 from sglang_jetspec.integration.server_args import TargetDims, check_head
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,9 @@ class JetSpecWorker(BaseSpecWorker):
         self.drafter = Drafter(head, embed.weight, model.lm_head.weight,
                                text_cfg.vocab_size, self.depth)
         self.head_pool: HeadContextPool | None = None
-        self._warned_sampling = False
+        # eagle_sample cannot sample on CPU; sampled batches take the walk rule on the host
+        self.host_sampling = str(self.device).startswith("cpu")
+        self.generator = torch.Generator().manual_seed(int(server_args.random_seed or 0))
 
     # ---- setup (called by the scheduler after the target pools exist) ----------------------
 
@@ -136,7 +139,6 @@ class JetSpecWorker(BaseSpecWorker):
         seq_lens_cpu = batch.seq_lens_cpu if batch.seq_lens_cpu is not None else batch.seq_lens.cpu()
         prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
         anchors = torch.tensor([int(req.output_ids[-1]) for req in batch.reqs])
-        self._maybe_warn_sampling(batch)
 
         # 1-2. draft and build the trees
         slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
@@ -171,9 +173,7 @@ class JetSpecWorker(BaseSpecWorker):
         logits_output = result.logits_output
 
         # 4. accept, compact the KV, keep the accepted nodes as head context
-        predict, accept_lens, accept_index = eagle_sample(
-            verify_input, batch, logits_output, None,
-            watermark_state=self.model_runner.watermark_state)
+        predict, accept_lens, accept_index = self._accept(trees, verify_input, batch, logits_output)
         new_seq_lens = batch.seq_lens + accept_lens
         accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
         move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
@@ -220,10 +220,14 @@ class JetSpecWorker(BaseSpecWorker):
         positions = (batch.seq_lens.view(bs, 1).to(cols.device) + cols)[keep]
         self._store_context(slots, features[rows.to(features.device)], positions)
 
-    def _maybe_warn_sampling(self, batch) -> None:
-        if self._warned_sampling or batch.sampling_info.is_all_greedy:
-            return
-        if str(self.device).startswith("cpu"):
-            logger.warning("JETSPEC on CPU verifies greedily: requests with temperature > 0 get "
-                           "greedy tokens (SGLang's CPU tree verify has no sampling path)")
-            self._warned_sampling = True
+    def _accept(self, trees, verify_input, batch, logits_output):
+        """(predict [bs*n], accept_lens [bs], accept_index [bs, n]) in eagle_sample's layout."""
+        info = batch.sampling_info
+        if not (self.host_sampling and not info.is_all_greedy):
+            return eagle_sample(verify_input, batch, logits_output, None,
+                                watermark_state=self.model_runner.watermark_state)
+        logits = adjust_logits(logits_output.next_token_logits, info, self.budget)
+        out = sample_walk_accept(trees, logits, info.temperatures.view(-1).tolist(),
+                                 info.top_ks.tolist(), info.top_ps.tolist(), info.min_ps.tolist(),
+                                 self.generator)
+        return tuple(t.to(self.device) for t in out)
