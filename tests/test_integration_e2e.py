@@ -77,9 +77,9 @@ class Server:
             time.sleep(3)
         raise TimeoutError(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{self.tail()}")
 
-    def generate(self, input_ids: list[int], max_new_tokens: int) -> dict:
+    def generate(self, input_ids: list[int], max_new_tokens: int, temperature: float = 0.0) -> dict:
         body = json.dumps({"input_ids": input_ids, "sampling_params": {
-            "temperature": 0.0, "max_new_tokens": max_new_tokens}}).encode()
+            "temperature": temperature, "max_new_tokens": max_new_tokens}}).encode()
         req = urllib.request.Request(self.url("/generate"), body, {"Content-Type": "application/json"})
         return json.loads(urllib.request.urlopen(req, timeout=300).read())
 
@@ -232,6 +232,22 @@ def test_radix_cache_hits_keep_the_heads_context(setup):
     assert cont["meta_info"]["cached_tokens"] >= len(turn) - 1
     assert cont["output_ids"] == reference[prompt].output_ids[half:]
     assert cont["meta_info"]["spec_num_correct_drafts"] >= cont["meta_info"]["spec_verify_ct"]
+
+
+def test_sampled_requests_share_a_batch_with_greedy_ones(setup):
+    """On CPU a batch with a sampled row is accepted by the host walk rule (SGLang's CPU verify
+    is greedy-only); the greedy rows in it must still produce the greedy tokens."""
+    _, spec, ids, reference = setup
+    greedy, sampled = TRAINED[1], TRAINED[2]
+    items = [(ids[greedy], NEW_TOKENS, 0.0), (ids[sampled], NEW_TOKENS, 0.8),
+             (ids[UNTRAINED[2][0]], NEW_TOKENS, 1.0)]
+    out = _run_all(spec, items)
+    assert out[0]["output_ids"] == reference[greedy].output_ids
+    assert out[0]["meta_info"]["spec_verify_ct"] == reference[greedy].rounds
+    for o in out[1:]:
+        n = len(o["output_ids"])
+        assert n == NEW_TOKENS or o["meta_info"]["finish_reason"]["type"] == "stop", o["meta_info"]
+        assert o["meta_info"]["spec_verify_ct"] >= 1
 
 
 def test_server_survives_the_idle_memory_check(setup):
