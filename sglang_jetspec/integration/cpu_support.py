@@ -2,8 +2,9 @@
 
 Active only when torch sees no CUDA device (SGLang's CUDA kernels cannot run, and the
 `sgl_kernel` wheel does not even import without libcuda). `activate()` then:
-  1. sets SGLANG_USE_CPU_ENGINE=1 for the processes SGLang spawns (it must already be set
-     in the launching shell: the launcher caches `is_cpu()` before plugins load);
+  1. sets SGLANG_USE_CPU_ENGINE=1 for the processes SGLang spawns (the launcher evaluated
+     `is_cpu()` before plugins load, but it only resolves arguments, which key on --device;
+     the scheduler, where the CPU code paths run, starts after this);
   2. shadows `sgl_kernel` with a stand-in whose ops are written here in pure torch. The
      shadow is a tiny package (`_cpu_shadow/sgl_kernel`) put first on sys.path and
      PYTHONPATH, because SGLang's spawned scheduler imports `sgl_kernel` while unpickling
