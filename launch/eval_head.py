@@ -1,0 +1,95 @@
+"""Mean accepted length (tokens committed per target forward, bonus included) of a trained head,
+per node budget and prompt file, through the greedy reference decoder:
+``python -m launch.eval_head --head DIR --prompts FILE [FILE...] [--budgets 8,16,32,64]``.
+With ``--compare-head DIR`` (e.g. the bidirectional baseline) the two heads side by side.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+
+from sglang_jetspec.core.checkpoint import load_head
+from sglang_jetspec.train.evaluate import mean_accepted_length
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m launch.eval_head", description=__doc__)
+    p.add_argument("--head", required=True, help="trained head folder")
+    p.add_argument("--model", default=None, help="target Hugging Face folder (default: embedded SmolLM2)")
+    p.add_argument("--prompts", nargs="+", required=True, help="prompt JSONL files")
+    p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32, 64])
+    p.add_argument("--width", type=int, default=7, help="top-k per depth of the draft tree")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, default=None, help="first N prompts of each file")
+    p.add_argument("--compare-head", default=None, help="a second head folder, shown side by side")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    return p.parse_args(argv)
+
+
+def head_label(head, folder: str) -> str:
+    kind = "causal" if head.config.causal_head else "bidirectional"
+    return f"{kind}:{os.path.basename(os.path.normpath(folder))}"
+
+
+def format_table(results: dict, budgets: list[int]) -> str:
+    """results[label][file][budget] = tau -> one text table (a ratio column when two heads)."""
+    labels = list(results)
+    files = list(next(iter(results.values())))
+    cols = [f"{lab} @{b}" for b in budgets for lab in labels]
+    if len(labels) == 2:
+        cols = [c for b in budgets for c in (f"{labels[0]} @{b}", f"{labels[1]} @{b}", f"ratio @{b}")]
+    width = max(len(f) for f in files + ["prompts"])
+    lines = ["prompts".ljust(width) + " | " + " | ".join(cols)]
+    for f in files:
+        cells = []
+        for b in budgets:
+            vals = [results[lab][f][b] for lab in labels]
+            cells += [f"{v:.3f}" for v in vals]
+            if len(labels) == 2:
+                cells.append(f"{vals[0] / vals[1]:.3f}" if vals[1] else "-")
+        lines.append(f.ljust(width) + " | " + " | ".join(c.rjust(len(h)) for c, h in zip(cells, cols)))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if any(b < 1 for b in args.budgets):
+        raise SystemExit(f"budgets {args.budgets} must all be >= 1")
+    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
+    from sglang_jetspec.reference.runner import resolve_model
+    from sglang_jetspec.reference.target import HFTarget
+
+    target = HFTarget(resolve_model(args.model))
+    prompts = {}
+    for f in args.prompts:
+        stem = os.path.basename(f).removesuffix(".jsonl")
+        prompts[stem] = encode_prompts(target.tokenizer, read_prompts(f)[: args.num_prompts])
+    folders = [args.head] + ([args.compare_head] if args.compare_head else [])
+    results = {}
+    for folder in folders:
+        head = load_head(folder, device=str(target.device), dtype=target.dtype)
+        label = head_label(head, folder)
+        if label in results:
+            label += "#2"
+        results[label] = {}
+        for stem, ids in prompts.items():
+            results[label][stem] = {}
+            for b in args.budgets:
+                rep = mean_accepted_length(target, head, ids, b, args.max_new_tokens, args.width)
+                results[label][stem][b] = rep.mean_accepted
+                print(f"{label} {stem} budget {b}: mean accepted length {rep.mean_accepted:.3f} "
+                      f"({rep.tokens} tokens / {rep.rounds} rounds)", flush=True)
+    print()
+    print(format_table(results, args.budgets))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Train a JetSpec draft head on regenerated data, in the published checkpoint layout:
+``python -m launch.train_head --model DIR --data DIR [DIR...] --out DIR``.
+
+Multi-GPU: ``torchrun --nproc-per-node N -m launch.train_head ...`` (DDP over the head only).
+"""
+
+import argparse
+import os
+
+import torch
+
+from sglang_jetspec.core.head import DraftHead
+from sglang_jetspec.core.head_config import HeadConfig
+from sglang_jetspec.train import distributed as dist_util
+from sglang_jetspec.train.checkpointing import has_training_state
+from sglang_jetspec.train.dataset import load_sequences, split_validation
+from sglang_jetspec.train.evaluate import depth_metrics, mean_accepted_length
+from sglang_jetspec.train.head_init import build_head
+from sglang_jetspec.train.ngram import NgramTable
+from sglang_jetspec.train.teacher import FrozenTarget
+from sglang_jetspec.train.trainer import TrainConfig, Trainer
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m launch.train_head", description=__doc__)
+    p.add_argument("--model", default=None, help="target Hugging Face folder (default: embedded SmolLM2)")
+    p.add_argument("--data", nargs="+", required=True, help="regenerated shard folders (shard_*.jsonl)")
+    p.add_argument("--out", required=True, help="output head folder (also holds trainer_state.pt)")
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--bidirectional", action="store_true", help="DFlash baseline: full mask inside the block")
+    p.add_argument("--target-layer-ids", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="comma-separated tapped target layers (default: published rule)")
+    p.add_argument("--init-from-target", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the head's layers from the target's last decoder layers")
+    p.add_argument("--recency-init", action=argparse.BooleanOptionalAction, default=True,
+                   help="layer 0 starts with a latest-context head group and an anchor head group")
+    p.add_argument("--window-steps", type=int, default=0,
+                   help="context-window curriculum: widen from --window-start positions to the full "
+                        "prefix over this many steps (0 = off)")
+    p.add_argument("--window-start", type=int, default=8)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: min(50, steps // 10)")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--anchors-per-seq", type=int, default=64)
+    p.add_argument("--seqs-per-step", type=int, default=1)
+    p.add_argument("--gamma", type=float, default=0.0, help="depth weight exp(-(i-1)/gamma); 0 = uniform")
+    p.add_argument("--max-len", type=int, default=1024, help="cut sequences to this many tokens")
+    p.add_argument("--val-percent", type=float, default=3.0, help="share of the data held out (by prompt hash)")
+    p.add_argument("--val-seqs", type=int, default=16, help="held-out answers scored at each evaluation")
+    p.add_argument("--val-anchors", type=int, default=32)
+    p.add_argument("--eval-every", type=int, default=100, help="0: no periodic evaluation")
+    p.add_argument("--save-every", type=int, default=None, help="default: --eval-every")
+    p.add_argument("--eval-prompts", nargs="*", default=[], help="held-out prompt files for accepted length")
+    p.add_argument("--eval-num-prompts", type=int, default=2, help="prompts per file per evaluation")
+    p.add_argument("--eval-budget", type=int, default=32)
+    p.add_argument("--eval-max-new-tokens", type=int, default=64)
+    p.add_argument("--resume", action="store_true", help="continue from --out's trainer_state.pt")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def make_evaluator(args, target, hf_target, val_seqs, train_seqs):
+    """Held-out depth accuracy vs the n-gram baselines, plus accepted length on held-out prompts."""
+    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
+
+    base = {}
+    if val_seqs:
+        base = {f"{n}gram_acc": round(NgramTable(train_seqs, n).accuracy(val_seqs), 4) for n in (2, 3)}
+        print(f"[baseline] {len(val_seqs)} held-out answers: bigram {base['2gram_acc']:.4f} "
+              f"trigram {base['3gram_acc']:.4f} (next-token accuracy)")
+    prompts = {}
+    for f in args.eval_prompts:
+        stem = os.path.basename(f).removesuffix(".jsonl")
+        prompts[stem] = encode_prompts(hf_target.tokenizer, read_prompts(f)[: args.eval_num_prompts])
+
+    def evaluate(step, head):
+        out = {}
+        if val_seqs:
+            m = depth_metrics(target, head, val_seqs, args.val_anchors)
+            out.update(acc1=round(m.accuracy[0], 4), acc=[round(a, 3) for a in m.accuracy], kl=round(m.mean_kl, 4))
+            out.update(base)
+        for stem, ids in prompts.items():
+            rep = mean_accepted_length(hf_target, head, ids, args.eval_budget, args.eval_max_new_tokens)
+            out[f"tau_{stem}@{args.eval_budget}"] = round(rep.mean_accepted, 3)
+        return out
+
+    return evaluate
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already fixed in this process (a second in-process run)
+            pass
+    from sglang_jetspec.reference.runner import default_mask_token_id, resolve_model
+    from sglang_jetspec.reference.target import HFTarget
+
+    info = dist_util.init_distributed()
+    device = dist_util.device_for(info)
+    resume = args.resume and has_training_state(args.out)
+    if not args.resume and has_training_state(args.out):
+        raise SystemExit(f"{args.out} already holds a training run; pass --resume or another --out")
+
+    hf = HFTarget(resolve_model(args.model), device=str(device))
+    target = FrozenTarget(hf.model)
+    seqs = load_sequences(args.data, args.max_len)
+    train_seqs, val_seqs = split_validation(seqs, args.val_percent, args.val_seqs)
+    if resume:
+        head = DraftHead(HeadConfig.load(args.out)).to(device)
+    else:
+        head = build_head(hf.model, args.num_layers, args.block_size, causal=not args.bidirectional,
+                          mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
+                          seed=args.seed, target_layer_ids=args.target_layer_ids,
+                          recency_init=args.recency_init, calib_ids=train_seqs[0].ids.to(device)).to(device)
+    head.config.check_target(target.hidden_size, target.num_layers, target.vocab_size)
+    cfg = TrainConfig(
+        steps=args.steps, lr=args.lr,
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(50, args.steps // 10),
+        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        seqs_per_step=args.seqs_per_step, anchors_per_seq=args.anchors_per_seq, gamma=args.gamma,
+        seed=args.seed, eval_every=args.eval_every,
+        save_every=args.eval_every if args.save_every is None else args.save_every,
+        window_start=args.window_start, window_steps=args.window_steps,
+    )
+    evaluator = make_evaluator(args, target, hf, val_seqs, train_seqs) if info.is_main else None
+    trainer = Trainer(cfg, target, head, train_seqs, args.out, info, evaluator, progress=not args.no_progress)
+    if resume:
+        print(f"resuming {args.out} at step {trainer.resume()} (head config from the checkpoint)")
+    n_params = sum(p.numel() for p in head.parameters())
+    if info.is_main:
+        c = head.config
+        print(f"head: {c.num_hidden_layers} layers, {n_params / 1e6:.2f}M params, causal={c.causal_head}, "
+              f"taps {c.target_layer_ids}, block {c.block_size}; data: {len(train_seqs)} train / "
+              f"{len(val_seqs)} held-out sequences ({sum(len(q.ids) - q.prompt_len for q in train_seqs)} answer tokens)"
+              f"; world size {info.world_size}")
+    trainer.run()
+    if info.is_main:
+        print(f"saved head to {args.out} (step {trainer.step})")
+    dist_util.shutdown(info)
+
+
+if __name__ == "__main__":
+    main()

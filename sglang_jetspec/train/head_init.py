@@ -1,0 +1,186 @@
+"""A fresh head shaped like the target's own decoder layers, optionally started FROM them.
+
+Why: trained from random weights the head first spends hundreds of steps learning to read the
+context at all (training-notes.md). Copying the target's last decoder layers gives it working
+attention and MLPs from step 0, and `fc` starts as "take the deepest tapped layer" so the
+context keys/values are exactly what the first copied layer sees in the target when that tap is
+the layer just below it (default for a 2-layer head on SmolLM2: taps [1, 27], copies 28 and 29).
+The published layout is kept: only initial values change.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_jetspec.core.head import DraftHead
+from sglang_jetspec.core.head_config import HeadConfig
+
+
+def target_rope_theta(cfg) -> float:
+    """rope_theta of a transformers config (top level in older versions, rope_parameters in newer)."""
+    for key in ("rope_parameters", "rope_scaling"):
+        sub = getattr(cfg, key, None)
+        if isinstance(sub, dict) and "rope_theta" in sub:
+            kind = sub.get("rope_type", sub.get("type", "default"))
+            if kind not in (None, "default"):
+                raise ValueError(f"target {key} rope_type {kind!r}: the head implements default rotary only")
+            return float(sub["rope_theta"])
+    theta = getattr(cfg, "rope_theta", None)
+    if theta is None:
+        raise ValueError("target config has no rope_theta")
+    return float(theta)
+
+
+def head_config_for_target(target_cfg, num_layers: int = 2, block_size: int = 16, causal: bool = True,
+                           mask_token_id: int | None = None, target_layer_ids: list[int] | None = None,
+                           num_target_ids: int | None = None) -> HeadConfig:
+    """Head config whose layers have the target's exact shapes (so they can be copied)."""
+    heads = target_cfg.num_attention_heads
+    head_dim = getattr(target_cfg, "head_dim", None) or target_cfg.hidden_size // heads
+    vocab = target_cfg.vocab_size
+    return HeadConfig.for_target(
+        target_hidden_size=target_cfg.hidden_size, target_num_layers=target_cfg.num_hidden_layers,
+        vocab_size=vocab, num_layers=num_layers, hidden_size=target_cfg.hidden_size,
+        num_attention_heads=heads, num_key_value_heads=target_cfg.num_key_value_heads, head_dim=head_dim,
+        intermediate_size=target_cfg.intermediate_size, target_layer_ids=target_layer_ids,
+        num_target_ids=num_target_ids, block_size=block_size, causal_head=causal,
+        mask_token_id=mask_token_id, rope_theta=target_rope_theta(target_cfg),
+        rms_norm_eps=float(target_cfg.rms_norm_eps),
+        max_position_embeddings=int(getattr(target_cfg, "max_position_embeddings", 40960)),
+    )
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(f"cannot initialise head {name} {list(dst.shape)} from target {list(src.shape)}; "
+                         "use a head with the target's layer shapes or --no-init-from-target")
+    dst.copy_(src.detach().to(dst.dtype))
+
+
+@torch.no_grad()
+def init_head_from_target(head: DraftHead, model, source_layers: list[int] | None = None) -> list[int]:
+    """Copy target decoder layers into the head (default: the target's last num_layers layers).
+
+    Copies q/k/v/o, the MLP and both layer norms (q_norm/k_norm too when the target has them,
+    else they stay 1), the final norm; `fc` = identity on the deepest tapped layer's slice,
+    `hidden_norm` = the first copied layer's input norm. Returns the copied target layer ids.
+    WARNING: overwrites the head's weights in place.
+    """
+    cfg = head.config
+    layers = model.base_model.layers
+    n_target = len(layers)
+    if source_layers is None:
+        source_layers = list(range(n_target - cfg.num_hidden_layers, n_target))
+    if len(source_layers) != cfg.num_hidden_layers or not all(0 <= i < n_target for i in source_layers):
+        raise ValueError(f"source layers {source_layers}: need {cfg.num_hidden_layers} ids in [0, {n_target})")
+    for j, (hl, i) in enumerate(zip(head.layers, source_layers)):
+        tl = layers[i]
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            _copy(getattr(hl.self_attn, proj).weight, getattr(tl.self_attn, proj).weight, f"layers.{j}.self_attn.{proj}")
+            hb, tb = getattr(hl.self_attn, proj).bias, getattr(tl.self_attn, proj).bias
+            if hb is not None and tb is not None:
+                _copy(hb, tb, f"layers.{j}.self_attn.{proj}.bias")
+        for nm in ("q_norm", "k_norm"):
+            t_norm = getattr(tl.self_attn, nm, None)
+            getattr(hl.self_attn, nm).weight.fill_(1.0) if t_norm is None else \
+                _copy(getattr(hl.self_attn, nm).weight, t_norm.weight, f"layers.{j}.self_attn.{nm}")
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            _copy(getattr(hl.mlp, proj).weight, getattr(tl.mlp, proj).weight, f"layers.{j}.mlp.{proj}")
+        _copy(hl.input_layernorm.weight, tl.input_layernorm.weight, f"layers.{j}.input_layernorm")
+        _copy(hl.post_attention_layernorm.weight, tl.post_attention_layernorm.weight,
+              f"layers.{j}.post_attention_layernorm")
+    _copy(head.norm.weight, model.base_model.norm.weight, "norm")
+    _copy(head.hidden_norm.weight, layers[source_layers[0]].input_layernorm.weight, "hidden_norm")
+    d, dt = cfg.hidden_size, cfg.target_hidden_size
+    if d != dt:
+        raise ValueError(f"fc identity init needs head hidden_size {d} == target hidden_size {dt}")
+    deepest = max(range(len(cfg.target_layer_ids)), key=lambda k: cfg.target_layer_ids[k])
+    head.fc.weight.zero_()
+    head.fc.weight[:, deepest * dt:(deepest + 1) * dt] = torch.eye(d)  # [d, K*d]
+    return source_layers
+
+
+def build_head(target_model, num_layers: int = 2, block_size: int = 16, causal: bool = True,
+               mask_token_id: int | None = None, init_from_target: bool = True, seed: int = 0,
+               target_layer_ids: list[int] | None = None, num_target_ids: int | None = None,
+               recency_init: bool = False, calib_ids: torch.Tensor | None = None,
+               recency_gain: float = 2.1) -> DraftHead:
+    """A new fp32 head for `target_model` (a transformers causal LM), seeded; optionally started
+    from the target's last layers and/or with layer 0's recency/anchor attention
+    (init_recency_attention, calibrated on the token sequence calib_ids [T])."""
+    cfg = head_config_for_target(target_model.config, num_layers, block_size, causal, mask_token_id,
+                                 target_layer_ids, num_target_ids)
+    torch.manual_seed(seed)
+    head = DraftHead(cfg)
+    _small_init(head)
+    if init_from_target:
+        init_head_from_target(head, target_model)
+    if recency_init:
+        if calib_ids is None:
+            raise ValueError("recency_init needs calib_ids (a token sequence to calibrate the probe on)")
+        with torch.no_grad():
+            out = target_model.base_model(input_ids=calib_ids.view(1, -1), output_hidden_states=True, use_cache=False)
+            feats = torch.cat([out.hidden_states[i + 1][0] for i in cfg.target_layer_ids], -1)  # [T, K*d]
+            ctx = head.project_context(feats[None])[0]
+        init_recency_attention(head, target_model.get_input_embeddings().weight, ctx, recency_gain)
+    return head
+
+
+@torch.no_grad()
+def _small_init(head: DraftHead, std: float = 0.02) -> None:
+    """Transformer-style init (nn.Linear's default is too wide for a residual stack)."""
+    for name, p in head.named_parameters():
+        if p.dim() == 2:
+            p.normal_(0.0, std)
+
+
+def _rank_one_rows(weight: torch.Tensor, head: int, head_dim: int, direction: torch.Tensor) -> None:
+    """Rows of head `head` map x to ones(head_dim) * (direction . x)."""
+    weight[head * head_dim:(head + 1) * head_dim] = direction[None, :].expand(head_dim, -1)
+
+
+@torch.no_grad()
+def init_recency_attention(head: DraftHead, embed_weight: torch.Tensor, ctx: torch.Tensor,
+                           gain: float = 2.1) -> dict:
+    """Give head layer 0 a 'most recent context' head group and an 'anchor' head group.
+
+    Why: a fresh head first has to find, among hundreds of context keys, the anchor and the
+    latest positions; the prototype of training-notes.md spent thousands of steps there. Here
+    the MASK slots (the ones graded) get, from step 0, queries that are one fixed vector per
+    head, and keys that are the same fixed vector up to a sign (rank-1 k_proj rows followed by
+    k_norm make |k| constant): rotary then turns q.k into a function of the distance alone,
+    sum_j cos(theta_j * dist), which falls like -log(dist), so softmax gives a power-law
+    recency (exponent ~0.7 * gain**2). The sign comes from a linear probe that separates
+    token embeddings (+1) from context features (-1), with the MASK embedding projected out
+    (MASK keys are 0, hence ignored). kv group 0 uses -probe (context visible, anchor
+    suppressed): it reads the latest context; kv group 1 uses +probe: it reads the anchor.
+    Only layer 0's q/k rows of those two kv groups and the q_norm/k_norm gains change.
+
+    embed_weight [V, d]: the target's input embeddings; ctx [n, d]: projected context features
+    (head.project_context of real target features). Returns probe diagnostics.
+    """
+    cfg = head.config
+    if cfg.mask_token_id is None:
+        raise ValueError("recency init needs the head's mask_token_id")
+    if cfg.num_key_value_heads < 2:
+        raise ValueError(f"recency init needs >= 2 kv heads, the head has {cfg.num_key_value_heads}")
+    layer = head.layers[0]
+    attn = layer.self_attn
+    tokens = layer.input_layernorm(embed_weight.float())  # [V, d] what layer 0 sees for a token
+    x_mask = tokens[cfg.mask_token_id]
+    m_hat = x_mask / x_mask.norm()
+    feats = torch.cat([tokens, ctx.float()])  # [V + n, d]
+    labels = torch.cat([torch.ones(len(tokens)), -torch.ones(len(ctx))])
+    w = torch.linalg.lstsq(feats, labels[:, None]).solution[:, 0]  # [d] probe
+    w = w - (w @ m_hat) * m_hat  # MASK keys: exactly 0
+    w = w / w.norm()
+    hd, group = cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads
+    q_dir = m_hat / x_mask.norm()  # MASK query -> ones(hd)
+    for kv, sign in ((0, -1.0), (1, 1.0)):
+        _rank_one_rows(attn.k_proj.weight, kv, hd, sign * w)
+        for h in range(kv * group, (kv + 1) * group):
+            _rank_one_rows(attn.q_proj.weight, h, hd, q_dir)
+    attn.q_norm.weight.fill_(gain)
+    attn.k_norm.weight.fill_(gain)
+    return {"tokens_positive": float((tokens @ w > 0).float().mean()),
+            "context_negative": float((ctx.float() @ w < 0).float().mean())}

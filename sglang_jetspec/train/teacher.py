@@ -1,0 +1,54 @@
+"""The frozen target as training sees it: one no-grad pass per sequence gives both the fused
+features the head reads and the teacher's next-token log-probs, from the very same prefix.
+
+Target layer L is the OUTPUT of decoder layer L (transformers' hidden_states[L + 1]), as in
+reference/target.py. The teacher's lm_head runs only on the rows the loss needs (an answer's
+positions, shared by all the blocks that overlap there), not on the whole sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class FrozenTarget:
+    """Embeddings, lm_head and the feature/teacher pass of a transformers causal LM (no grads)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        cfg = model.config
+        self.num_layers: int = cfg.num_hidden_layers
+        self.hidden_size: int = cfg.hidden_size
+        self.embed_tokens = model.get_input_embeddings()
+        self.lm_head = model.get_output_embeddings()
+        self.vocab_size: int = self.lm_head.weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Head hidden states [..., d] -> fp32 logits [..., V] through the target's lm_head."""
+        return self.lm_head(hidden).float()
+
+    @torch.no_grad()
+    def features_and_teacher(self, ids: torch.Tensor, layer_ids: list[int],
+                             teacher_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [T] -> (features [T, K*d], teacher log-probs [R, V] fp32 at positions teacher_rows [R]).
+
+        Row r of the teacher is p(. | ids[: teacher_rows[r] + 1]): the distribution of the token
+        at position teacher_rows[r] + 1.
+        """
+        bad = [i for i in layer_ids if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"target layer ids {bad} out of range [0, {self.num_layers})")
+        out = self.model.base_model(input_ids=ids.view(1, -1).to(self.device), output_hidden_states=True,
+                                    use_cache=False)
+        feats = torch.cat([out.hidden_states[i + 1][0] for i in layer_ids], dim=-1)  # [T, K*d]
+        last = out.last_hidden_state[0, teacher_rows.to(self.device)]  # [R, d], after the final norm
+        return feats, torch.log_softmax(self.lm_head(last).float(), dim=-1)

@@ -1,0 +1,195 @@
+"""The training loop: sample sequences and anchors, one teacher pass per sequence, KL step,
+progress bar, periodic evaluation and resumable checkpoints.
+
+Every step's randomness is a pure function of (seed, step, rank) (dataset.step_generator) and
+the data order of (seed, epoch, rank), so a resumed run trains on exactly the batches an
+uninterrupted run would have seen (as long as the data folders did not change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from sglang_jetspec.core.head import DraftHead
+from sglang_jetspec.train import distributed as dist_util
+from sglang_jetspec.train.checkpointing import load_training_state, save_training_state
+from sglang_jetspec.train.dataset import TrainSequence, sample_anchors, shard_for_rank, step_generator
+from sglang_jetspec.train.loss import DraftForTraining, StepResult, block_loss
+from sglang_jetspec.train.schedule import build_optimizer, warmup_cosine
+from sglang_jetspec.train.teacher import FrozenTarget
+
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seqs_per_step: int = 1
+    anchors_per_seq: int = 64
+    gamma: float = 0.0
+    seed: int = 0
+    eval_every: int = 100   # 0: no periodic evaluation
+    save_every: int = 100   # 0: save only at the end
+    # context-window curriculum: blocks see only the last `window_start` context positions at
+    # first, widening linearly to the whole prefix at step `window_steps` (0 = off). Why: the
+    # head must first find the most recent positions among hundreds (training-notes.md).
+    window_start: int = 8
+    window_steps: int = 0
+
+    def context_window(self, step: int) -> int | None:
+        if step >= self.window_steps:
+            return None
+        return int(self.window_start + (1024 - self.window_start) * step / self.window_steps)
+
+    def validate(self) -> None:
+        errs = []
+        for k in ("steps", "seqs_per_step", "anchors_per_seq"):
+            if getattr(self, k) < 1:
+                errs.append(f"{k} {getattr(self, k)} must be >= 1")
+        for k in ("warmup_steps", "eval_every", "save_every", "grad_clip", "weight_decay", "gamma",
+                  "window_steps"):
+            if getattr(self, k) < 0:
+                errs.append(f"{k} {getattr(self, k)} must be >= 0")
+        if self.window_start < 1:
+            errs.append(f"window_start {self.window_start} must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            errs.append(f"min_lr_ratio {self.min_lr_ratio} must be in [0, 1]")
+        if errs:
+            raise ValueError("invalid training config: " + "; ".join(errs))
+
+
+# evaluator(step, head) -> metrics to log (run on rank 0 only)
+Evaluator = Callable[[int, DraftHead], dict]
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, target: FrozenTarget, head: DraftHead,
+                 train_seqs: list[TrainSequence], out_dir: str, dist: dist_util.DistInfo | None = None,
+                 evaluator: Evaluator | None = None, progress: bool = True):
+        config.validate()
+        self.cfg, self.target, self.head, self.out_dir = config, target, head, out_dir
+        self.dist = dist or dist_util.DistInfo()
+        self.seqs = shard_for_rank(train_seqs, self.dist.rank, self.dist.world_size)
+        self.model = dist_util.wrap(DraftForTraining(head), self.dist)
+        self.optimizer = build_optimizer(head, config.lr, config.weight_decay)
+        self.scheduler = warmup_cosine(self.optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
+        self.evaluator, self.progress = evaluator, progress
+        self.step = 0
+        cuda = target.device.type == "cuda"
+        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+
+    # ---- data ------------------------------------------------------------------------------
+    def batch(self, step: int) -> tuple[list[TrainSequence], torch.Tensor, torch.Tensor]:
+        """Step `step`'s sequences (epoch-wise permutation of this rank's shard) and anchors [b, N]."""
+        k, n = self.cfg.seqs_per_step, len(self.seqs)
+        picked = []
+        for i in range(step * k, step * k + k):
+            epoch, j = divmod(i, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
+            picked.append(self.seqs[int(perm[j])])
+        g = step_generator(self.cfg.seed, step, self.dist.rank)
+        anchors, valid = zip(*(sample_anchors(q, self.cfg.anchors_per_seq, g) for q in picked))
+        return picked, torch.stack(anchors), torch.stack(valid)
+
+    # ---- one step --------------------------------------------------------------------------
+    def train_step(self) -> StepResult:
+        seqs, anchors, valid = self.batch(self.step)
+        self.model.train()
+        with self._autocast():
+            res = block_loss(self.model, self.head.config, self.target, seqs, anchors, valid, self.cfg.gamma,
+                             self.cfg.context_window(self.step))
+        res.loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.head.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return res
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save(self) -> None:
+        if self.dist.is_main:
+            save_training_state(self.out_dir, self.head, self.optimizer, self.scheduler, self.step,
+                                meta={"train_config": asdict(self.cfg)})
+        dist_util.barrier(self.dist)
+
+    def resume(self) -> int:
+        """Continue from out_dir's trainer state; returns the step it continues at."""
+        state = load_training_state(self.out_dir, self.head, self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        return self.step
+
+    def _log(self, record: dict) -> None:
+        if self.dist.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, LOG_NAME), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate(self) -> dict:
+        if self.evaluator is None or not self.dist.is_main:
+            return {}
+        t0 = time.perf_counter()
+        metrics = self.evaluator(self.step, self.head)
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        self._log({"step": self.step, "eval": metrics})
+        return metrics
+
+    # ---- loop ------------------------------------------------------------------------------
+    def run(self) -> list[float]:
+        """Train up to cfg.steps; returns the losses of this call's steps."""
+        cfg, losses = self.cfg, []
+        if self.step == 0 and cfg.eval_every:
+            self._report(self.evaluate())
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+                   dynamic_ncols=True, unit="step")
+        acc_ema = loss_ema = None
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            res = self.train_step()
+            dt = time.perf_counter() - t0
+            stats = dist_util.sum_over_ranks(torch.stack([res.loss.detach().float().cpu() * 1.0,
+                                                          res.correct[0], res.count[0], res.count.sum()]), self.dist)
+            loss = float(stats[0]) / self.dist.world_size
+            acc1 = float(stats[1] / stats[2].clamp_min(1))
+            losses.append(float(res.loss.detach()))
+            loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+            acc_ema = acc1 if acc_ema is None else 0.9 * acc_ema + 0.1 * acc1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", acc1=f"{acc_ema:.3f}", tok_s=f"{float(stats[3]) / dt:.0f}",
+                            lr=f"{self.scheduler.get_last_lr()[0]:.1e}", s_step=f"{dt:.2f}")
+            self._log({"step": self.step, "loss": round(loss, 5), "acc1": round(acc1, 4), "s": round(dt, 3),
+                       "slots": int(stats[3])})
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._report(self.evaluate(), bar)
+        bar.close()
+        self.save()
+        return losses
+
+    def _report(self, metrics: dict, bar=None) -> None:
+        if metrics and self.dist.is_main:
+            line = f"[eval step {self.step}] " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            (bar.write if bar is not None else print)(line)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list):
+        return "[" + ",".join(f"{x:.3f}" if isinstance(x, float) else str(x) for x in v) + "]"
+    return str(v)

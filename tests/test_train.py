@@ -1,0 +1,305 @@
+"""Head training pipeline on a tiny random Llama target: the objective's bookkeeping (teacher
+rows, masks, ends), the learning itself, checkpoints in the published layout, exact resume,
+and the two command lines end to end."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sglang_jetspec.core.checkpoint import load_head
+from sglang_jetspec.core.head import DraftHead
+from sglang_jetspec.train.dataset import TrainSequence, is_validation, sample_anchors, split_validation
+from sglang_jetspec.train.head_init import build_head
+from sglang_jetspec.train.loss import (DraftForTraining, TeacherSummary, block_layout, block_loss,
+                                       depth_weights, forward_kl)
+from sglang_jetspec.train.ngram import NgramTable
+from sglang_jetspec.train.teacher import FrozenTarget
+from sglang_jetspec.train.trainer import TrainConfig, Trainer
+
+VOCAB, MASK, BLOCK = 61, 3, 5
+
+
+def tiny_target(seed=0, vocab=VOCAB):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
+                      max_position_embeddings=256, rms_norm_eps=1e-5)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_seqs(n=3, seed=1, prompt=6, answer=14):
+    g = torch.Generator().manual_seed(seed)
+    return [TrainSequence(torch.randint(4, VOCAB, (prompt + answer + i,), generator=g), prompt, f"p{i}")
+            for i in range(n)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core machine: extra threads only add contention (10x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_target()
+
+
+def _head(model, init=True, causal=True, seed=0):
+    return build_head(model, num_layers=2, block_size=BLOCK, causal=causal, mask_token_id=MASK,
+                      init_from_target=init, seed=seed)
+
+
+# ---- data and anchors -----------------------------------------------------------------------
+
+def test_anchors_lie_in_the_answer_and_pad_invalid():
+    seq = TrainSequence(torch.arange(10), prompt_len=6)  # anchor positions 6, 7, 8
+    a, v = sample_anchors(seq, 2, torch.Generator().manual_seed(0))
+    assert len(set(a.tolist())) == 2 and all(6 <= x <= 8 for x in a.tolist()) and v.all()
+    a, v = sample_anchors(seq, 5, torch.Generator().manual_seed(0))
+    assert sorted(a[v].tolist()) == [6, 7, 8] and v.tolist() == [True] * 3 + [False] * 2
+
+
+def test_validation_split_is_stable_by_prompt():
+    seqs = [TrainSequence(torch.arange(5), 2, f"prompt {i}") for i in range(200)]
+    train, val = split_validation(seqs, 10.0)
+    assert 5 <= len(val) <= 40 and len(train) + len(val) == 200
+    assert all(is_validation(s.prompt, 10.0) for s in val)
+    assert split_validation(seqs[::-1], 10.0)[1] == val[::-1]  # membership does not depend on order
+
+
+def test_bigram_table_learns_a_deterministic_chain():
+    seq = TrainSequence(torch.tensor([0, 1] + [5, 6, 7, 8] * 5), prompt_len=2)
+    assert NgramTable([seq], 2).accuracy([seq]) == 1.0
+    assert NgramTable([seq], 1).accuracy([seq]) < 0.5
+
+
+# ---- the objective --------------------------------------------------------------------------
+
+def test_layout_teacher_row_is_previous_position_and_ends_are_masked():
+    anchors = torch.tensor([[6, 16]])
+    lay = block_layout(anchors, torch.tensor([[True, True]]), torch.tensor([20]), BLOCK)
+    assert lay.target_pos[0, 0].tolist() == [7, 8, 9, 10]          # slot i predicts a + i
+    assert lay.teacher_pos[0, 0].tolist() == [6, 7, 8, 9]          # from the row at a + i - 1
+    assert lay.valid[0, 1].tolist() == [True, True, True, False]   # 16 + 4 = 20 is past the end
+    assert depth_weights(4, 0).tolist() == [1, 1, 1, 1]
+    assert torch.allclose(depth_weights(3, 2.0), torch.exp(-torch.tensor([0, 0.5, 1.0])))
+
+
+def test_fast_kl_matches_plain_kl():
+    torch.manual_seed(0)
+    lm = torch.nn.Linear(16, 50, bias=True)
+    hidden = torch.randn(7, 16)
+    teacher = torch.log_softmax(torch.randn(4, 50) * 3, -1)
+    rows = torch.tensor([0, 3, 3, 1, 2, 0, 1])
+    fast = TeacherSummary.from_logprobs(teacher, lm).kl(hidden, lm(hidden), rows)
+    plain = forward_kl(lm(hidden), teacher[rows])
+    assert torch.allclose(fast, plain, atol=1e-4) and (plain > 0).all()
+
+
+@torch.no_grad()
+def test_block_loss_matches_a_direct_per_anchor_computation(model):
+    """Slot i of anchor a is graded against the target's row at a+i-1, sees only context < a,
+    and slots past the end are left out, checked against one plain head call per anchor."""
+    target, head = FrozenTarget(model), _head(model, init=False)
+    seq = tiny_seqs(1)[0]
+    T = len(seq.ids)
+    anchors = torch.tensor([[seq.prompt_len, T - 3]])  # the second block runs past the end
+    res = block_loss(DraftForTraining(head), head.config, target, [seq], anchors, torch.ones(1, 2, dtype=torch.bool))
+    full = torch.log_softmax(model(seq.ids[None]).logits[0], -1)  # [T, V]
+    feats = torch.cat([model(seq.ids[None], output_hidden_states=True).hidden_states[i + 1][0]
+                       for i in head.config.target_layer_ids], -1)
+    kls, count = torch.zeros(BLOCK - 1), torch.zeros(BLOCK - 1)
+    for a in anchors[0].tolist():
+        block = torch.tensor([seq.ids[a]] + [MASK] * (BLOCK - 1))
+        h = head(target.embed(block)[None], torch.arange(a, a + BLOCK)[None],
+                 head.project_context(feats[None, :a]), torch.arange(a)[None])[0]  # default causal mask
+        for i in range(1, BLOCK):
+            if a + i < T:
+                kls[i - 1] += forward_kl(target.logits(h[i])[None], full[a + i - 1][None])[0]
+                count[i - 1] += 1
+    assert count.tolist() == [2, 2, 1, 1]  # anchor T-3 only has targets T-2, T-1
+    assert res.count.tolist() == count.tolist()
+    assert torch.allclose(res.kl_sum, kls, atol=1e-4)
+    assert torch.allclose(res.loss, kls.sum() / count.sum(), atol=1e-5)
+
+
+def test_bidirectional_slots_see_later_slots_causal_ones_do_not(model):
+    target, seq = FrozenTarget(model), tiny_seqs(1)[0]
+    anchors, valid = torch.tensor([[8]]), torch.ones(1, 1, dtype=torch.bool)
+    hidden = {}
+    for causal in (True, False):
+        head = build_head(model, num_layers=1, block_size=BLOCK, causal=causal, mask_token_id=MASK,
+                          init_from_target=False, seed=0)  # same weights, other mask
+        mod = DraftForTraining(head)
+        mod.register_forward_hook(lambda m, i, o, c=causal: hidden.__setitem__(c, o[0].detach()))
+        block_loss(mod, head.config, target, [seq], anchors, valid)
+    assert torch.allclose(hidden[True][-1], hidden[False][-1], atol=1e-5)  # 1 layer: last slot sees the same
+    assert not torch.allclose(hidden[True][1], hidden[False][1], atol=1e-3)  # slot 1 differs
+
+
+# ---- head init ------------------------------------------------------------------------------
+
+def test_init_copies_the_last_target_layers(model):
+    head = _head(model, init=True)
+    L = model.config.num_hidden_layers
+    for j, i in enumerate((L - 2, L - 1)):
+        assert torch.equal(head.layers[j].self_attn.q_proj.weight, model.model.layers[i].self_attn.q_proj.weight)
+        assert torch.equal(head.layers[j].mlp.down_proj.weight, model.model.layers[i].mlp.down_proj.weight)
+        assert torch.equal(head.layers[j].post_attention_layernorm.weight,
+                           model.model.layers[i].post_attention_layernorm.weight)
+        assert torch.equal(head.layers[j].self_attn.q_norm.weight, torch.ones(8))
+    assert torch.equal(head.norm.weight, model.model.norm.weight)
+    assert head.config.rope_theta == model.config.rope_parameters["rope_theta"]
+    # fc starts as "take the deepest tapped layer"
+    x = torch.randn(3, head.config.num_target_features)
+    k = head.config.target_layer_ids.index(max(head.config.target_layer_ids))
+    assert torch.allclose(head.fc(x), x[:, 32 * k: 32 * (k + 1)])
+
+
+def test_init_refuses_a_head_of_another_shape(model):
+    from sglang_jetspec.core.head_config import HeadConfig
+    from sglang_jetspec.train.head_init import init_head_from_target
+
+    cfg = HeadConfig.for_target(32, 4, VOCAB, num_layers=2, intermediate_size=48, mask_token_id=MASK)
+    with pytest.raises(ValueError, match="cannot initialise head layers.0"):
+        init_head_from_target(DraftHead(cfg), model)
+
+
+@torch.no_grad()
+def test_recency_init_points_mask_slots_at_latest_context_and_anchor():
+    """Layer 0 after init_recency_attention: for a MASK slot, kv group 0's heads put most weight on
+    the latest context position, kv group 1's heads on the anchor; MASK keys are 0."""
+    from sglang_jetspec.core.head import apply_rotary, rotary_cos_sin
+
+    torch.manual_seed(0)  # rotary needs many frequency pairs for a clean recency: head_dim 32
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                         head_dim=32, max_position_embeddings=256)).eval()
+    seq = tiny_seqs(1, answer=60)[0]
+    head = build_head(model, num_layers=2, block_size=BLOCK, mask_token_id=MASK, init_from_target=False,
+                      recency_init=True, calib_ids=seq.ids, recency_gain=3.0)
+    cfg, att = head.config, head.layers[0].self_attn
+    a = 50
+    feats = torch.cat([model(seq.ids[None], output_hidden_states=True).hidden_states[i + 1][0]
+                       for i in cfg.target_layer_ids], -1)
+    ctx = head.project_context(feats[None, :a])
+    block = torch.tensor([int(seq.ids[a])] + [MASK] * (BLOCK - 1))
+    x = head.layers[0].input_layernorm(model.get_input_embeddings()(block)[None])  # [1, S, d]
+    qr = rotary_cos_sin(torch.arange(a, a + BLOCK)[None], cfg.head_dim, cfg.rope_theta, torch.float32)
+    q = apply_rotary(att.q_norm(att.q_proj(x).view(1, BLOCK, 4, 32)), *qr)
+    kb = apply_rotary(att.k_norm(att.k_proj(x).view(1, BLOCK, 2, 32)), *qr)
+    kc, _ = att.context_kv(ctx, rotary_cos_sin(torch.arange(a)[None], cfg.head_dim, cfg.rope_theta, torch.float32))
+    assert torch.allclose(kb[0, 1:], torch.zeros(BLOCK - 1, 2, 32), atol=1e-3)  # MASK keys vanish
+    keys = torch.cat([kc, kb[:, :2]], 1)[0]  # context, anchor, slot 1 itself
+    for h, want in ((0, a - 1), (2, a)):  # q head 0 -> kv group 0 (latest context), 2 -> group 1 (anchor)
+        w = (keys[:, h // 2] @ q[0, 1, h] / 32 ** 0.5).softmax(0)
+        assert int(w.argmax()) == want and w[want] > 0.5, (h, w.topk(3))
+
+
+# ---- training, checkpoints, resume ----------------------------------------------------------
+
+def _trainer(model, out, steps, seqs, anchors=16, lr=3e-3, seed=0):
+    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=2, anchors_per_seq=anchors, seqs_per_step=1,
+                      eval_every=0, save_every=0, seed=seed)
+    return Trainer(cfg, FrozenTarget(model), _head(model, init=True), seqs, str(out), progress=False)
+
+
+def test_loss_falls_on_a_fixed_batch(model, tmp_path):
+    seqs = tiny_seqs(1)  # one sequence, anchors at all 14 positions: the same batch each step
+    tr = _trainer(model, tmp_path, 30, seqs, anchors=16)
+    losses = tr.run()
+    assert len(losses) == 30
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+
+
+def test_checkpoint_is_published_layout_and_loads(model, tmp_path):
+    tr = _trainer(model, tmp_path, 2, tiny_seqs(2))
+    tr.run()
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["dflash_config"]["causal_head"] is True and cfg["dflash_config"]["mask_token_id"] == MASK
+    assert cfg["block_size"] == BLOCK
+    head = load_head(str(tmp_path))
+    for k, v in tr.head.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v), k
+
+
+def test_resume_continues_with_the_same_next_loss(model, tmp_path):
+    seqs = tiny_seqs(3)
+    straight = _trainer(model, tmp_path / "a", 5, seqs, anchors=4)
+    want = [float(straight.train_step().loss.detach()) for _ in range(4)]
+    first = _trainer(model, tmp_path / "b", 5, seqs, anchors=4)
+    got = [float(first.train_step().loss.detach()) for _ in range(2)]
+    first.save()
+    second = _trainer(model, tmp_path / "b", 5, seqs, anchors=4, seed=0)
+    assert second.resume() == 2
+    got += [float(second.train_step().loss.detach()) for _ in range(2)]
+    assert got == want
+    assert second.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+# ---- the command lines end to end -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, smollm2_dir):
+    """A tiny random Llama with SmolLM2's tokenizer (so prompts, chat template and MASK are real)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny_target")
+    for f in smollm2_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+            shutil.copy(f, folder / f.name)
+    tiny_target(vocab=49152).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from sglang_jetspec.train.regen_store import ShardWriter
+
+    folder = tmp_path_factory.mktemp("regen")
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(folder) as w:
+        w.write([{"prompt": f"question {i}", "prompt_ids": torch.randint(20, 900, (8,), generator=g).tolist(),
+                  "output_ids": torch.randint(20, 900, (24,), generator=g).tolist(), "finish": "length"}
+                 for i in range(6)])
+    prompts = folder / "heldout.jsonl"
+    prompts.write_text('{"prompt": "What is 2 + 2?"}\n{"prompt": "Say hi."}\n')
+    return folder, prompts
+
+
+def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsys):
+    from launch.eval_head import main as eval_main
+    from launch.train_head import main as train_main
+
+    data, prompts = tiny_data
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--num-layers", "1", "--block-size", "4",
+              "--anchors-per-seq", "4", "--val-percent", "40", "--val-seqs", "2", "--val-anchors", "4",
+              "--eval-prompts", str(prompts), "--eval-num-prompts", "1", "--eval-max-new-tokens", "6",
+              "--eval-budget", "6", "--no-progress", "--threads", "1"]
+    train_main(common + ["--out", str(tmp_path / "causal"), "--steps", "3", "--eval-every", "2"])
+    train_main(common + ["--out", str(tmp_path / "bidir"), "--steps", "1", "--eval-every", "0", "--bidirectional"])
+    log = [json.loads(x) for x in (tmp_path / "causal" / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert {"acc1", "2gram_acc", "tau_heldout@6"} <= set(evals[-1]["eval"])
+    assert evals[-1]["eval"]["tau_heldout@6"] >= 1.0
+    assert load_head(str(tmp_path / "bidir")).config.causal_head is False
+
+    # resume: continue the causal run to step 4 (the schedule's total grows with --steps)
+    train_main(common + ["--out", str(tmp_path / "causal"), "--steps", "4", "--eval-every", "0", "--resume"])
+    assert "resuming" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--resume"):
+        train_main(common + ["--out", str(tmp_path / "causal"), "--steps", "4"])
+
+    eval_main(["--head", str(tmp_path / "causal"), "--compare-head", str(tmp_path / "bidir"),
+               "--model", str(tiny_model_dir), "--prompts", str(prompts), "--budgets", "1,6",
+               "--max-new-tokens", "6", "--num-prompts", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "causal:causal @6" in out and "bidirectional:bidir @6" in out and "ratio @6" in out
+    row = [line for line in out.splitlines() if line.startswith("heldout")][0]
+    assert row.split("|")[1].strip() == "1.000"  # budget 1 = plain decoding: exactly 1 token per forward
