@@ -14,7 +14,7 @@ _done = False
 
 
 def register() -> None:
-    """Idempotent: CPU support (only without a GPU), then the JETSPEC algorithm."""
+    """Idempotent: CPU support (only without a GPU), the JETSPEC algorithm, its hooks."""
     global _done
     if _done:
         return
@@ -23,7 +23,9 @@ def register() -> None:
     if cpu_support.activate():
         logger.info("JetSpec: no GPU found, CPU support active (stand-in sgl_kernel, "
                     "%s attention for tree verify)", cpu_support.VERIFY_BACKEND)
+    from sglang_jetspec.integration.hooks import register_hooks
     from sglang_jetspec.integration.registration import register_algorithm
 
     register_algorithm()
+    register_hooks()  # applied by SGLang's loader right after the plugins ran
     _done = True

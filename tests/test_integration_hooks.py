@@ -1,0 +1,46 @@
+"""The one HookRegistry patch: JETSPEC's per-step KV reserve is the node budget."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from sglang_jetspec.integration.hooks import ALLOC_LEN_TARGET, jetspec_alloc_len, register_hooks
+
+
+def test_budget_is_the_reserve_only_for_jetspec():
+    assert jetspec_alloc_len("JETSPEC", 32) == 32
+    assert jetspec_alloc_len("jetspec", 8) == 8
+    assert jetspec_alloc_len("EAGLE", 32) is None
+    assert jetspec_alloc_len(None, None) is None
+    with pytest.raises(ValueError, match="num_draft_tokens >= 1, got None"):
+        jetspec_alloc_len("JETSPEC", None)
+
+
+def test_hook_wraps_sglangs_sizing_and_falls_through_for_others(monkeypatch):
+    from sglang.srt import runtime_context
+    from sglang.srt.mem_cache import allocation_sizing
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    # restore SGLang's function and the registry after the test
+    monkeypatch.setattr(allocation_sizing, "get_alloc_len_per_decode",
+                        allocation_sizing.get_alloc_len_per_decode)
+    monkeypatch.setattr(HookRegistry, "_hooks", type(HookRegistry._hooks)(list, HookRegistry._hooks))
+    monkeypatch.setattr(HookRegistry, "_patched", set(HookRegistry._patched) - {ALLOC_LEN_TARGET})
+    register_hooks()
+    HookRegistry.apply_hooks()
+    assert ALLOC_LEN_TARGET in HookRegistry._patched
+
+    def spec(algo):
+        return SimpleNamespace(speculative_algorithm=algo, speculative_num_steps=15,
+                               speculative_eagle_topk=7, speculative_num_draft_tokens=8,
+                               max_speculative_num_draft_tokens=None)
+
+    for module in (runtime_context, allocation_sizing):
+        monkeypatch.setattr(module, "get_spec", lambda: spec("JETSPEC"))
+    monkeypatch.setattr(runtime_context, "max_speculative_num_draft_tokens", lambda: 8)
+    assert allocation_sizing.get_alloc_len_per_decode() == 8
+    assert allocation_sizing.get_alloc_reserve_per_decode() == 16  # SGLang's double buffer on top
+
+    for module in (runtime_context, allocation_sizing):
+        monkeypatch.setattr(module, "get_spec", lambda: spec(None))
+    assert allocation_sizing.get_alloc_len_per_decode() == 1  # no speculation: SGLang's answer
