@@ -187,9 +187,20 @@ def test_tree_verify_attention_rejects_a_mask_of_the_wrong_size():
                                  torch.tensor([2]), torch.ones(3, dtype=torch.bool), 4, 1.0)
 
 
-def test_standin_module_serves_ops_and_names_missing_ones(monkeypatch):
+@pytest.fixture
+def clean_sgl_kernel(monkeypatch):
+    """No sgl_kernel* modules during the test; exactly the previous ones afterwards."""
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
-    monkeypatch.delitem(sys.modules, "sgl_kernel", raising=False)
+    saved = {k: v for k, v in sys.modules.items() if k == "sgl_kernel" or k.startswith("sgl_kernel.")}
+    for k in saved:
+        del sys.modules[k]
+    yield
+    for k in [k for k in sys.modules if k == "sgl_kernel" or k.startswith("sgl_kernel.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def test_standin_module_serves_ops_and_names_missing_ones(clean_sgl_kernel):
     mod = cs.install_standin()
     assert sys.modules["sgl_kernel"] is mod and cs.is_standin(mod)
     assert mod.verify_tree_greedy_cpu is cs.verify_tree_greedy_cpu
@@ -200,14 +211,11 @@ def test_standin_module_serves_ops_and_names_missing_ones(monkeypatch):
     with pytest.raises(NotImplementedError, match="sgl_kernel.allreduce.foo"):
         sub.foo()
     assert cs.install_standin() is mod  # idempotent
-    monkeypatch.delitem(sys.modules, "sgl_kernel.allreduce", raising=False)
 
 
-def test_shadow_package_is_the_standin(monkeypatch):
+def test_shadow_package_is_the_standin(clean_sgl_kernel, monkeypatch):
     """What SGLang's spawned processes import: the shadow dir's sgl_kernel package."""
-    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     monkeypatch.setattr(sys, "path", [cs.SHADOW_DIR] + sys.path)
-    monkeypatch.delitem(sys.modules, "sgl_kernel", raising=False)
     import sgl_kernel
 
     assert cs.is_standin(sgl_kernel)
