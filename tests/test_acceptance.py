@@ -197,3 +197,25 @@ def test_shape_errors_name_the_bad_value():
         accept_sampling_rrs(tree, one_hot([1, 2, 3]), torch.full((1, V), 0.1), gen())
     with pytest.raises(ValueError, match="total mass 0.0"):
         accept_sampling_walk(tree, torch.zeros(3, V), gen())
+
+
+def test_accept_greedy_lazy_equals_full_rows():
+    """The fast path (rows computed only where the walk goes) against the plain rule."""
+    from sglang_jetspec.core.acceptance import accept_greedy_lazy
+    from sglang_jetspec.core.tree import build_tree
+
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(200):
+        V = 12
+        lp = torch.log_softmax(torch.randn(5, V, generator=gen), -1)
+        tree = build_tree(3, lp, budget=int(torch.randint(1, 25, (1,), generator=gen)), width=3)
+        logits = torch.randn(tree.n, V, generator=gen)
+        for i in range(1, tree.n):  # make the target agree with some drafted children
+            if torch.rand((), generator=gen) < 0.6:
+                logits[int(tree.parents[i]), int(tree.tokens[i])] += 10.0
+        visited = []
+        lazy = accept_greedy_lazy(tree, lambda i: (visited.append(i), logits[i])[1])
+        full = accept_greedy(tree, logits)
+        assert (lazy.accepted_nodes, lazy.tokens, lazy.bonus_token) == (
+            full.accepted_nodes, full.tokens, full.bonus_token), trial
+        assert visited == lazy.accepted_nodes  # only the walked rows were computed

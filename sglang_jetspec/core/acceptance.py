@@ -63,6 +63,13 @@ def accept_greedy(tree: DraftTree, target_logits: torch.Tensor) -> AcceptResult:
     return _walk(tree, lambda node, _: argmax[node])
 
 
+def accept_greedy_lazy(tree: DraftTree, row: Callable[[int], torch.Tensor]) -> AcceptResult:
+    """accept_greedy computing target rows only where the walk goes: ``row(i)`` -> logits [V]
+    of node i, called for at most depth + 1 of the n nodes (the fast path when the lm_head
+    is costly and most of the tree is rejected). Same result as accept_greedy on all rows."""
+    return _walk(tree, lambda node, _: int(row(node).argmax()))
+
+
 def accept_sampling_walk(
     tree: DraftTree, target_probs: torch.Tensor, generator: torch.Generator  # [n, V]
 ) -> AcceptResult:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sglang_jetspec.core.acceptance import accept_greedy, accept_sampling_rrs
+from sglang_jetspec.core.acceptance import accept_greedy_lazy, accept_sampling_rrs
 from sglang_jetspec.core.head import DraftHead, HeadKVCache
 from sglang_jetspec.core.sampling import draft_distribution, target_distribution
 from sglang_jetspec.core.tree import build_tree, resample_children
@@ -66,8 +66,8 @@ class ReferenceDecoder:
             return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
         cache = tgt.new_cache()
-        step = tgt.forward(torch.tensor(prompt_ids), cache, 0, layer_ids=self.layer_ids)
-        anchor = pick(step.logits[-1])
+        step = tgt.forward(torch.tensor(prompt_ids), cache, 0, layer_ids=self.layer_ids, logits=False)
+        anchor = pick(tgt.lm_head(step.hidden[-1:])[0])
         out, stopped = truncate_at_stop([anchor], max_new_tokens, eos)
         head_cache = HeadKVCache(self.head.config, batch_size=1)
         new_feats = step.features                       # [s, K*d] context not yet seen by the head
@@ -81,12 +81,12 @@ class ReferenceDecoder:
                 q = draft_distribution(draft_lp, temperature)
                 tree = resample_children(tree, q, gen)
             step = tgt.forward(tree.tokens, cache, prefix_len, layer_ids=self.layer_ids,
-                               tree_mask=tree.ancestor_mask(), depths=tree.depths)
+                               tree_mask=tree.ancestor_mask(), depths=tree.depths, logits=False)
             if sampling:
-                p = target_distribution(step.logits, temperature, top_k, top_p)
+                p = target_distribution(tgt.lm_head(step.hidden), temperature, top_k, top_p)
                 res = accept_sampling_rrs(tree, p, q, gen)
-            else:
-                res = accept_greedy(tree, step.logits)
+            else:  # lm_head only on the nodes the walk visits (the lm_head is ~1/5 of SmolLM2)
+                res = accept_greedy_lazy(tree, lambda i: tgt.lm_head(step.hidden[i : i + 1])[0])
             path = torch.tensor(res.accepted_nodes)
             keep_cache_rows(cache, prefix_len, path)
             new_feats = step.features[path]

@@ -67,7 +67,11 @@ def measure_round_costs(target: HFTarget, head, prompt_ids: list[int], budgets=(
 
 
 def _verify(target, cache, n, tree, layer_ids):
-    target.forward(tree.tokens, cache, n, layer_ids=layer_ids, tree_mask=tree.ancestor_mask(), depths=tree.depths)
+    """As the reference decoder verifies greedily: the tree forward without the lm_head, then
+    the lm_head on the rows the walk visits (here the root only: an untrained head's case)."""
+    step = target.forward(tree.tokens, cache, n, layer_ids=layer_ids, tree_mask=tree.ancestor_mask(),
+                          depths=tree.depths, logits=False)
+    target.lm_head(step.hidden[:1])
     keep_cache_rows(cache, n, torch.tensor([], dtype=torch.long))
 
 

@@ -17,8 +17,9 @@ import torch
 
 @dataclass
 class TargetStep:
-    logits: torch.Tensor    # [s, V] fp32
-    features: torch.Tensor  # [s, K * d] fused target-layer hidden states (K = len(layer_ids))
+    hidden: torch.Tensor          # [s, d] final (normed) hidden states: lm_head input
+    logits: torch.Tensor | None   # [s, V] fp32, None when the forward was asked for none
+    features: torch.Tensor        # [s, K * d] fused target-layer hidden states (K = len(layer_ids))
 
 
 class HFTarget:
@@ -70,7 +71,8 @@ class HFTarget:
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, cache, start_pos: int, layer_ids: list[int] | None = None,
-                tree_mask: torch.Tensor | None = None, depths: torch.Tensor | None = None) -> TargetStep:
+                tree_mask: torch.Tensor | None = None, depths: torch.Tensor | None = None,
+                logits: bool = True) -> TargetStep:
         """Run ``ids`` ([s] long) on top of ``cache`` (which holds ``start_pos`` tokens).
 
         Without ``tree_mask`` the tokens are a causal continuation at positions start_pos + i.
@@ -88,7 +90,7 @@ class HFTarget:
             )
             attn = torch.zeros(1, 1, s, start_pos + s, dtype=self.dtype, device=self.device)
             attn.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = self.model(
+        out = self.model.model(
             input_ids=ids.view(1, s).to(self.device),
             position_ids=positions.view(1, s),
             attention_mask=attn,
@@ -96,12 +98,12 @@ class HFTarget:
             use_cache=True,
             output_hidden_states=layer_ids is not None,
         )
-        logits = out.logits[0].float()
+        hidden = out.last_hidden_state[0]
         if layer_ids is None:
             feats = torch.empty(s, 0, device=self.device)
         else:
             feats = torch.cat([out.hidden_states[l + 1][0] for l in layer_ids], dim=-1)
-        return TargetStep(logits=logits, features=feats)
+        return TargetStep(hidden=hidden, logits=self.lm_head(hidden) if logits else None, features=feats)
 
 
 def keep_cache_rows(cache, prefix_len: int, keep: torch.Tensor) -> None:
