@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     decoder = ReferenceDecoder(target, head, TreeSettings(budget=args.budget))
     ar = AREngine(target)
     prompts = read_prompts(args.prompts)[: args.num_prompts]
-    rows, tot = [], {"ar_tok": 0, "ar_s": 0.0, "js_tok": 0, "js_s": 0.0, "rounds": 0}
+    rows, tot = [], {"ar_tok": 0, "ar_s": 0.0, "js_tok": 0, "js_s": 0.0, "rounds": 0, "acc": 0}
     for text, ids in zip(prompts, encode_prompts(target.tokenizer, prompts)):
         a = ar.generate(ids, args.max_new_tokens)
         j = decoder.generate(ids, args.max_new_tokens)
