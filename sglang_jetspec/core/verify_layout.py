@@ -165,18 +165,25 @@ def greedy_walk_with_layout(
 
     accepted, bonus = [], []
     for b in range(bs):
-        last = ridx[b][0]
-        path = [last - b * n]
-        cur = 0
-        for _ in range(1, steps):
-            cur = nxt[b][cur]
-            want = target[last]
-            while cur != -1 and cand[b][cur] != want:
-                cur = sib[b][cur]
-            if cur == -1:
-                break
-            last = ridx[b][cur]
-            path.append(last - b * n)
-        accepted.append(path)
-        bonus.append(target[last])
+        rows = walk_links(cand[b], ridx[b], nxt[b], sib[b], target, steps)
+        accepted.append([r - b * n for r in rows])
+        bonus.append(target[rows[-1]])
     return accepted, bonus
+
+
+def walk_links(cand: list[int], ridx: list[int], nxt: list[int], sib: list[int], target: list[int],
+               steps: int) -> list[int]:
+    """One request's greedy walk over SGLang's links (plain lists): from the root, follow the
+    child whose token equals the target at the current node, scanning siblings in link order.
+    Returns the GLOBAL rows (ridx values) of the accepted path, root first, at most ``steps``."""
+    path = [ridx[0]]
+    cur = 0
+    for _ in range(1, steps):
+        cur = nxt[cur]
+        want = target[path[-1]]
+        while cur != -1 and cand[cur] != want:
+            cur = sib[cur]
+        if cur == -1:
+            break
+        path.append(ridx[cur])
+    return path

@@ -31,6 +31,8 @@ import types
 
 import torch
 
+from sglang_jetspec.core.verify_layout import walk_links
+
 logger = logging.getLogger(__name__)
 
 SHADOW_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cpu_shadow")
@@ -216,22 +218,11 @@ def verify_tree_greedy_cpu(predicts, accept_index, accept_token_num, candidates,
     nxt, sib = retrive_next_token.tolist(), retrive_next_sibling.tolist()
     target = target_predict.reshape(-1).tolist()
     for b in range(bs):
-        last = ridx[b][0]
-        accept_index[b, 0] = last
-        cur, num = 0, 0
-        for _ in range(1, width):
-            cur = nxt[b][cur]
-            want = target[last]
-            while cur != -1 and cand[b][cur] != want:
-                cur = sib[b][cur]
-            if cur == -1:
-                break
-            predicts[last] = want
-            num += 1
-            accept_index[b, num] = ridx[b][cur]
-            last = ridx[b][cur]
-        accept_token_num[b] = num
-        predicts[last] = target[last]
+        rows = walk_links(cand[b], ridx[b], nxt[b], sib[b], target, width)
+        for j, row in enumerate(rows):
+            accept_index[b, j] = row
+            predicts[row] = target[row]  # the next accepted token, or the bonus at the last row
+        accept_token_num[b] = len(rows) - 1
 
 
 def copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt_loc, src_loc):
