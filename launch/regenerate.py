@@ -2,6 +2,7 @@
 ``python -m launch.regenerate --model DIR --prompts FILE [FILE...] --out DIR``."""
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -20,15 +21,16 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--shard-size", type=int, default=1000, help="answers per shard file")
     parser.add_argument("--backend", choices=("auto", "hf", "sglang"), default="auto",
-                        help="auto: sglang on a CUDA machine, else transformers on CPU")
+                        help="auto: sglang on a CUDA machine where it is installed, else transformers")
+    parser.add_argument("--device", default=None, help="device of the transformers backend (default: cuda if present)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
         torch.set_num_interop_threads(1)
-    generator = load_generator(args.model, args.backend)
+    generator = load_generator(args.model, args.backend, args.device)
     try:
         stats = regenerate(generator, args.prompts, args.out, args.max_new_tokens, args.batch_size, args.limit,
-                           args.shard_size, model_name=str(args.model))
+                           args.shard_size, model_name=Path(args.model).name)
     finally:
         generator.close()
     print(f"listed {stats.listed}, already done {stats.skipped}, answered {stats.answered} "

@@ -40,6 +40,12 @@ def parse_args(argv=None):
                         "prefix over this many steps (0 = off)")
     p.add_argument("--window-start", type=int, default=8)
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--time-budget-min", type=float, default=0.0,
+                   help="end within this many minutes: --steps is lowered after a short probe and the "
+                        "schedule re-fitted (0 = off); the step count reached is printed")
+    p.add_argument("--also-bidirectional", metavar="DIR", default=None,
+                   help="also train a bidirectional head (the DFlash baseline) into DIR in lockstep: "
+                        "same data, batches, anchors, steps and hyperparameters, one shared target pass")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=None, help="default: min(50, steps // 10)")
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
@@ -107,22 +113,31 @@ def main(argv=None) -> None:
     info = dist_util.init_distributed()
     device = dist_util.device_for(info)
     resume = args.resume and has_training_state(args.out)
-    if not args.resume and has_training_state(args.out):
-        raise SystemExit(f"{args.out} already holds a training run; pass --resume or another --out")
+    outs = [args.out] + ([args.also_bidirectional] if args.also_bidirectional else [])
+    if args.also_bidirectional and args.bidirectional:
+        raise SystemExit("--also-bidirectional trains the bidirectional twin of a causal head; drop --bidirectional")
+    for out in outs:
+        if not args.resume and has_training_state(out):
+            raise SystemExit(f"{out} already holds a training run; pass --resume or another --out")
+        if args.resume and has_training_state(out) != resume:
+            raise SystemExit(f"--resume needs a trainer state in every output folder; {out} differs")
 
     hf = HFTarget(resolve_model(args.model), device=str(device))
-    target = FrozenTarget(hf.model)
+    target = FrozenTarget(hf.model, memo=2 * args.seqs_per_step if args.also_bidirectional else 0)
     seqs = load_sequences(args.data, args.max_len)
     train_seqs, val_seqs = split_validation(seqs, args.val_percent, args.val_seqs)
-    if resume:
-        head = DraftHead(HeadConfig.load(args.out)).to(device)
-    else:
-        head = build_head(hf.model, args.num_layers, args.block_size, causal=not args.bidirectional,
+
+    def new_head(out, causal):
+        if resume:
+            return DraftHead(HeadConfig.load(out)).to(device)
+        return build_head(hf.model, args.num_layers, args.block_size, causal=causal,
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
                           seed=args.seed, target_layer_ids=args.target_layer_ids,
                           recency_init=args.recency_init, calib_ids=train_seqs[0].ids.to(device)).to(device)
+
+    head = new_head(args.out, not args.bidirectional)
     head.config.check_target(target.hidden_size, target.num_layers, target.vocab_size)
-    cfg = TrainConfig(
+    make_cfg = lambda: TrainConfig(
         steps=args.steps, lr=args.lr,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(50, args.steps // 10),
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
@@ -130,11 +145,19 @@ def main(argv=None) -> None:
         seed=args.seed, eval_every=args.eval_every,
         save_every=args.eval_every if args.save_every is None else args.save_every,
         window_start=args.window_start, window_steps=args.window_steps,
+        time_budget_s=60 * args.time_budget_min,
     )
     evaluator = make_evaluator(args, target, hf, val_seqs, train_seqs) if info.is_main else None
-    trainer = Trainer(cfg, target, head, train_seqs, args.out, info, evaluator, progress=not args.no_progress)
+    trainer = Trainer(make_cfg(), target, head, train_seqs, args.out, info, evaluator, progress=not args.no_progress)
     if resume:
         print(f"resuming {args.out} at step {trainer.resume()} (head config from the checkpoint)")
+    if args.also_bidirectional:
+        twin = Trainer(make_cfg(), target, new_head(args.also_bidirectional, False), train_seqs,
+                       args.also_bidirectional, info, evaluator, progress=False)
+        if resume:
+            twin.resume()
+        trainer.add_companion(twin)  # checks both are at the same step
+
     n_params = sum(p.numel() for p in head.parameters())
     if info.is_main:
         c = head.config
@@ -144,7 +167,8 @@ def main(argv=None) -> None:
               f"; world size {info.world_size}")
     trainer.run()
     if info.is_main:
-        print(f"saved head to {args.out} (step {trainer.step})")
+        for t in [trainer] + trainer.companions:
+            print(f"saved head to {t.out_dir} (step {t.step})")
     dist_util.shutdown(info)
 
 

@@ -118,12 +118,20 @@ class SGLangGenerator:
         self.engine.shutdown()
 
 
-def load_generator(model_dir: str | Path, backend: str = "auto"):
-    """``auto``: SGLang when a CUDA device is present, else transformers on CPU."""
+def load_generator(model_dir: str | Path, backend: str = "auto", device: str | None = None):
+    """``auto``: SGLang when a CUDA device is present and importable, else transformers.
+
+    device: for the transformers backend (default: cuda when present, else cpu)."""
     if backend == "auto":
-        backend = "sglang" if torch.cuda.is_available() else "hf"
+        backend = "sglang" if torch.cuda.is_available() and _has_sglang() else "hf"
     if backend == "hf":
-        return HFGenerator(model_dir)
+        return HFGenerator(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if backend == "sglang":
         return SGLangGenerator(model_dir)
     raise ValueError(f"backend {backend!r} must be one of auto, hf, sglang")
+
+
+def _has_sglang() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("sglang") is not None

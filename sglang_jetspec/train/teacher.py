@@ -14,8 +14,12 @@ import torch
 class FrozenTarget:
     """Embeddings, lm_head and the feature/teacher pass of a transformers causal LM (no grads)."""
 
-    def __init__(self, model):
+    def __init__(self, model, memo: int = 0):
+        """memo: keep the last `memo` feature/teacher results, so heads trained in lockstep on
+        the same batches (Trainer companions) share one target pass per sequence."""
         self.model = model.eval()
+        self.memo_size = memo
+        self._memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         for p in model.parameters():
             p.requires_grad_(False)
         cfg = model.config
@@ -47,6 +51,20 @@ class FrozenTarget:
         bad = [i for i in layer_ids if not 0 <= i < self.num_layers]
         if bad:
             raise ValueError(f"target layer ids {bad} out of range [0, {self.num_layers})")
+        key = None
+        if self.memo_size:
+            key = (ids.data_ptr(), ids.numel(), tuple(layer_ids), teacher_rows.numel(),
+                   hash(tuple(teacher_rows.tolist())))
+            if key in self._memo:
+                return self._memo[key]
+        result = self._features_and_teacher(ids, layer_ids, teacher_rows)
+        if key is not None:
+            self._memo[key] = result
+            while len(self._memo) > self.memo_size:
+                self._memo.pop(next(iter(self._memo)))  # oldest first (dicts keep insertion order)
+        return result
+
+    def _features_and_teacher(self, ids, layer_ids, teacher_rows):
         out = self.model.base_model(input_ids=ids.view(1, -1).to(self.device), output_hidden_states=True,
                                     use_cache=False)
         feats = torch.cat([out.hidden_states[i + 1][0] for i in layer_ids], dim=-1)  # [T, K*d]

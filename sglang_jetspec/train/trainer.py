@@ -48,6 +48,12 @@ class TrainConfig:
     # head must first find the most recent positions among hundreds (training-notes.md).
     window_start: int = 8
     window_steps: int = 0
+    # wall-clock budget in seconds (0 = off): after `budget_probe_steps` steps the trainer measures
+    # its step time and lowers `steps` so the run ends within the budget; the cosine schedule is
+    # re-fitted to the new total, and the final count is printed and logged so that a rerun with
+    # --steps N repeats the same run. Evaluations count against the budget.
+    time_budget_s: float = 0.0
+    budget_probe_steps: int = 10
 
     def context_window(self, step: int) -> int | None:
         if step >= self.window_steps:
@@ -60,7 +66,7 @@ class TrainConfig:
             if getattr(self, k) < 1:
                 errs.append(f"{k} {getattr(self, k)} must be >= 1")
         for k in ("warmup_steps", "eval_every", "save_every", "grad_clip", "weight_decay", "gamma",
-                  "window_steps"):
+                  "window_steps", "time_budget_s", "budget_probe_steps"):
             if getattr(self, k) < 0:
                 errs.append(f"{k} {getattr(self, k)} must be >= 0")
         if self.window_start < 1:
@@ -88,6 +94,7 @@ class Trainer:
         self.scheduler = warmup_cosine(self.optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         self.evaluator, self.progress = evaluator, progress
         self.step = 0
+        self.companions: list[Trainer] = []
         cuda = target.device.type == "cuda"
         self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
@@ -119,6 +126,34 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return res
+
+    def add_companion(self, other: "Trainer") -> None:
+        """Train `other` in lockstep: same steps, batches and anchors (same seed and data), one
+        step of each per loop turn, saved and evaluated together. With a memoising FrozenTarget
+        the two share the target pass. Used for the causal vs bidirectional comparison."""
+        a, b = self.cfg, other.cfg
+        same = ("steps", "seed", "seqs_per_step", "anchors_per_seq", "eval_every", "save_every")
+        diff = [k for k in same if getattr(a, k) != getattr(b, k)]
+        if diff or other.seqs != self.seqs:
+            raise ValueError(f"a lockstep companion must train on the same data and schedule; differs in "
+                             f"{diff or ['training sequences']}")
+        if other.step != self.step:
+            raise ValueError(f"companion is at step {other.step}, this trainer at {self.step}")
+        self.companions.append(other)
+
+    def _all(self) -> list["Trainer"]:
+        return [self] + self.companions
+
+    def fit_to_budget(self, elapsed_s: float, steps_done: int) -> int:
+        """Lower cfg.steps (this trainer and companions) so the run ends within time_budget_s,
+        given `steps_done` steps took `elapsed_s`; re-fits the cosine schedule. Returns the total."""
+        per_step = elapsed_s / max(1, steps_done)
+        left = max(0.0, self.cfg.time_budget_s - elapsed_s)
+        total = max(self.step + 1, min(self.cfg.steps, self.step + int(left / per_step)))
+        for t in self._all():
+            t.cfg.steps = total
+            t.scheduler = _refit(t.scheduler, t.optimizer, t.cfg, self.step)
+        return total
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self) -> None:
@@ -153,14 +188,27 @@ class Trainer:
         """Train up to cfg.steps; returns the losses of this call's steps."""
         cfg, losses = self.cfg, []
         if self.step == 0 and cfg.eval_every:
-            self._report(self.evaluate())
+            for t in self._all():
+                t._report(t.evaluate())
+        t_start, start_step, fitted = time.perf_counter(), self.step, cfg.time_budget_s <= 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    dynamic_ncols=True, unit="step")
         acc_ema = loss_ema = None
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             res = self.train_step()
+            for t in self.companions:
+                r = t.train_step()
+                t._log({"step": t.step, "loss": round(float(r.loss.detach()), 5),
+                        "acc1": round(float(r.correct[0] / r.count[0].clamp_min(1)), 4)})
             dt = time.perf_counter() - t0
+            if not fitted and self.step - start_step >= cfg.budget_probe_steps:
+                fitted = True
+                total = self.fit_to_budget(time.perf_counter() - t_start, self.step - start_step)
+                bar.total = total
+                bar.write(f"[budget] {cfg.time_budget_s:.0f}s at {dt:.2f}s/step -> {total} steps "
+                          f"(rerun with --steps {total} to repeat this schedule)")
+                self._log({"step": self.step, "budget_steps": total})
             stats = dist_util.sum_over_ranks(torch.stack([res.loss.detach().float().cpu() * 1.0,
                                                           res.correct[0], res.count[0], res.count.sum()]), self.dist)
             loss = float(stats[0]) / self.dist.world_size
@@ -174,17 +222,30 @@ class Trainer:
             self._log({"step": self.step, "loss": round(loss, 5), "acc1": round(acc1, 4), "s": round(dt, 3),
                        "slots": int(stats[3])})
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                self.save()
+                for t in self._all():
+                    t.save()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
-                self._report(self.evaluate(), bar)
+                for t in self._all():
+                    t._report(t.evaluate(), bar)
         bar.close()
-        self.save()
+        for t in self._all():
+            t.save()
         return losses
 
     def _report(self, metrics: dict, bar=None) -> None:
         if metrics and self.dist.is_main:
-            line = f"[eval step {self.step}] " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            line = f"[eval {os.path.basename(os.path.normpath(self.out_dir))} step {self.step}] " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
             (bar.write if bar is not None else print)(line)
+
+
+def _refit(old, optimizer, cfg: TrainConfig, step: int):
+    """A warm-up + cosine scheduler over cfg.steps that continues at `step` (lrs set for it)."""
+    for group, base in zip(optimizer.param_groups, old.base_lrs):
+        group["lr"] = base
+    sched = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    for _ in range(step):
+        sched.step()
+    return sched
 
 
 def _fmt(v):
