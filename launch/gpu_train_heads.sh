@@ -29,7 +29,8 @@ model=$($py -m launch.models path smollm2)
 stamp "target at $model"
 
 mkdir -p "$work"
-rm -rf "$work/regen" && cp -r data/regen/smollm2 "$work/regen"
+# resume: answers left in the work folder by an earlier try, else the ones committed in data/regen
+[ -d "$work/regen" ] || cp -r data/regen/smollm2 "$work/regen"
 limit=()
 [ -n "${REGEN_LIMIT:-}" ] && limit=(--limit "$REGEN_LIMIT")
 stamp "regenerating"

@@ -39,6 +39,11 @@ def parse_args(argv=None):
                    help="context-window curriculum: widen from --window-start positions to the full "
                         "prefix over this many steps (0 = off)")
     p.add_argument("--window-start", type=int, default=8)
+    p.add_argument("--init-head", default=None, metavar="DIR",
+                   help="start from the weights of an existing head folder (same shapes; its config, "
+                        "including causal/bidirectional, is kept) instead of a fresh initialisation")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 autocast: auto = on CUDA or on a CPU with bf16 matrix units")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--time-budget-min", type=float, default=0.0,
                    help="end within this many minutes: --steps is lowered after a short probe and the "
@@ -130,6 +135,14 @@ def main(argv=None) -> None:
     def new_head(out, causal):
         if resume:
             return DraftHead(HeadConfig.load(out)).to(device)
+        if args.init_head:
+            from sglang_jetspec.core.checkpoint import load_head
+
+            start = load_head(args.init_head)
+            if start.config.causal_head != causal:
+                raise SystemExit(f"--init-head {args.init_head} is a {'causal' if start.config.causal_head else 'bidirectional'}"
+                                 f" head; this run trains a {'causal' if causal else 'bidirectional'} one")
+            return start.train().to(device)
         return build_head(hf.model, args.num_layers, args.block_size, causal=causal,
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
                           seed=args.seed, target_layer_ids=args.target_layer_ids,
@@ -145,7 +158,7 @@ def main(argv=None) -> None:
         seed=args.seed, eval_every=args.eval_every,
         save_every=args.eval_every if args.save_every is None else args.save_every,
         window_start=args.window_start, window_steps=args.window_steps,
-        time_budget_s=60 * args.time_budget_min,
+        time_budget_s=60 * args.time_budget_min, bf16=args.bf16,
     )
     evaluator = make_evaluator(args, target, hf, val_seqs, train_seqs) if info.is_main else None
     trainer = Trainer(make_cfg(), target, head, train_seqs, args.out, info, evaluator, progress=not args.no_progress)

@@ -118,11 +118,16 @@ def build_head(target_model, num_layers: int = 2, block_size: int = 16, causal: 
     if recency_init:
         if calib_ids is None:
             raise ValueError("recency_init needs calib_ids (a token sequence to calibrate the probe on)")
+        # the head is built on the CPU (same seeded values whatever the target's device); only
+        # the calibration pass runs where the target lives
+        dev = next(target_model.parameters()).device
         with torch.no_grad():
-            out = target_model.base_model(input_ids=calib_ids.view(1, -1), output_hidden_states=True, use_cache=False)
+            out = target_model.base_model(input_ids=calib_ids.view(1, -1).to(dev), output_hidden_states=True,
+                                          use_cache=False)
             feats = torch.cat([out.hidden_states[i + 1][0] for i in cfg.target_layer_ids], -1)  # [T, K*d]
-            ctx = head.project_context(feats[None])[0]
-        init_recency_attention(head, target_model.get_input_embeddings().weight, ctx, recency_gain)
+            ctx = head.project_context(feats[None].float().cpu())[0]
+        init_recency_attention(head, target_model.get_input_embeddings().weight.detach().float().cpu(), ctx,
+                               recency_gain)
     return head
 
 

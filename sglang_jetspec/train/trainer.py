@@ -54,6 +54,9 @@ class TrainConfig:
     # --steps N repeats the same run. Evaluations count against the budget.
     time_budget_s: float = 0.0
     budget_probe_steps: int = 10
+    # bf16 autocast for the step (weights and optimiser stay fp32): "auto" = on a CUDA device, or
+    # on a CPU with native bf16 matrix units (AMX / AVX512-BF16: about 1.3x faster per step here)
+    bf16: str = "auto"
 
     def context_window(self, step: int) -> int | None:
         if step >= self.window_steps:
@@ -69,6 +72,8 @@ class TrainConfig:
                   "window_steps", "time_budget_s", "budget_probe_steps"):
             if getattr(self, k) < 0:
                 errs.append(f"{k} {getattr(self, k)} must be >= 0")
+        if self.bf16 not in ("auto", "on", "off"):
+            errs.append(f"bf16 {self.bf16!r} must be auto, on or off")
         if self.window_start < 1:
             errs.append(f"window_start {self.window_start} must be >= 1")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -95,8 +100,9 @@ class Trainer:
         self.evaluator, self.progress = evaluator, progress
         self.step = 0
         self.companions: list[Trainer] = []
-        cuda = target.device.type == "cuda"
-        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+        dev = target.device.type
+        self.bf16 = bf16_available(dev) if config.bf16 == "auto" else config.bf16 == "on"
+        self._autocast = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if self.bf16 else contextlib.nullcontext
 
     # ---- data ------------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[list[TrainSequence], torch.Tensor, torch.Tensor]:
@@ -236,6 +242,17 @@ class Trainer:
         if metrics and self.dist.is_main:
             line = f"[eval {os.path.basename(os.path.normpath(self.out_dir))} step {self.step}] " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
             (bar.write if bar is not None else print)(line)
+
+
+def bf16_available(device_type: str) -> bool:
+    if device_type == "cuda":
+        return True
+    if device_type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def _refit(old, optimizer, cfg: TrainConfig, step: int):
