@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from sglang_jetspec.core.head_config import HeadConfig
 from sglang_jetspec.integration.server_args import (
@@ -24,6 +25,14 @@ def _head(**kw):
                 mask_token_id=16)
     args.update(kw)
     return HeadConfig.for_target(**args)
+
+
+def _save(cfg, folder) -> None:
+    """A complete head folder (config + weights) for `cfg`."""
+    from sglang_jetspec.core.checkpoint import save_head
+    from sglang_jetspec.core.head import DraftHead
+
+    save_head(DraftHead(cfg), str(folder))
 
 
 def test_max_tree_nodes():
@@ -98,7 +107,7 @@ def _args(head_dir, target=ROOT, **kw):
 
 
 def test_defaults_come_from_the_head(tmp_path, smollm2_dir):
-    _head(block_size=8).save(str(tmp_path))
+    _save(_head(block_size=8), tmp_path)
     sa = _args(tmp_path, smollm2_dir)
     tree = apply_jetspec_server_args(sa)
     assert tree == TreeSettings(32, 7, 7)
@@ -108,7 +117,7 @@ def test_defaults_come_from_the_head(tmp_path, smollm2_dir):
 
 
 def test_one_error_lists_every_problem(tmp_path, smollm2_dir):
-    _head(mask_token_id=None, target_layer_ids=[29]).save(str(tmp_path))
+    _save(_head(mask_token_id=None, target_layer_ids=[29]), tmp_path)
     sa = _args(tmp_path, smollm2_dir, speculative_num_steps=20, tp_size=2, attention_backend="fa3")
     with pytest.raises(ValueError) as info:
         apply_jetspec_server_args(sa)
@@ -128,15 +137,66 @@ def test_missing_or_broken_head_folder_is_named(tmp_path):
         apply_jetspec_server_args(_args(tmp_path))
 
 
+def test_weight_problems_are_named_from_the_headers(tmp_path, smollm2_dir):
+    from safetensors.torch import load_file, save_file
+
+    cfg = _head()
+    _save(cfg, tmp_path)
+    assert apply_jetspec_server_args(_args(tmp_path, smollm2_dir))  # complete folder: fine
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    state.pop("fc.weight")
+    state["layers.0.mlp.up_proj.weight"] = state["layers.0.mlp.up_proj.weight"][:7]
+    state["extra.bias"] = torch.zeros(3)
+    save_file(state, str(weights))
+    with pytest.raises(ValueError) as info:
+        apply_jetspec_server_args(_args(tmp_path, smollm2_dir))
+    msg = str(info.value)
+    for fragment in ("miss 1 tensors", "'fc.weight'", "unexpected tensors", "'extra.bias'",
+                     "layers.0.mlp.up_proj.weight is [7, 576]"):
+        assert fragment in msg, msg
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="model.safetensors is not readable safetensors"):
+        apply_jetspec_server_args(_args(tmp_path, smollm2_dir))
+    weights.unlink()
+    with pytest.raises(ValueError, match="no weights: neither model.safetensors"):
+        apply_jetspec_server_args(_args(tmp_path, smollm2_dir))
+
+
+# each bad head folder the real launcher must refuse at startup, and what its message must say
+BAD_HEADS = {
+    "wrong hidden size": (dict(target_hidden_size=960), "target_hidden_size 960 does not match target hidden_size 576"),
+    "missing mask token": (dict(mask_token_id=None), "no dflash_config.mask_token_id"),
+    "bad layer ids": (dict(target_layer_ids=[3, 29]), "[29] cannot be captured"),
+    "missing weights": (dict(), "no weights: neither model.safetensors"),
+}
+
+
 @pytest.mark.slow
 def test_real_server_exits_at_startup_naming_the_problem(tmp_path, smollm2_dir):
-    """The real launcher with a head built for another target: exits, message names it."""
-    _head(target_hidden_size=960).save(str(tmp_path))
+    """The real launcher, once per bad head folder (run side by side): it exits non-zero at
+    startup with a message naming the problem."""
     env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS="1",
                XDG_CACHE_HOME=str(ROOT / "build" / "xdg-cache"), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(smollm2_dir),
-           "--device", "cpu", "--port", "31079", "--host", "127.0.0.1",
-           "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path", str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode != 0
-    assert "target_hidden_size 960 does not match target hidden_size 576" in proc.stderr + proc.stdout
+    procs = {}
+    for i, (case, (kw, _)) in enumerate(BAD_HEADS.items()):
+        folder = tmp_path / f"head{i}"
+        _save(_head(**kw), folder)
+        if case == "missing weights":
+            (folder / "model.safetensors").unlink()
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(smollm2_dir),
+               "--device", "cpu", "--port", str(31079 + i), "--host", "127.0.0.1",
+               "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path", str(folder)]
+        procs[case] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failures = []
+    for case, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=420)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            failures.append(f"{case}: the server did not exit at startup")
+            continue
+        if proc.returncode == 0 or BAD_HEADS[case][1] not in out:
+            failures.append(f"{case}: rc {proc.returncode}, message missing {BAD_HEADS[case][1]!r}:\n{out[-1500:]}")
+    assert not failures, "\n".join(failures)

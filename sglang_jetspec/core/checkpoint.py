@@ -71,6 +71,48 @@ def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32) -> 
     return head.eval()
 
 
+def weight_problems(folder: str, config: HeadConfig) -> list[str]:
+    """What is wrong with the weights of a head folder for `config`, from the safetensors
+    headers alone (no tensor is read): missing files, missing/unexpected keys, wrong shapes.
+    Empty when the folder would load. Used at server startup, before any model is built."""
+    from safetensors import safe_open
+
+    single, index = os.path.join(folder, WEIGHTS_NAME), os.path.join(folder, INDEX_NAME)
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        try:
+            with open(index) as f:
+                files = [os.path.join(folder, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            return [f"{INDEX_NAME} is unreadable ({e})"]
+        absent = [os.path.basename(p) for p in files if not os.path.isfile(p)]
+        if absent:
+            return [f"weight shards {absent} listed in {INDEX_NAME} are missing"]
+    else:
+        return [f"no weights: neither {WEIGHTS_NAME} nor {INDEX_NAME} in the folder"]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as f:
+                for k in f.keys():
+                    shapes[k] = tuple(f.get_slice(k).get_shape())
+        except Exception as e:  # a truncated or foreign file: name it, whatever the parser raised
+            return [f"weights file {os.path.basename(path)} is not readable safetensors ({e})"]
+    want = expected_shapes(config)
+    errs = []
+    missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
+    if missing:
+        errs.append(f"weights miss {len(missing)} tensors, e.g. {missing[:3]}")
+    if unexpected:
+        errs.append(f"weights have {len(unexpected)} unexpected tensors, e.g. {unexpected[:3]}")
+    wrong = [f"{k} is {list(shapes[k])}, config needs {list(want[k])}"
+             for k in sorted(set(want) & set(shapes)) if shapes[k] != want[k]]
+    if wrong:
+        errs.append("weights do not fit the config: " + "; ".join(wrong[:3]))
+    return errs
+
+
 def _read_weights(folder: str) -> dict[str, torch.Tensor]:
     """All tensors of a single-file or sharded safetensors checkpoint (on CPU)."""
     single = os.path.join(folder, WEIGHTS_NAME)

@@ -124,6 +124,12 @@ def target_dims(sa) -> TargetDims:
     return TargetDims(text.hidden_size, text.num_hidden_layers, text.vocab_size)
 
 
+def weight_problems(folder: str, head: HeadConfig) -> list[str]:
+    from sglang_jetspec.core.checkpoint import weight_problems as problems
+
+    return problems(folder, head)
+
+
 def load_head_config(path: str | None) -> HeadConfig:
     if not path:
         raise ValueError("JETSPEC needs --speculative-draft-model-path DIR (the draft head folder)")
@@ -144,6 +150,7 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
     )
     errs = check_tree(tree, head.block_size)
     errs += check_head(head, target_dims(sa))
+    errs += [f"draft head {e}" for e in weight_problems(sa.speculative_draft_model_path, head)]
     errs += check_runtime(sa)
     backend, err = resolve_attention_backend(sa.device, sa.attention_backend)
     if err:

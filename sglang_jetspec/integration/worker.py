@@ -15,8 +15,11 @@ scheduler commits each round's tokens before the next round is prepared. Nothing
 carried between rounds, so merge/filter of batches needs no JetSpec state.
 
 Sampled requests on CPU: SGLang's verify is greedy-only there, so such batches are accepted
-by the lossless walk rule of sampling_accept.py instead. Limits (phase 1): no grammar masks,
-tp = pp = dp = 1, page size 1, no overlap scheduling, no CUDA graphs.
+by the lossless walk rule of sampling_accept.py instead. Grammar-constrained requests (regex,
+JSON schema, EBNF): SGLang's own tree traversal (build_grammar_vocab_mask, as NGRAM uses it)
+masks the target's logits at every node before acceptance, so a constrained request commits
+exactly what the constrained plain server would. Limits: tp = pp = dp = 1, page size 1, no
+overlap scheduling, no CUDA graphs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ from sglang.srt.runtime_context import get_spec
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.eagle_utils import eagle_sample
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
-from sglang.srt.speculative.spec_utils import move_accept_tokens_to_target_kvcache
+from sglang.srt.speculative.spec_utils import (
+    GrammarTree,
+    build_grammar_vocab_mask,
+    move_accept_tokens_to_target_kvcache,
+)
 
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.tree import build_trees
@@ -107,7 +114,7 @@ class JetSpecWorker(BaseSpecWorker):
     def forward_batch_generation(self, batch, on_publish=None, grammar_barrier=None,
                                  pp_proxy_tensors=None) -> GenerationBatchResult:
         if batch.forward_mode.is_decode():
-            return self._verify_round(batch, on_publish)
+            return self._verify_round(batch, on_publish, grammar_barrier)
         if not batch.forward_mode.is_extend():
             raise NotImplementedError(f"JETSPEC cannot run forward mode {batch.forward_mode}")
         return self._extend(batch, on_publish)
@@ -134,7 +141,7 @@ class JetSpecWorker(BaseSpecWorker):
         result.speculative_num_draft_tokens = n
         return result
 
-    def _verify_round(self, batch, on_publish) -> GenerationBatchResult:
+    def _verify_round(self, batch, on_publish, grammar_barrier=None) -> GenerationBatchResult:
         bs, n = len(batch.reqs), self.budget
         seq_lens_cpu = batch.seq_lens_cpu if batch.seq_lens_cpu is not None else batch.seq_lens.cpu()
         prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
@@ -172,8 +179,17 @@ class JetSpecWorker(BaseSpecWorker):
             batch, is_verify=True, capture_hidden_mode=CaptureHiddenMode.FULL)
         logits_output = result.logits_output
 
-        # 4. accept, compact the KV, keep the accepted nodes as head context
-        predict, accept_lens, accept_index = self._accept(trees, verify_input, batch, logits_output)
+        # 4. accept (under the grammar masks of constrained requests), compact the KV, keep the
+        #    accepted nodes as head context
+        grammar_mask = None
+        if batch.has_grammar:
+            grammar_mask = build_grammar_vocab_mask(
+                reqs=batch.reqs,
+                tree=GrammarTree.from_host(layout.retrieve_next_token, layout.retrieve_next_sibling,
+                                           layout.draft_tokens.view(bs, n)),
+                sampling_info=batch.sampling_info, device=dev, barrier=grammar_barrier)
+        predict, accept_lens, accept_index = self._accept(trees, verify_input, batch, logits_output,
+                                                          grammar_mask)
         new_seq_lens = batch.seq_lens + accept_lens
         accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
         move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
@@ -220,13 +236,15 @@ class JetSpecWorker(BaseSpecWorker):
         positions = (batch.seq_lens.view(bs, 1).to(cols.device) + cols)[keep]
         self._store_context(slots, features[rows.to(features.device)], positions)
 
-    def _accept(self, trees, verify_input, batch, logits_output):
+    def _accept(self, trees, verify_input, batch, logits_output, grammar_mask=None):
         """(predict [bs*n], accept_lens [bs], accept_index [bs, n]) in eagle_sample's layout."""
         info = batch.sampling_info
         if not (self.host_sampling and not info.is_all_greedy):
-            return eagle_sample(verify_input, batch, logits_output, None,
+            return eagle_sample(verify_input, batch, logits_output, grammar_mask,
                                 watermark_state=self.model_runner.watermark_state)
         logits = adjust_logits(logits_output.next_token_logits, info, self.budget)
+        if grammar_mask is not None:
+            grammar_mask.apply(logits)  # disallowed tokens -> -inf at every node of a constrained row
         out = sample_walk_accept(trees, logits, info.temperatures.view(-1).tolist(),
                                  info.top_ks.tolist(), info.top_ps.tolist(), info.min_ps.tolist(),
                                  self.generator)

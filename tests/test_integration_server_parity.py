@@ -1,0 +1,208 @@
+"""The real SGLang server with JETSPEC and the SHIPPED trained head (models/) against the same
+server without speculation, through every front door a user has:
+
+- /generate: 16 held-out prompts x 128 tokens sent concurrently, budgets 8 and 32, radix cache
+  on; then a repeated prompt (a radix hit), a stop string inside an answer, and a mixed batch.
+- /v1/chat/completions (OpenAI API), concurrently.
+- an SGLang frontend program (sgl.function with gen, fork, and a regex-constrained gen).
+- `python -m sglang.bench_serving --backend sglang` reports the accept length.
+- temperature 0.8: requests complete, and the sampled (token 1, token 2) pairs follow the
+  target's own distribution (chi-square against transformers' exact probabilities).
+
+Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
+JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from server_harness import ROOT, STARTUP_TIMEOUT_S, Server, run_all
+
+pytestmark = pytest.mark.slow
+
+NEW_TOKENS = 128
+BUDGETS = (8, 32)
+
+
+def _prompts() -> list[str]:
+    out = []
+    for name, k in (("code", 6), ("math", 5), ("chat", 5)):
+        with open(ROOT / "data" / "prompts" / f"{name}.heldout.jsonl") as f:
+            out += [json.loads(line)["prompt"] for line in f][:k]
+    return out
+
+
+@pytest.fixture(scope="module")
+def servers(smollm2_dir, tmp_path_factory):
+    from sglang_jetspec.model_store import default_head_dir
+
+    head = default_head_dir(smollm2_dir)
+    assert head is not None, "the shipped head models/smollm2-135m-jetspec is missing"
+    tmp = tmp_path_factory.mktemp("parity")
+    common = ("--max-running-requests", "16")
+    started = {}
+    try:
+        started["plain"] = Server(smollm2_dir, tmp / "plain.log", *common)
+        for b in BUDGETS:
+            started[b] = Server(smollm2_dir, tmp / f"jetspec{b}.log", *common,
+                                "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path",
+                                str(head), "--speculative-num-draft-tokens", str(b))
+        deadline = time.time() + STARTUP_TIMEOUT_S
+        for s in started.values():
+            s.wait_ready(deadline)
+        yield started
+        for s in started.values():  # nothing died or logged a traceback under all that load
+            assert s.proc.poll() is None, s.tail()
+    finally:
+        for s in started.values():
+            s.kill()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(smollm2_target):
+    tok = smollm2_target.tokenizer
+    return [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+            for p in _prompts()]
+
+
+def _same(plain: list[dict], spec: list[dict], label: str) -> None:
+    for i, (w, g) in enumerate(zip(plain, spec)):
+        assert g["output_ids"] == w["output_ids"], (
+            f"{label}, request {i}: first difference at token "
+            f"{next(k for k, (a, b) in enumerate(zip(w['output_ids'] + [None], g['output_ids'] + [None])) if a != b)}")
+        assert g["meta_info"]["finish_reason"] == w["meta_info"]["finish_reason"], (label, i)
+
+
+def test_generate_16_concurrent_prompts_identical(servers, prompt_ids):
+    items = [(ids, NEW_TOKENS) for ids in prompt_ids]
+    want = run_all(servers["plain"].generate, items)
+    assert all(len(w["output_ids"]) > 0 for w in want)
+    for b in BUDGETS:
+        got = run_all(servers[b].generate, items)
+        _same(want, got, f"budget {b}")
+        rounds = sum(g["meta_info"]["spec_verify_ct"] for g in got)
+        tokens = sum(len(g["output_ids"]) - 1 for g in got)  # the first token comes from prefill
+        print(f"budget {b}: {tokens} tokens in {rounds} verify rounds = {tokens / rounds:.2f} per round")
+        assert tokens / rounds > 1.0, "the trained head should commit more than one token per round"
+
+    # second wave: a repeated prompt (radix hit), a stop string inside an answer, a fresh prompt
+    stop_src = want[1]
+    text = stop_src["text"]
+    stop = text[len(text) // 2: len(text) // 2 + 6]
+    assert stop.strip(), f"no usable stop string in {text!r}"
+    wave = [(prompt_ids[0], NEW_TOKENS, 0.0), (prompt_ids[1], NEW_TOKENS, 0.0, {"stop": [stop]}),
+            (prompt_ids[2] + prompt_ids[3], 40, 0.0)]
+    call = lambda s: (lambda ids, n, t, extra={}: s.generate(ids, n, t, **extra))
+    want2 = run_all(call(servers["plain"]), wave)
+    assert want2[1]["meta_info"]["finish_reason"]["type"] == "stop", want2[1]["meta_info"]
+    assert len(want2[1]["output_ids"]) < len(stop_src["output_ids"])
+    for b in BUDGETS:
+        got2 = run_all(call(servers[b]), wave)
+        _same(want2, got2, f"budget {b}, second wave")
+        assert got2[0]["meta_info"]["cached_tokens"] >= len(prompt_ids[0]) - 1, "repeated prompt missed the radix cache"
+        assert got2[0]["output_ids"] == want[0]["output_ids"]
+        assert got2[1]["text"] == want2[1]["text"] and stop not in got2[1]["text"]
+
+
+def test_openai_chat_completions_identical(servers):
+    prompts = _prompts()[::4]
+    def chat(server):
+        return lambda p: server.post("/v1/chat/completions", {
+            "model": "default", "messages": [{"role": "user", "content": p}],
+            "temperature": 0, "max_tokens": 64})
+    want = run_all(chat(servers["plain"]), [(p,) for p in prompts])
+    for b in BUDGETS:
+        got = run_all(chat(servers[b]), [(p,) for p in prompts])
+        for w, g in zip(want, got):
+            assert g["choices"][0]["message"]["content"] == w["choices"][0]["message"]["content"]
+            assert g["choices"][0]["finish_reason"] == w["choices"][0]["finish_reason"]
+            assert g["usage"]["completion_tokens"] == w["usage"]["completion_tokens"]
+
+
+def test_frontend_program_with_fork_and_regex_identical(servers):
+    import sglang as sgl
+
+    @sgl.function
+    def program(s, question):
+        s += "Question: " + question + "\nAnswer:"
+        s += sgl.gen("answer", max_tokens=32, temperature=0, stop="\n")
+        forks = s.fork(2)
+        for i, f in enumerate(forks):
+            f += f"\nIdea {i + 1}:" + sgl.gen("idea", max_tokens=16, temperature=0)
+        s += "\nThe answer as a number: " + sgl.gen("number", regex=r"[0-9]{1,4}", max_tokens=8, temperature=0)
+        s += "\n" + "".join(f["idea"] for f in forks)
+
+    def run(server):
+        backend = sgl.RuntimeEndpoint(server.url(""))
+        out = []
+        for q in ("What is 12 plus 30?", "How many legs do three cats have?"):
+            st = program.run(question=q, backend=backend)
+            out.append((st["answer"], st["number"], st.text()))
+        return out
+
+    want = run(servers["plain"])
+    for _, number, _ in want:
+        assert number.isdigit(), f"regex-constrained gen returned {number!r}"
+    assert run(servers[32]) == want
+
+
+def test_bench_serving_reports_accept_length(servers, smollm2_dir, tmp_path):
+    data = tmp_path / "conversations.jsonl"
+    with open(data, "w") as f:
+        for p in _prompts()[:6]:
+            f.write(json.dumps({"conversations": [{"content": p}, {"content": "x " * 40}]}) + "\n")
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+           "--base-url", servers[32].url(""), "--dataset-name", "custom", "--dataset-path", str(data),
+           "--num-prompts", "6", "--sharegpt-output-len", "32", "--tokenizer", str(smollm2_dir),
+           "--disable-tqdm", "--output-file", str(tmp_path / "bench.jsonl")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next((ln for ln in proc.stdout.splitlines() if "Accept length" in ln), None)
+    assert line is not None, proc.stdout[-3000:]
+    assert float(line.split(":")[-1]) > 1.0, line
+
+
+def test_sampling_follows_the_target_distribution(servers, smollm2_target):
+    """Temperature 0.8, two tokens per request: token 1 comes from the prefill, token 2 from a
+    JETSPEC verify round (tree drafted by the trained head, walk-rule acceptance). The joint
+    frequencies of (token 1, token 2) over 400 requests must match transformers' exact
+    probabilities at temperature 0.8 (chi-square, alpha 1e-3); bins under 5 expected are pooled."""
+    from scipy.stats import chisquare
+
+    temp, n = 0.8, 400
+    tok = smollm2_target.tokenizer
+    ids = tok.apply_chat_template([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True,
+                                  tokenize=True)
+    server = servers[32]
+    items = [(ids, 2, temp)] * n
+    outs = []
+    for k in range(0, n, 16):
+        outs += run_all(server.generate, items[k:k + 16])
+    pairs = [tuple(o["output_ids"][:2]) for o in outs]
+    assert all(len(p) == 2 for p in pairs), "a sampled request ended early"
+    assert sum(o["meta_info"]["spec_verify_ct"] for o in outs) >= n
+
+    model = smollm2_target.model
+    with torch.no_grad():
+        p1 = torch.softmax(model(torch.tensor([ids])).logits[0, -1].double() / temp, -1)
+        firsts = torch.topk(p1, 12).indices.tolist()
+        batch = torch.tensor([ids + [t] for t in firsts])
+        p2 = torch.softmax(model(batch).logits[:, -1].double() / temp, -1)  # [12, V]
+    probs = {}
+    for i, t1 in enumerate(firsts):
+        top = torch.topk(p2[i], 12)
+        for t2, q in zip(top.indices.tolist(), top.values.tolist()):
+            probs[(t1, t2)] = float(p1[t1]) * q
+    bins = [k for k, v in sorted(probs.items(), key=lambda kv: -kv[1]) if v * n >= 5]
+    observed = [sum(1 for p in pairs if p == k) for k in bins]
+    expected = [probs[k] * n for k in bins]
+    observed.append(n - sum(observed))
+    expected.append(n - sum(expected))
+    assert len(bins) >= 3, probs
+    stat, pvalue = chisquare(observed, expected)
+    print(f"chi-square over {len(bins) + 1} bins: stat {stat:.1f}, p {pvalue:.3g}")
+    assert pvalue > 1e-3, list(zip(bins + ["rest"], observed, [round(e, 1) for e in expected]))
