@@ -1,9 +1,11 @@
 """The main job on the embedded default: JetSpec next to plain decoding, side by side.
 
-Prepares SmolLM2-135M-Instruct, decodes a few prompts with the target alone (``ar``) and with the
-JetSpec reference decoder, and prints per-prompt accepted length, tokens/s for both and whether
-the greedy outputs matched. Uses the shipped head when there is one, otherwise an untrained head
-(it then shows losslessness, not speed: an untrained drafter accepts almost nothing).
+Default (``--engine sglang``): prepares SmolLM2-135M-Instruct, starts two real SGLang servers on
+127.0.0.1 (one with ``--speculative-algorithm JETSPEC`` and the shipped head, one without
+speculation), sends the same small greedy workload to each, prints per-prompt accepted length,
+tokens/s of both and whether the outputs are identical, then stops both servers.
+``--engine reference`` does the same with the transformers reference decoder instead (no server).
+Without a shipped head an untrained one is used (it then shows losslessness, not speed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ def main(argv=None) -> None:
     p.add_argument("--num-prompts", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--budget", type=int, default=32)
+    p.add_argument("--engine", choices=("sglang", "reference"), default="sglang")
+    p.add_argument("--concurrency", type=int, default=1, help="sglang: requests in flight at once")
     args = p.parse_args(argv)
+    if args.engine == "sglang":
+        return server_demo(args)
 
     from sglang_jetspec.model_store import default_head_dir, model_path
     from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
@@ -56,6 +62,65 @@ def main(argv=None) -> None:
           f"jetspec {js_tps:.1f} tok/s, speedup {js_tps / ar_tps:.2f}x")
     if any(r[5] == "NO" for r in rows):
         raise SystemExit("greedy outputs differ from plain decoding beyond a near-tie")
+
+
+def server_demo(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    import tempfile
+    import time
+
+    from transformers import AutoTokenizer
+
+    from sglang_jetspec.integration.server_engine import head_folder
+    from sglang_jetspec.integration.server_process import ServerSpec, start_side_by_side
+    from sglang_jetspec.model_store import default_head_dir, model_path
+    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
+
+    model = model_path("smollm2")
+    shipped = default_head_dir(model)
+    head = head_folder(None if shipped else "random", model)
+    print(f"target: {model}\nhead:   {head if shipped else 'UNTRAINED (random weights): shows losslessness only'}")
+    logs = tempfile.mkdtemp(prefix="jetspec_demo_")
+    print(f"starting two SGLang servers on 127.0.0.1 (plain, JETSPEC budget {args.budget}); logs in {logs}",
+          flush=True)
+    t0 = time.perf_counter()
+    plain, spec = start_side_by_side([ServerSpec(str(model)), ServerSpec(str(model), str(head), budget=args.budget)], logs)
+    try:
+        print(f"both ready after {time.perf_counter() - t0:.0f}s", flush=True)
+        tok = AutoTokenizer.from_pretrained(model)
+        prompts = read_prompts(args.prompts)[: args.num_prompts]
+        ids = encode_prompts(tok, prompts)
+
+        def workload(server):
+            def one(x):
+                t = time.perf_counter()
+                r = server.generate(x, args.max_new_tokens, temperature=0.0)
+                return r, time.perf_counter() - t
+            t = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as ex:
+                out = list(ex.map(one, ids))
+            return out, time.perf_counter() - t
+
+        want, plain_s = workload(plain)
+        got, spec_s = workload(spec)
+    finally:
+        plain.stop()
+        spec.stop()
+    print(f"\nbudget {args.budget}, greedy, {args.max_new_tokens} new tokens max, concurrency {args.concurrency}\n")
+    print(f"{'prompt':42} {'tokens':>6} {'accept':>7} {'plain tok/s':>11} {'jetspec tok/s':>14} {'match':>6}")
+    rounds = committed = 0
+    for text, (w, ws), (g, gs) in zip(prompts, want, got):
+        n, r = len(g["output_ids"]), g["meta_info"].get("spec_verify_ct", 0)
+        rounds, committed = rounds + r, committed + max(n - 1, 0)
+        match = "yes" if g["output_ids"] == w["output_ids"] else "NO"
+        print(f"{text[:40]:42} {n:6d} {(n - 1) / max(r, 1):7.2f} {len(w['output_ids']) / ws:11.1f} "
+              f"{n / gs:14.1f} {match:>6}")
+    plain_tps = sum(len(w["output_ids"]) for w, _ in want) / plain_s
+    spec_tps = sum(len(g["output_ids"]) for g, _ in got) / spec_s
+    print(f"\nall: accept length {committed / max(rounds, 1):.2f} (tokens per verify round, bonus included), "
+          f"plain {plain_tps:.1f} tok/s, jetspec {spec_tps:.1f} tok/s, speedup {spec_tps / plain_tps:.2f}x")
+    if any(g["output_ids"] != w["output_ids"] for (w, _), (g, _) in zip(want, got)):
+        raise SystemExit("JETSPEC outputs differ from the plain server's")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Generate with the target alone (``ar``) or with JetSpec (``reference``) and write JSONL.
+"""Generate with the target alone (``ar``), the JetSpec reference decoder (``reference``) or the
+real SGLang server with JETSPEC (``sglang``), and write JSONL.
 
     python -m launch.generate --engine reference --prompts prompts.jsonl --max-new-tokens 128 \
         --out out.jsonl [--model DIR] [--head DIR|random] [--budget 32] [--width 7] [--depth 15]
 
 Input lines are ``{"prompt": "..."}`` (the chat template is applied unless ``--raw``). Each
-output line has ``output_ids``, ``text``, ``rounds``, ``accepted`` and ``seconds``.
+output line has ``output_ids``, ``text``, ``rounds``, ``accepted`` and ``seconds``. With
+``--engine sglang`` a local server is started and stopped (``--budget 1``: without speculation),
+or ``--server-url`` names a running one; the server reports rounds but not per-round counts, so
+``accepted`` is empty there (mean accepted length = (len(output_ids) - 1) / rounds).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from tqdm import tqdm
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m launch.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", choices=["ar", "reference"], required=True)
+    p.add_argument("--engine", choices=["ar", "reference", "sglang"], required=True)
     p.add_argument("--prompts", required=True, help="JSONL file with one {\"prompt\": ...} per line")
     p.add_argument("--max-new-tokens", type=int, required=True)
     p.add_argument("--out", required=True)
@@ -36,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--server-url", default=None, help="--engine sglang: use this running server")
+    p.add_argument("--server-log", default=None, help="--engine sglang: where the started server logs")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         p.error(f"--max-new-tokens {args.max_new_tokens} must be >= 1")
@@ -46,11 +52,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
+    from sglang_jetspec.reference.prompts import read_prompts
     from sglang_jetspec.reference.runner import build_engine
 
     prompts = read_prompts(args.prompts)
-    engine = build_engine(args)
+    engine = _sglang_engine(args) if args.engine == "sglang" else build_engine(args)
+    try:
+        _run(args, prompts, engine)
+    finally:
+        if args.engine == "sglang":
+            engine.close()
+
+
+def _sglang_engine(args):
+    from sglang_jetspec.integration.server_engine import SGLangEngine, head_folder
+    from sglang_jetspec.reference.runner import resolve_model
+
+    model = resolve_model(args.model)
+    head = None if args.budget == 1 or args.server_url else head_folder(args.head, model)
+    return SGLangEngine(model, head, budget=args.budget, width=args.width, depth=args.depth,
+                        server_url=args.server_url, log_path=args.server_log)
+
+
+def _run(args, prompts, engine) -> None:
+    from sglang_jetspec.reference.prompts import encode_prompts
+
     encoded = encode_prompts(engine.tokenizer, prompts, raw=args.raw)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:

@@ -128,6 +128,21 @@ def test_block_loss_matches_a_direct_per_anchor_computation(model):
     assert torch.allclose(res.loss, kls.sum() / count.sum(), atol=1e-5)
 
 
+def test_batched_teacher_pass_matches_one_pass_per_sequence(model):
+    """The GPU path (one right-padded target forward for the whole step) gives the loss and
+    statistics of the per-sequence path, on sequences of different lengths."""
+    target, head = FrozenTarget(model), _head(model, init=False)
+    seqs = tiny_seqs(3)
+    g = torch.Generator().manual_seed(5)
+    anchors, valid = zip(*(sample_anchors(q, 4, g) for q in seqs))
+    anchors, valid = torch.stack(anchors), torch.stack(valid)
+    one = block_loss(DraftForTraining(head), head.config, target, seqs, anchors, valid, batch_teacher=False)
+    many = block_loss(DraftForTraining(head), head.config, target, seqs, anchors, valid, batch_teacher=True)
+    assert torch.allclose(one.loss, many.loss, atol=1e-5)
+    assert torch.allclose(one.kl_sum, many.kl_sum, atol=1e-4)
+    assert one.count.tolist() == many.count.tolist()
+
+
 def test_bidirectional_slots_see_later_slots_causal_ones_do_not(model):
     target, seq = FrozenTarget(model), tiny_seqs(1)[0]
     anchors, valid = torch.tensor([[8]]), torch.ones(1, 1, dtype=torch.bool)

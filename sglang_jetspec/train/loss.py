@@ -100,10 +100,13 @@ class StepResult:
 
 
 def block_loss(model: nn.Module, head_config, target: FrozenTarget, seqs, anchors: torch.Tensor,
-               anchor_valid: torch.Tensor, gamma: float = 0.0, context_window: int | None = None) -> StepResult:
+               anchor_valid: torch.Tensor, gamma: float = 0.0, context_window: int | None = None,
+               batch_teacher: bool | None = None) -> StepResult:
     """One step's objective. model: DraftForTraining (maybe DDP-wrapped); seqs: TrainSequence list;
     anchors/anchor_valid [b, N]. context_window: blocks see only the last W context positions
-    (a curriculum aid, see TrainConfig; None = the whole prefix, as in decoding)."""
+    (a curriculum aid, see TrainConfig; None = the whole prefix, as in decoding).
+    batch_teacher: one padded target forward for all sequences (default: on CUDA) instead of
+    one per sequence (on a CPU the padding costs more than it saves)."""
     cfg, dev = head_config, target.device
     s, (b, n) = cfg.block_size, anchors.shape
     if cfg.mask_token_id is None:
@@ -113,16 +116,22 @@ def block_loss(model: nn.Module, head_config, target: FrozenTarget, seqs, anchor
     t_max = int(lens.max())
 
     feats = torch.zeros(b, t_max, cfg.num_target_features, device=dev)
+    wants = [lay.teacher_pos[j][lay.valid[j]] for j in range(b)]  # [m_j] row-major over (anchor, depth)
+    uniq = [torch.unique(w) for w in wants]  # sorted teacher rows shared by overlapping blocks
+    if batch_teacher is None:
+        batch_teacher = dev.type == "cuda"
+    if batch_teacher:
+        passes = target.features_and_teacher_batch([q.ids for q in seqs], cfg.target_layer_ids, uniq)
+    else:
+        passes = [target.features_and_teacher(q.ids, cfg.target_layer_ids, r) for q, r in zip(seqs, uniq)]
     teachers, rows_of = [], []
     offset = 0
     for j, q in enumerate(seqs):
-        want = lay.teacher_pos[j][lay.valid[j]]  # [m_j] row-major over (anchor, depth)
-        rows = torch.unique(want)  # sorted teacher rows shared by overlapping blocks
-        f, t = target.features_and_teacher(q.ids, cfg.target_layer_ids, rows)
+        f, t = passes[j]
         feats[j, : len(q.ids)] = f
         teachers.append(t)
-        rows_of.append(offset + torch.searchsorted(rows, want))
-        offset += len(rows)
+        rows_of.append(offset + torch.searchsorted(uniq[j], wants[j]))
+        offset += len(uniq[j])
     teacher = TeacherSummary.from_logprobs(torch.cat(teachers), target.lm_head)  # R rows
     row_idx = torch.cat(rows_of).to(dev)  # [M] -> teacher row
 

@@ -64,6 +64,35 @@ class FrozenTarget:
                 self._memo.pop(next(iter(self._memo)))  # oldest first (dicts keep insertion order)
         return result
 
+    @torch.no_grad()
+    def features_and_teacher_batch(self, ids_list: list[torch.Tensor], layer_ids: list[int],
+                                   rows_list: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """features_and_teacher for several sequences in ONE target forward (right-padded: a
+        causal model's real positions never see the padding after them). What a GPU wants: one
+        launch sequence instead of one per sequence. Memoised per sequence like the single call."""
+        keys = [None] * len(ids_list)
+        if self.memo_size:
+            keys = [(ids.data_ptr(), ids.numel(), tuple(layer_ids), rows.numel(), hash(tuple(rows.tolist())))
+                    for ids, rows in zip(ids_list, rows_list)]
+            if all(k in self._memo for k in keys):
+                return [self._memo[k] for k in keys]
+        bad = [i for i in layer_ids if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"target layer ids {bad} out of range [0, {self.num_layers})")
+        padded = torch.nn.utils.rnn.pad_sequence(list(ids_list), batch_first=True).to(self.device)  # [b, T]
+        out = self.model.base_model(input_ids=padded, output_hidden_states=True, use_cache=False)
+        feats = torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1)  # [b, T, K*d]
+        results = []
+        for j, (ids, rows) in enumerate(zip(ids_list, rows_list)):
+            last = out.last_hidden_state[j, rows.to(self.device)]
+            results.append((feats[j, : len(ids)], torch.log_softmax(self.lm_head(last).float(), dim=-1)))
+        if self.memo_size:
+            for k, r in zip(keys, results):
+                self._memo[k] = r
+            while len(self._memo) > self.memo_size:
+                self._memo.pop(next(iter(self._memo)))
+        return results
+
     def _features_and_teacher(self, ids, layer_ids, teacher_rows):
         out = self.model.base_model(input_ids=ids.view(1, -1).to(self.device), output_hidden_states=True,
                                     use_cache=False)
