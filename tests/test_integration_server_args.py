@@ -106,10 +106,13 @@ def _args(head_dir, target=ROOT, **kw):
     return sa
 
 
-def test_defaults_come_from_the_head(tmp_path, smollm2_dir):
+def test_defaults_come_from_the_head(tmp_path, smollm2_dir, caplog):
     _save(_head(block_size=8), tmp_path)
     sa = _args(tmp_path, smollm2_dir)
-    tree = apply_jetspec_server_args(sa)
+    with caplog.at_level("WARNING"):
+        tree = apply_jetspec_server_args(sa)
+    said = caplog.text  # what JETSPEC switched off is logged, never silent
+    assert "overlap scheduling" in said and "--enable-mixed-chunk" in said, said
     assert tree == TreeSettings(32, 7, 7)
     assert (sa.speculative_num_draft_tokens, sa.speculative_eagle_topk, sa.speculative_num_steps) == (32, 7, 7)
     assert sa.disable_overlap_schedule is True and sa.enable_mixed_chunk is False

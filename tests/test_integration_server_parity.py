@@ -43,7 +43,7 @@ def servers(smollm2_dir, tmp_path_factory):
     head = default_head_dir(smollm2_dir)
     assert head is not None, "the shipped head models/smollm2-135m-jetspec is missing"
     tmp = tmp_path_factory.mktemp("parity")
-    common = ("--max-running-requests", "16")
+    common = ("--max-running-requests", "16", "--max-total-tokens", "8192")
     started = {}
     try:
         started["plain"] = Server(smollm2_dir, tmp / "plain.log", *common)

@@ -162,25 +162,39 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
     sa.speculative_num_draft_tokens = tree.budget
     sa.speculative_eagle_topk = tree.width
     sa.speculative_num_steps = tree.depth
-    sa.disable_overlap_schedule = True  # the worker runs the synchronous V2 loop
-    sa.enable_mixed_chunk = False  # a mixed batch would need a split extend/verify round
+    switched = []  # what JETSPEC turns off, said out loud (never silently)
+    if not sa.disable_overlap_schedule:
+        switched.append("overlap scheduling (the JETSPEC worker runs SGLang's synchronous loop)")
+    sa.disable_overlap_schedule = True
+    if sa.enable_mixed_chunk:
+        switched.append("--enable-mixed-chunk (a mixed batch would need a split extend/verify round)")
+    sa.enable_mixed_chunk = False
     if sa.attention_backend != backend:
+        if sa.attention_backend is not None:
+            switched.append(f"attention backend {sa.attention_backend} -> {backend} (tree-mask verify)")
         sa.attention_backend = backend
     for field in ("prefill_attention_backend", "decode_attention_backend"):
         if getattr(sa, field) not in (None, backend):  # a split choice would skip tree verify
+            switched.append(f"--{field.replace('_', '-')} {getattr(sa, field)} -> {backend}")
             setattr(sa, field, backend)
-    _disable_decode_graphs(sa)
+    if _disable_decode_graphs(sa):
+        switched.append("decode CUDA graphs (no graph runner for plugin verify inputs yet)")
+    for what in switched:
+        logger.warning("JETSPEC switches off/replaces: %s", what)
     logger.info("JETSPEC: head %s, budget %d, width %d, depth %d, attention %s",
                 sa.speculative_draft_model_path, tree.budget, tree.width, tree.depth, backend)
     return tree
 
 
-def _disable_decode_graphs(sa) -> None:
-    """SGLang's decode graph runner has no verify input for plugin algorithms: run eagerly."""
+def _disable_decode_graphs(sa) -> bool:
+    """SGLang's decode graph runner has no verify input for plugin algorithms: run eagerly.
+    Returns whether graphs were on."""
     from sglang.srt.model_executor.cuda_graph_config import Backend, Phase, with_phase
 
     cfg = getattr(sa, "cuda_graph_config", None)
     if cfg is None:
-        return
+        return False
     if cfg.decode.backend != Backend.DISABLED:
         sa.cuda_graph_config = with_phase(cfg, Phase.DECODE, backend=Backend.DISABLED)
+        return True
+    return False
