@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__)
     p.add_argument("--prompts", default=str(REPO / "data" / "parity_prompts.jsonl"))
     p.add_argument("--num-prompts", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--budget", type=int, default=32)
     p.add_argument("--engine", choices=("sglang", "reference"), default="sglang")
     p.add_argument("--concurrency", type=int, default=1, help="sglang: requests in flight at once")
