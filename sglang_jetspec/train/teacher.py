@@ -48,20 +48,12 @@ class FrozenTarget:
         Row r of the teacher is p(. | ids[: teacher_rows[r] + 1]): the distribution of the token
         at position teacher_rows[r] + 1.
         """
-        bad = [i for i in layer_ids if not 0 <= i < self.num_layers]
-        if bad:
-            raise ValueError(f"target layer ids {bad} out of range [0, {self.num_layers})")
-        key = None
-        if self.memo_size:
-            key = (ids.data_ptr(), ids.numel(), tuple(layer_ids), teacher_rows.numel(),
-                   hash(tuple(teacher_rows.tolist())))
-            if key in self._memo:
-                return self._memo[key]
+        self._check_layers(layer_ids)
+        key = self._memo_key(ids, layer_ids, teacher_rows)
+        if key in self._memo:
+            return self._memo[key]
         result = self._features_and_teacher(ids, layer_ids, teacher_rows)
-        if key is not None:
-            self._memo[key] = result
-            while len(self._memo) > self.memo_size:
-                self._memo.pop(next(iter(self._memo)))  # oldest first (dicts keep insertion order)
+        self._remember([key], [result])
         return result
 
     @torch.no_grad()
@@ -70,15 +62,10 @@ class FrozenTarget:
         """features_and_teacher for several sequences in ONE target forward (right-padded: a
         causal model's real positions never see the padding after them). What a GPU wants: one
         launch sequence instead of one per sequence. Memoised per sequence like the single call."""
-        keys = [None] * len(ids_list)
-        if self.memo_size:
-            keys = [(ids.data_ptr(), ids.numel(), tuple(layer_ids), rows.numel(), hash(tuple(rows.tolist())))
-                    for ids, rows in zip(ids_list, rows_list)]
-            if all(k in self._memo for k in keys):
-                return [self._memo[k] for k in keys]
-        bad = [i for i in layer_ids if not 0 <= i < self.num_layers]
-        if bad:
-            raise ValueError(f"target layer ids {bad} out of range [0, {self.num_layers})")
+        self._check_layers(layer_ids)
+        keys = [self._memo_key(ids, layer_ids, rows) for ids, rows in zip(ids_list, rows_list)]
+        if all(k in self._memo for k in keys):
+            return [self._memo[k] for k in keys]
         padded = torch.nn.utils.rnn.pad_sequence(list(ids_list), batch_first=True).to(self.device)  # [b, T]
         out = self.model.base_model(input_ids=padded, output_hidden_states=True, use_cache=False)
         feats = torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1)  # [b, T, K*d]
@@ -86,12 +73,27 @@ class FrozenTarget:
         for j, (ids, rows) in enumerate(zip(ids_list, rows_list)):
             last = out.last_hidden_state[j, rows.to(self.device)]
             results.append((feats[j, : len(ids)], torch.log_softmax(self.lm_head(last).float(), dim=-1)))
-        if self.memo_size:
-            for k, r in zip(keys, results):
-                self._memo[k] = r
-            while len(self._memo) > self.memo_size:
-                self._memo.pop(next(iter(self._memo)))
+        self._remember(keys, results)
         return results
+
+    def _check_layers(self, layer_ids: list[int]) -> None:
+        bad = [i for i in layer_ids if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"target layer ids {bad} out of range [0, {self.num_layers})")
+
+    def _memo_key(self, ids: torch.Tensor, layer_ids: list[int], rows: torch.Tensor) -> tuple | None:
+        """Identity of one pass (None when not memoising: never found, never stored)."""
+        if not self.memo_size:
+            return None
+        return (ids.data_ptr(), ids.numel(), tuple(layer_ids), rows.numel(), hash(tuple(rows.tolist())))
+
+    def _remember(self, keys: list, results: list) -> None:
+        if not self.memo_size:
+            return
+        for k, r in zip(keys, results):
+            self._memo[k] = r
+        while len(self._memo) > self.memo_size:
+            self._memo.pop(next(iter(self._memo)))  # oldest first (dicts keep insertion order)
 
     def _features_and_teacher(self, ids, layer_ids, teacher_rows):
         out = self.model.base_model(input_ids=ids.view(1, -1).to(self.device), output_hidden_states=True,
