@@ -26,13 +26,14 @@ def _free_port() -> int:
 class Server:
     """One `python -m sglang.launch_server` in its own process group."""
 
-    def __init__(self, model: Path, log: Path, *extra: str):
+    def __init__(self, model: Path, log: Path, *extra: str, env: dict | None = None):
         self.port = _free_port()
+        extra_env = env or {}
         env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                    XDG_CACHE_HOME=str(ROOT / "build" / "xdg-cache"),
                    TORCHINDUCTOR_CACHE_DIR=str(ROOT / "build" / "inductor"),
-                   TRITON_CACHE_DIR=str(ROOT / "build" / "triton"))
+                   TRITON_CACHE_DIR=str(ROOT / "build" / "triton"), **extra_env)
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
                "--device", "cpu", "--dtype", "float32", "--attention-backend", "torch_native",
                "--host", "127.0.0.1", "--port", str(self.port), "--max-total-tokens", "2048",

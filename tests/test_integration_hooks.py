@@ -1,4 +1,4 @@
-"""The one HookRegistry patch: JETSPEC's per-step KV reserve is the node budget."""
+"""HookRegistry patch 1: JETSPEC's per-step KV reserve is the node budget."""
 
 from types import SimpleNamespace
 
@@ -26,6 +26,9 @@ def test_hook_wraps_sglangs_sizing_and_falls_through_for_others(monkeypatch):
                         allocation_sizing.get_alloc_len_per_decode)
     monkeypatch.setattr(HookRegistry, "_hooks", type(HookRegistry._hooks)(list, HookRegistry._hooks))
     monkeypatch.setattr(HookRegistry, "_patched", set(HookRegistry._patched) - {ALLOC_LEN_TARGET})
+    import sglang_jetspec.integration.hooks as hooks_module
+
+    monkeypatch.setattr(hooks_module, "_registered", False)  # register into this test's registry
     register_hooks()
     HookRegistry.apply_hooks()
     assert ALLOC_LEN_TARGET in HookRegistry._patched
@@ -44,3 +47,15 @@ def test_hook_wraps_sglangs_sizing_and_falls_through_for_others(monkeypatch):
     for module in (runtime_context, allocation_sizing):
         monkeypatch.setattr(module, "get_spec", lambda: spec(None))
     assert allocation_sizing.get_alloc_len_per_decode() == 1  # no speculation: SGLang's answer
+
+
+def test_prompts_the_scheduler_would_die_on_are_refused_on_jetspec_servers_only():
+    from sglang_jetspec.integration.hooks import prompt_problem
+
+    assert "prompt is empty" in prompt_problem("JETSPEC", [], False, 100)
+    assert prompt_problem("JETSPEC", [1, 99], False, 100) is None
+    assert "token id 100 outside the vocabulary [0, 100)" in prompt_problem("JETSPEC", [1, 100], False, 100)
+    assert "token id -1" in prompt_problem("jetspec", [-1], False, 100)
+    assert prompt_problem("JETSPEC", [], True, 100) is None  # embeddings/images carry the input
+    assert prompt_problem("EAGLE", [], False, 100) is None
+    assert prompt_problem(None, [10 ** 6], False, 100) is None

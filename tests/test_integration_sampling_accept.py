@@ -40,6 +40,30 @@ def test_top_k_one_rows_follow_the_greedy_walk():
     assert max(int(x) for x in lens) >= 3  # the test exercised multi-token paths
 
 
+def test_padded_batches_use_only_each_trees_own_rows():
+    """Per-request budgets: trees of 7, 3 and 1 nodes verified 7 rows per request."""
+    g = torch.Generator().manual_seed(4)
+    trees = [build_tree(int(torch.randint(V, (1,), generator=g)),
+                        torch.log_softmax(torch.randn(4, V, generator=g), -1), k, width=2)
+             for k in (7, 3, 1)]
+    bs, n = 3, 7
+    logits = torch.randn(bs * n, V, generator=g)
+    for b, tree in enumerate(trees):
+        for node, kids in enumerate(tree.children()):
+            if kids:
+                logits[b * n + node, tree.tokens[kids[0]]] += 10.0
+        logits[b * n + tree.n:(b + 1) * n] = float("nan")  # dead rows must never be read
+    predict, lens, index = sample_walk_accept(trees, logits, [1.0] * bs, [1] * bs, [1.0] * bs,
+                                              [0.0] * bs, torch.Generator().manual_seed(2), n=n)
+    layout = to_verify_layout(trees, [0] * bs, n=n)
+    paths, _ = greedy_walk_with_layout(layout, torch.nan_to_num(logits, nan=-1e9).argmax(-1).view(bs, n))
+    for b, tree in enumerate(trees):
+        k = int(lens[b])
+        assert [int(x) - b * n for x in index[b, :k]] == paths[b]
+        assert all(int(x) - b * n < tree.n for x in index[b, :k])
+    assert int(lens[2]) == 1  # a root-only tree commits the target's own token only
+
+
 def test_sampled_first_token_follows_the_target_distribution():
     """Root with drafted children {0, 1}; target p = softmax(logits / T). The committed first
     token must be ~p whatever the tree (walk rule), and a drafted child is accepted when hit."""

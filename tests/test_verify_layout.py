@@ -190,11 +190,51 @@ def test_root_only_trees():
     assert accepted == [[0], [0]] and bonus == [8, 9]
 
 
+def padded_batch(seed: int, bs: int, n: int, vocab: int) -> list[DraftTree]:
+    """Trees of random sizes 1..n (per-request budgets), to be padded to n."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [int(torch.randint(1, n + 1, (1,), generator=g)) for _ in range(bs)]
+    return [random_batch(seed + 17 * b, 1, k, vocab)[0] for b, k in enumerate(sizes)]
+
+
+@FAST
+@given(batch_args)
+def test_padded_layout_accepts_exactly_the_unpadded_tree(args):
+    seed, bs, n, vocab = args
+    trees = padded_batch(seed, bs, n, vocab)
+    prefix = [seed % 5 + b for b in range(bs)]
+    layout = to_verify_layout(trees, prefix, n=n)
+    assert layout.n == n and layout.draft_tokens.shape == (bs * n,)
+    g = torch.Generator().manual_seed(seed + 3)
+    target = torch.randint(vocab, (bs, n), generator=g)
+    for b, tree in enumerate(trees):
+        k = tree.n
+        path = tree.path_to(int(torch.randint(k, (1,), generator=g)))
+        for u, v in zip(path[:-1], path[1:]):
+            target[b, u] = tree.tokens[v]
+        # dead rows: nobody links to them, they link nowhere, they see the root and themselves
+        nxt, sib = layout.retrieve_next_token[b], layout.retrieve_next_sibling[b]
+        linked = set(nxt.tolist()) | set(sib.tolist())
+        assert not linked & set(range(k, n))
+        assert (nxt[k:] == -1).all() and (sib[k:] == -1).all()
+        mask = layout.tree_mask[b]
+        assert torch.equal(mask[:k, :k], tree.ancestor_mask()) and not mask[:k, k:].any()
+        for r in range(k, n):
+            assert mask[r].nonzero().flatten().tolist() == sorted({0, r})
+        assert (layout.positions.view(bs, n)[b, k:] == prefix[b] + 1).all()
+    accepted, bonus = greedy_walk_with_layout(layout, target)
+    for b, tree in enumerate(trees):
+        want = direct_walk(tree, target[b, : tree.n].tolist(), n)
+        assert accepted[b] == want and bonus[b] == int(target[b, want[-1]])
+
+
 def test_layout_rejects_bad_batches():
     lp = torch.log_softmax(torch.randn(3, 6), -1)
     a, b = build_tree(0, lp, 4, 2), build_tree(0, lp, 5, 2)
     with pytest.raises(ValueError, match=r"same node count, got \[4, 5\]"):
         to_verify_layout([a, b], [0, 0])
+    with pytest.raises(ValueError, match=r"tree sizes \[4, 5\] exceed the verify width n = 4"):
+        to_verify_layout([a, b], [0, 0], n=4)
     with pytest.raises(ValueError, match="got 1 prefix_lens for a batch of 2"):
         to_verify_layout([a, a], [0])
     with pytest.raises(ValueError, match=">= 0"):
@@ -261,6 +301,30 @@ def _run_sglang_oracle() -> None:
             theirs = [int(x) - b * n for x in accept_index[b, : k + 1]]
             assert theirs == accepted[b], (seed, b, theirs, accepted[b])
             assert int(predicts[b * n + accepted[b][-1]]) == bonus[b], (seed, b)
+    # per-request budgets: trees of different sizes padded with dead rows, SGLang's kernel
+    # walking our links must accept exactly the unpadded tree's path
+    for seed in range(12):
+        bs, n, vocab = 1 + seed % 4, 3 + (seed * 7) % 13, 4 + seed % 3
+        trees = padded_batch(seed, bs, n, vocab)
+        layout = to_verify_layout(trees, [seed % 4] * bs, n=n)
+        g = torch.Generator().manual_seed(seed)
+        target = torch.randint(vocab, (bs, n), generator=g)
+        for b, tree in enumerate(trees):
+            path = tree.path_to(int(torch.randint(tree.n, (1,), generator=g)))
+            for u, v in zip(path[:-1], path[1:]):
+                target[b, u] = tree.tokens[v]
+        predicts = torch.zeros(bs * n, dtype=torch.int32)
+        accept_index = torch.full((bs, n), -1, dtype=torch.int32)
+        num_accepted = torch.empty(bs, dtype=torch.int32)
+        verify_tree_greedy_triton(
+            predicts, accept_index, num_accepted, layout.draft_tokens.view(bs, n),
+            layout.retrieve_index, layout.retrieve_next_token, layout.retrieve_next_sibling, target,
+        )
+        for b, tree in enumerate(trees):
+            want = direct_walk(tree, target[b, : tree.n].tolist(), n)
+            k = int(num_accepted[b])
+            theirs = [int(x) - b * n for x in accept_index[b, : k + 1]]
+            assert theirs == want, ("padded", seed, b, theirs, want)
     print("ORACLE OK")
 
 

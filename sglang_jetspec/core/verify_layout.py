@@ -34,6 +34,13 @@ Semantics verified against SGLang 0.5.23 (site-packages/sglang):
   bonus token is target_predict at `last`. accept_index has max_tree_depth columns
   (eagle_info.py `max_tree_depth`: longest chain INCLUDING the root; NGRAM uses n), so a
   JetSpec worker must size it max_depth + 1 or more. `greedy_walk_with_layout` restates this.
+* Trees of different sizes in one batch (per-request budgets): SGLang's verify needs the same
+  n for every request, so `to_verify_layout(..., n=N)` pads a smaller tree with DEAD rows. A dead
+  row is a node the walk can never reach: no node links to it (it is nobody's first child or
+  next sibling), its own links are -1, its mask row sees the root and itself, its position is
+  prefix_len + 1 and its token repeats the root's. Its target logits are computed and ignored,
+  and its KV (written past the accepted path) is discarded like any rejected node's. Acceptance
+  is therefore exactly that of the unpadded tree.
 """
 
 from __future__ import annotations
@@ -92,27 +99,45 @@ def _links(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return next_token, next_sibling
 
 
-def to_verify_layout(trees: list[DraftTree], prefix_lens: list[int] | torch.Tensor) -> VerifyLayout:
-    """Flatten a batch of draft trees (all with the same node count) into SGLang's layout."""
+def to_verify_layout(trees: list[DraftTree], prefix_lens: list[int] | torch.Tensor,
+                     n: int | None = None) -> VerifyLayout:
+    """Flatten a batch of draft trees into SGLang's layout, n rows per request.
+
+    Without `n` every tree must have the same node count. With `n`, trees of at most n nodes
+    are padded with dead rows (module docstring) so each request keeps its own budget.
+    """
     if not trees:
         raise ValueError("to_verify_layout needs at least one tree")
-    n = trees[0].n
     sizes = [t.n for t in trees]
-    if any(s != n for s in sizes):
-        raise ValueError(f"all trees in a verify batch must have the same node count, got {sizes}")
+    if n is None:
+        n = sizes[0]
+        if any(s != n for s in sizes):
+            raise ValueError(f"all trees in a verify batch must have the same node count, got {sizes} "
+                             "(pass n to pad smaller trees)")
+    elif max(sizes) > n:
+        raise ValueError(f"tree sizes {sizes} exceed the verify width n = {n}")
     lens = _prefix_list(prefix_lens, len(trees))
     device = trees[0].tokens.device
 
     tokens, positions, next_tok, next_sib, masks = [], [], [], [], []
     for tree, prefix in zip(trees, lens):
-        if n > 1 and bool((tree.parents[1:] >= torch.arange(1, n, device=device)).any()):
+        k = tree.n
+        if k > 1 and bool((tree.parents[1:] >= torch.arange(1, k, device=device)).any()):
             raise ValueError("tree nodes must be in topological order (parents[i] < i)")
-        tokens.append(tree.tokens.long())
-        positions.append(tree.depths.long() + prefix)
         first_child, sibling = _links(tree.parents.long())
-        next_tok.append(first_child)
-        next_sib.append(sibling)
-        masks.append(tree.ancestor_mask())
+        mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+        mask[:k, :k] = tree.ancestor_mask()
+        dead = torch.arange(k, n, device=device)
+        mask[dead, 0] = True
+        mask[dead, dead] = True
+        pad = n - k
+        tokens.append(torch.cat([tree.tokens.long(), tree.tokens[:1].long().expand(pad)]))
+        positions.append(torch.cat([tree.depths.long(),
+                                    torch.ones(pad, dtype=torch.long, device=device)]) + prefix)
+        none = torch.full((pad,), -1, dtype=torch.long, device=device)
+        next_tok.append(torch.cat([first_child, none]))
+        next_sib.append(torch.cat([sibling, none]))
+        masks.append(mask)
 
     bs = len(trees)
     return VerifyLayout(

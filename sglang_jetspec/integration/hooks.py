@@ -1,4 +1,4 @@
-"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Only one.
+"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Three.
 
 1. `sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode` (AROUND)
    Why: SGLang sizes each request's per-step KV reserve with EAGLE's formula,
@@ -9,12 +9,29 @@
    double buffer) instead of 32, which throttles admission. Scope: only when the configured
    algorithm is JETSPEC (page size 1 is enforced at startup); otherwise SGLang's function runs
    unchanged. HookRegistry also rebinds modules that did `from ... import` it.
+
+2. `sglang.srt.sampling.sampling_params.SamplingParams.verify` (AFTER)
+   Why: per-request tree settings travel in `custom_params["jetspec"]`
+   (request_settings.py). SGLang validates sampling parameters in the tokenizer manager and
+   answers HTTP 400 with the ValueError's text; checking the JETSPEC keys there turns a
+   malformed override into that same 400 instead of a failure inside the scheduler. It only
+   reads `custom_params["jetspec"]`; requests without it are untouched, on any algorithm.
+
+3. `sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request` (BEFORE)
+   Why: SGLang 0.5.23 admits a prompt of zero tokens (`"text": ""` with a tokenizer that adds
+   no BOS) and `input_ids` outside the vocabulary; its scheduler then dies in the model forward
+   (a reshape of 0 elements; an embedding index out of range), taking every other request with
+   it. Seen on CPU with and without speculation. The hook turns both into the same HTTP 400
+   the context-length check raises from this function. Scope: only when the server runs
+   JETSPEC; other servers are untouched.
 """
 
 from __future__ import annotations
 
 ALGORITHM = "JETSPEC"
 ALLOC_LEN_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode"
+VERIFY_TARGET = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
+VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 
 
 def jetspec_alloc_len(algorithm: str | None, max_draft_tokens: int | None) -> int | None:
@@ -35,6 +52,32 @@ def _alloc_len_per_decode(original, *args, **kwargs):
     return jetspec_alloc_len(spec.speculative_algorithm, max_speculative_num_draft_tokens())
 
 
+def prompt_problem(algorithm: str | None, input_ids, has_other_input: bool,
+                   vocab_size: int | None) -> str | None:
+    """The 400 message for a prompt the scheduler would die on (JETSPEC servers), else None."""
+    if algorithm is None or str(algorithm).upper() != ALGORITHM or has_other_input or input_ids is None:
+        return None
+    if len(input_ids) == 0:
+        return ("the prompt is empty (0 tokens after tokenization); send at least one token "
+                "(text, input_ids or a chat message)")
+    if vocab_size:
+        bad = next((t for t in input_ids if not 0 <= int(t) < vocab_size), None)
+        if bad is not None:
+            return f"input_ids contains token id {bad} outside the vocabulary [0, {vocab_size})"
+    return None
+
+
+def _reject_bad_prompt(manager, obj, input_ids, *args, **kwargs):
+    other = any(getattr(obj, name, None) is not None
+                for name in ("input_embeds", "image_data", "video_data", "audio_data"))
+    algorithm = getattr(getattr(manager, "server_args", None), "speculative_algorithm", None)
+    vocab = getattr(getattr(manager, "model_config", None), "vocab_size", None)
+    problem = prompt_problem(algorithm, input_ids, other, vocab)
+    if problem is not None:
+        raise ValueError(problem)
+    return None  # arguments unchanged
+
+
 _registered = False
 
 
@@ -45,5 +88,9 @@ def register_hooks() -> None:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from sglang_jetspec.integration.request_settings import verify_hook
+
     HookRegistry.register(ALLOC_LEN_TARGET, _alloc_len_per_decode, HookType.AROUND)
+    HookRegistry.register(VERIFY_TARGET, verify_hook, HookType.AFTER)
+    HookRegistry.register(VALIDATE_TARGET, _reject_bad_prompt, HookType.BEFORE)
     _registered = True

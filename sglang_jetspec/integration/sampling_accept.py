@@ -41,16 +41,21 @@ def adjust_logits(logits: torch.Tensor, sampling_info, n: int) -> torch.Tensor:
 
 def sample_walk_accept(trees: list[DraftTree], logits: torch.Tensor, temperatures: list[float],
                        top_ks: list[int], top_ps: list[float], min_ps: list[float],
-                       generator: torch.Generator):
-    """(predict, accept_lens, accept_index) for a batch of same-size trees; logits [bs*n, V]."""
-    bs, n = len(trees), trees[0].n
+                       generator: torch.Generator, n: int | None = None):
+    """(predict, accept_lens, accept_index) for a batch of trees verified n rows per request
+    (logits [bs*n, V]; a tree of k < n nodes owns rows 0..k-1 of its block, the rest are the
+    dead padding rows of verify_layout, never accepted). n defaults to the first tree's size."""
+    bs = len(trees)
+    n = trees[0].n if n is None else n
     if logits.shape[0] != bs * n:
         raise ValueError(f"logits has {logits.shape[0]} rows, expected bs * n = {bs * n}")
+    if max(t.n for t in trees) > n:
+        raise ValueError(f"tree sizes {[t.n for t in trees]} exceed n = {n}")
     predict = torch.zeros(bs * n, dtype=torch.int32)
     accept_index = torch.full((bs, n), -1, dtype=torch.int32)
     accept_lens = torch.empty(bs, dtype=torch.int32)
     for b, tree in enumerate(trees):
-        rows = logits[b * n:(b + 1) * n].float().cpu()  # [n, V]
+        rows = logits[b * n:b * n + tree.n].float().cpu()  # [k, V]
         top_k = -1 if top_ks[b] >= rows.shape[1] else int(top_ks[b])
         probs = target_distribution(rows, float(temperatures[b]), top_k, float(top_ps[b]),
                                     float(min_ps[b]))

@@ -43,12 +43,13 @@ from sglang.srt.speculative.spec_utils import (
 )
 
 from sglang_jetspec.core.checkpoint import load_head
-from sglang_jetspec.core.tree import build_trees
+from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
-from sglang_jetspec.integration.server_args import TargetDims, check_head
+from sglang_jetspec.integration.request_settings import resolve_tree
+from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class JetSpecWorker(BaseSpecWorker):
         return result
 
     def _verify_round(self, batch, on_publish, grammar_barrier=None) -> GenerationBatchResult:
-        bs, n = len(batch.reqs), self.budget
+        bs = len(batch.reqs)
         seq_lens_cpu = batch.seq_lens_cpu if batch.seq_lens_cpu is not None else batch.seq_lens.cpu()
         prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
         anchors = torch.tensor([int(req.output_ids[-1]) for req in batch.reqs])
@@ -152,8 +153,12 @@ class JetSpecWorker(BaseSpecWorker):
                                           batch.req_pool_indices, prefix)
         logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
                                                self.head_pool.gather(slots), valid)
-        trees = build_trees(anchors, logprobs.cpu(), n, self.width, self.depth)
-        layout = to_verify_layout(trees, prefix)
+        trees = self._build_trees(batch.reqs, anchors, logprobs.cpu())
+        # verify width of this batch: its largest tree (<= the server budget the KV reserve was
+        # sized for); smaller trees get dead padding rows. The scheduler reads the row stride
+        # from the result, so n may change from step to step.
+        n = max(t.n for t in trees)
+        layout = to_verify_layout(trees, prefix, n=n)
         dev = self.device
         verify_input = NgramVerifyInput(
             draft_token=layout.draft_tokens.to(dev),
@@ -189,13 +194,13 @@ class JetSpecWorker(BaseSpecWorker):
                                            layout.draft_tokens.view(bs, n)),
                 sampling_info=batch.sampling_info, device=dev, barrier=grammar_barrier)
         predict, accept_lens, accept_index = self._accept(trees, verify_input, batch, logits_output,
-                                                          grammar_mask)
+                                                          n, grammar_mask)
         new_seq_lens = batch.seq_lens + accept_lens
         accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
         move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
                                              self.token_to_kv_pool_allocator)
         self._store_accepted_context(batch, accept_index, accept_lens,
-                                     logits_output.hidden_states)
+                                     logits_output.hidden_states, n)
         if batch.return_logprob:
             compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
         if on_publish is not None:
@@ -214,6 +219,17 @@ class JetSpecWorker(BaseSpecWorker):
             speculative_num_draft_tokens=n,
         )
 
+    def _build_trees(self, reqs, anchors, logprobs):
+        """Each request's best-first tree under its own settings (request_settings.py): the
+        server's budget/width/depth unless the request lowers them. Smaller trees are padded
+        with dead rows by to_verify_layout, so acceptance is that of the request's own tree."""
+        server = TreeSettings(self.budget, self.width, self.depth)
+        trees = []
+        for req, root, lp in zip(reqs, anchors.tolist(), logprobs):
+            t = resolve_tree(getattr(req.sampling_params, "custom_params", None), server)
+            trees.append(build_tree(int(root), lp, t.budget, t.width, t.depth))
+        return trees
+
     # ---- head context --------------------------------------------------------------------
 
     def _store_context(self, slots: torch.Tensor, features: torch.Tensor,
@@ -225,10 +241,10 @@ class JetSpecWorker(BaseSpecWorker):
                                f"{slots.shape[0]} tokens written to the KV cache")
         self.head_pool.write(slots, self.drafter.context_kv(features, positions))
 
-    def _store_accepted_context(self, batch, accept_index, accept_lens, features) -> None:
+    def _store_accepted_context(self, batch, accept_index, accept_lens, features, n: int) -> None:
         """After compaction, accepted node j of request b sits in the j-th slot of its verify
-        window (position seq_len + j): store its features' K/V there."""
-        bs, n = len(batch.reqs), self.budget
+        window (position seq_len + j): store its features' K/V there. n = this round's width."""
+        bs = len(batch.reqs)
         cols = torch.arange(n, device=accept_index.device)
         keep = cols[None, :] < accept_lens[:, None].to(cols.device)  # [bs, n], a prefix per row
         rows = accept_index[keep].long()  # global node rows into the verify batch
@@ -236,16 +252,16 @@ class JetSpecWorker(BaseSpecWorker):
         positions = (batch.seq_lens.view(bs, 1).to(cols.device) + cols)[keep]
         self._store_context(slots, features[rows.to(features.device)], positions)
 
-    def _accept(self, trees, verify_input, batch, logits_output, grammar_mask=None):
+    def _accept(self, trees, verify_input, batch, logits_output, n: int, grammar_mask=None):
         """(predict [bs*n], accept_lens [bs], accept_index [bs, n]) in eagle_sample's layout."""
         info = batch.sampling_info
         if not (self.host_sampling and not info.is_all_greedy):
             return eagle_sample(verify_input, batch, logits_output, grammar_mask,
                                 watermark_state=self.model_runner.watermark_state)
-        logits = adjust_logits(logits_output.next_token_logits, info, self.budget)
+        logits = adjust_logits(logits_output.next_token_logits, info, n)
         if grammar_mask is not None:
             grammar_mask.apply(logits)  # disallowed tokens -> -inf at every node of a constrained row
         out = sample_walk_accept(trees, logits, info.temperatures.view(-1).tolist(),
                                  info.top_ks.tolist(), info.top_ps.tolist(), info.min_ps.tolist(),
-                                 self.generator)
+                                 self.generator, n=n)
         return tuple(t.to(self.device) for t in out)
