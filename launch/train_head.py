@@ -69,6 +69,16 @@ def parse_args(argv=None):
     p.add_argument("--eval-num-prompts", type=int, default=2, help="prompts per file per evaluation")
     p.add_argument("--eval-budget", type=int, default=32)
     p.add_argument("--eval-max-new-tokens", type=int, default=64)
+    p.add_argument("--feature-cache", default=None, metavar="DIR",
+                   help="keep the target's features and top-k teacher per training sequence in DIR "
+                        "(built once, missing entries first; then no target pass per step)")
+    p.add_argument("--cache-only", action="store_true", help="build --feature-cache and exit")
+    p.add_argument("--teacher-topk", type=int, default=None,
+                   help="top-k teacher + rest bucket (default: exact full distribution; 32 with a cache)")
+    p.add_argument("--loss-vocab", type=int, default=None,
+                   help="estimate the head's normaliser over N candidate tokens (teacher top-k union + "
+                        "uniform negatives) instead of the whole vocabulary (default: exact)")
+    p.add_argument("--train-seqs", type=int, default=None, help="train on the first N training sequences only")
     p.add_argument("--resume", action="store_true", help="continue from --out's trainer_state.pt")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -104,6 +114,24 @@ def make_evaluator(args, target, hf_target, val_seqs, train_seqs):
     return evaluate
 
 
+def open_feature_cache(args, hf, target, train_seqs, layer_ids, info):
+    """The --feature-cache folder with every training sequence in it (rank 0 builds what is missing)."""
+    from sglang_jetspec.train.feature_cache import META_NAME, FeatureCache, build_missing
+
+    topk = max(args.teacher_topk or 32, 32)  # a new cache keeps 32 (more if asked): k can be cut later
+    exists = os.path.isfile(os.path.join(args.feature_cache, META_NAME))
+    cache = FeatureCache.open(args.feature_cache, layer_ids, args.teacher_topk or 1 if exists else topk,
+                              str(hf.model_dir))
+    topk = cache.topk
+    if info.is_main:
+        added = build_missing(cache, target, train_seqs, progress=not args.no_progress)
+        print(f"[feature cache] {args.feature_cache}: {added} sequences added, {len(cache)} cached "
+              f"(taps {layer_ids}, teacher top-{topk})")
+    dist_util.barrier(info)
+    cache.reload()
+    return cache
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
@@ -131,6 +159,8 @@ def main(argv=None) -> None:
     target = FrozenTarget(hf.model, memo=2 * args.seqs_per_step if args.also_bidirectional else 0)
     seqs = load_sequences(args.data, args.max_len)
     train_seqs, val_seqs = split_validation(seqs, args.val_percent, args.val_seqs)
+    if args.train_seqs is not None:
+        train_seqs = train_seqs[: args.train_seqs]
 
     def new_head(out, causal):
         if resume:
@@ -150,6 +180,12 @@ def main(argv=None) -> None:
 
     head = new_head(args.out, not args.bidirectional)
     head.config.check_target(target.hidden_size, target.num_layers, target.vocab_size)
+    cache = None
+    if args.feature_cache:
+        cache = open_feature_cache(args, hf, target, train_seqs, head.config.target_layer_ids, info)
+        if args.cache_only:
+            dist_util.shutdown(info)
+            return
     make_cfg = lambda: TrainConfig(
         steps=args.steps, lr=args.lr,
         warmup_steps=args.warmup_steps if args.warmup_steps is not None else min(50, args.steps // 10),
@@ -159,14 +195,16 @@ def main(argv=None) -> None:
         save_every=args.eval_every if args.save_every is None else args.save_every,
         window_start=args.window_start, window_steps=args.window_steps,
         time_budget_s=60 * args.time_budget_min, bf16=args.bf16,
+        teacher_topk=args.teacher_topk, loss_vocab=args.loss_vocab,
     )
     evaluator = make_evaluator(args, target, hf, val_seqs, train_seqs) if info.is_main else None
-    trainer = Trainer(make_cfg(), target, head, train_seqs, args.out, info, evaluator, progress=not args.no_progress)
+    trainer = Trainer(make_cfg(), target, head, train_seqs, args.out, info, evaluator, progress=not args.no_progress,
+                      feature_cache=cache)
     if resume:
         print(f"resuming {args.out} at step {trainer.resume()} (head config from the checkpoint)")
     if args.also_bidirectional:
         twin = Trainer(make_cfg(), target, new_head(args.also_bidirectional, False), train_seqs,
-                       args.also_bidirectional, info, evaluator, progress=False)
+                       args.also_bidirectional, info, evaluator, progress=False, feature_cache=cache)
         if resume:
             twin.resume()
         trainer.add_companion(twin)  # checks both are at the same step

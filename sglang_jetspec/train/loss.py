@@ -16,6 +16,7 @@ from torch import nn
 
 from sglang_jetspec.core.head import DraftHead, build_block_attn_mask
 from sglang_jetspec.train.teacher import FrozenTarget
+from sglang_jetspec.train.topk_loss import TopKTeacher, topk_kl_candidates, topk_kl_full
 
 
 @dataclass
@@ -99,14 +100,34 @@ class StepResult:
     tokens: int                   # target tokens run through the teacher pass
 
 
+@dataclass
+class CheapLoss:
+    """The CPU approximations of topk_loss.py (None fields: the exact path).
+
+    cache: a FeatureCache holding every step sequence (features + top-k teacher, no target pass);
+    teacher_topk: keep the teacher's top-k (default: the cache's k, else 32 when loss_vocab is set);
+    loss_vocab: estimate the head's normaliser over this many candidate tokens instead of all V;
+    generator: draws the candidates' negatives (seeded per step for exact resumes)."""
+    cache: object | None = None
+    teacher_topk: int | None = None
+    loss_vocab: int | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def uses_topk(self) -> bool:
+        return self.cache is not None or self.teacher_topk is not None or self.loss_vocab is not None
+
+
 def block_loss(model: nn.Module, head_config, target: FrozenTarget, seqs, anchors: torch.Tensor,
                anchor_valid: torch.Tensor, gamma: float = 0.0, context_window: int | None = None,
-               batch_teacher: bool | None = None) -> StepResult:
+               batch_teacher: bool | None = None, cheap: CheapLoss | None = None) -> StepResult:
     """One step's objective. model: DraftForTraining (maybe DDP-wrapped); seqs: TrainSequence list;
     anchors/anchor_valid [b, N]. context_window: blocks see only the last W context positions
     (a curriculum aid, see TrainConfig; None = the whole prefix, as in decoding).
     batch_teacher: one padded target forward for all sequences (default: on CUDA) instead of
-    one per sequence (on a CPU the padding costs more than it saves)."""
+    one per sequence (on a CPU the padding costs more than it saves).
+    cheap: the top-k / candidate-vocabulary / feature-cache approximations (default: exact)."""
+    cheap = cheap or CheapLoss()
     cfg, dev = head_config, target.device
     s, (b, n) = cfg.block_size, anchors.shape
     if cfg.mask_token_id is None:
@@ -120,7 +141,9 @@ def block_loss(model: nn.Module, head_config, target: FrozenTarget, seqs, anchor
     uniq = [torch.unique(w) for w in wants]  # sorted teacher rows shared by overlapping blocks
     if batch_teacher is None:
         batch_teacher = dev.type == "cuda"
-    if batch_teacher:
+    if cheap.cache is not None:
+        passes = [_cached_pass(cheap.cache, q.ids, r, cheap.teacher_topk) for q, r in zip(seqs, uniq)]
+    elif batch_teacher:
         passes = target.features_and_teacher_batch([q.ids for q in seqs], cfg.target_layer_ids, uniq)
     else:
         passes = [target.features_and_teacher(q.ids, cfg.target_layer_ids, r) for q, r in zip(seqs, uniq)]
@@ -132,8 +155,13 @@ def block_loss(model: nn.Module, head_config, target: FrozenTarget, seqs, anchor
         teachers.append(t)
         rows_of.append(offset + torch.searchsorted(uniq[j], wants[j]))
         offset += len(uniq[j])
-    teacher = TeacherSummary.from_logprobs(torch.cat(teachers), target.lm_head)  # R rows
     row_idx = torch.cat(rows_of).to(dev)  # [M] -> teacher row
+    if cheap.cache is not None:
+        teacher = TopKTeacher(torch.cat([t.ids for t in teachers]).to(dev), torch.cat([t.logprobs for t in teachers]).to(dev))
+    elif cheap.uses_topk:
+        teacher = TopKTeacher.from_logprobs(torch.cat(teachers), cheap.teacher_topk or 32)
+    else:
+        teacher = TeacherSummary.from_logprobs(torch.cat(teachers), target.lm_head)  # R rows
 
     ids = torch.nn.utils.rnn.pad_sequence([q.ids for q in seqs], batch_first=True)  # [b, T]
     block_ids = torch.full((b, n, s), cfg.mask_token_id, dtype=torch.long)
@@ -148,16 +176,38 @@ def block_loss(model: nn.Module, head_config, target: FrozenTarget, seqs, anchor
                    positions.to(dev), mask.to(dev))  # [b, N*S, d]
 
     graded = hidden.view(b, n, s, -1)[:, :, 1:][lay.valid.to(dev)]  # [M, d]
-    logits = target.logits(graded)  # [M, V]
-    kl = teacher.kl(graded, logits, row_idx)  # [M]
+    cand_ids = None
+    if not cheap.uses_topk:
+        logits = target.logits(graded)  # [M, V]
+        kl = teacher.kl(graded, logits, row_idx)  # [M]
+    elif cheap.loss_vocab is None:
+        kl, logits = topk_kl_full(graded, target.lm_head, teacher.ids[row_idx], teacher.logprobs[row_idx])
+    else:
+        kl, logits, cand = topk_kl_candidates(graded, target.lm_head, teacher.ids[row_idx],
+                                              teacher.logprobs[row_idx], cheap.loss_vocab, cheap.generator)
+        cand_ids = cand.ids  # [N]: logits columns -> token ids
     depth = (torch.nonzero(lay.valid)[:, 2]).to(dev)  # [M] 0-based depth (slot i - 1)
     w = depth_weights(s - 1, gamma).to(dev)[depth]
     loss = (w * kl).sum() / w.sum().clamp_min(1e-12)
 
     with torch.no_grad():
         labels = torch.gather(ids, 1, lay.target_pos.clamp_max(t_max - 1).view(b, -1)).view_as(lay.target_pos)
-        hit = (logits.argmax(-1).cpu() == labels[lay.valid]).float()
+        pred = logits.argmax(-1).cpu()
+        if cand_ids is not None:  # argmax among the candidates (the data token is always one)
+            pred = cand_ids[pred]
+        hit = (pred == labels[lay.valid]).float()
         count = torch.bincount(depth.cpu(), minlength=s - 1).float()
         correct = torch.bincount(depth.cpu(), weights=hit, minlength=s - 1)
         kl_sum = torch.bincount(depth.cpu(), weights=kl.detach().float().cpu(), minlength=s - 1)
     return StepResult(loss, kl_sum, correct, count, int(lens.sum()))
+
+
+def _cached_pass(cache, ids: torch.Tensor, rows: torch.Tensor, k: int | None):
+    """(features [T, K*d], TopKTeacher of `rows`) from a FeatureCache, top-k cut to k."""
+    feats, teacher = cache.get(ids)
+    top_ids, top_lp = teacher.rows(rows)
+    if k is not None:
+        if k > top_ids.shape[1]:
+            raise ValueError(f"teacher top-k {k} exceeds the cache's k {top_ids.shape[1]}")
+        top_ids, top_lp = top_ids[:, :k], top_lp[:, :k]
+    return feats, TopKTeacher(top_ids, top_lp)

@@ -22,7 +22,7 @@ from sglang_jetspec.core.head import DraftHead
 from sglang_jetspec.train import distributed as dist_util
 from sglang_jetspec.train.checkpointing import load_training_state, save_training_state
 from sglang_jetspec.train.dataset import TrainSequence, sample_anchors, shard_for_rank, step_generator
-from sglang_jetspec.train.loss import DraftForTraining, StepResult, block_loss
+from sglang_jetspec.train.loss import CheapLoss, DraftForTraining, StepResult, block_loss
 from sglang_jetspec.train.schedule import build_optimizer, warmup_cosine
 from sglang_jetspec.train.teacher import FrozenTarget
 
@@ -57,6 +57,10 @@ class TrainConfig:
     # bf16 autocast for the step (weights and optimiser stay fp32): "auto" = on a CUDA device, or
     # on a CPU with native bf16 matrix units (AMX / AVX512-BF16: about 1.3x faster per step here)
     bf16: str = "auto"
+    # cheap CPU loss (loss.CheapLoss / topk_loss.py): keep the teacher's top-k and/or estimate the
+    # normaliser over `loss_vocab` candidate tokens (None: exact full-vocabulary forward KL)
+    teacher_topk: int | None = None
+    loss_vocab: int | None = None
 
     def context_window(self, step: int) -> int | None:
         if step >= self.window_steps:
@@ -76,6 +80,9 @@ class TrainConfig:
             errs.append(f"bf16 {self.bf16!r} must be auto, on or off")
         if self.window_start < 1:
             errs.append(f"window_start {self.window_start} must be >= 1")
+        for k in ("teacher_topk", "loss_vocab"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                errs.append(f"{k} {getattr(self, k)} must be >= 1 (or None: exact)")
         if not 0 <= self.min_lr_ratio <= 1:
             errs.append(f"min_lr_ratio {self.min_lr_ratio} must be in [0, 1]")
         if errs:
@@ -89,8 +96,10 @@ Evaluator = Callable[[int, DraftHead], dict]
 class Trainer:
     def __init__(self, config: TrainConfig, target: FrozenTarget, head: DraftHead,
                  train_seqs: list[TrainSequence], out_dir: str, dist: dist_util.DistInfo | None = None,
-                 evaluator: Evaluator | None = None, progress: bool = True):
+                 evaluator: Evaluator | None = None, progress: bool = True, feature_cache=None):
+        """feature_cache: a FeatureCache holding every training sequence (no target pass per step)."""
         config.validate()
+        self.feature_cache = feature_cache
         self.cfg, self.target, self.head, self.out_dir = config, target, head, out_dir
         self.dist = dist or dist_util.DistInfo()
         self.seqs = shard_for_rank(train_seqs, self.dist.rank, self.dist.world_size)
@@ -123,7 +132,7 @@ class Trainer:
         self.model.train()
         with self._autocast():
             res = block_loss(self.model, self.head.config, self.target, seqs, anchors, valid, self.cfg.gamma,
-                             self.cfg.context_window(self.step))
+                             self.cfg.context_window(self.step), cheap=self._cheap_loss())
         res.loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.head.parameters(), self.cfg.grad_clip)
@@ -132,6 +141,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return res
+
+    def _cheap_loss(self) -> CheapLoss | None:
+        c = self.cfg
+        if self.feature_cache is None and c.teacher_topk is None and c.loss_vocab is None:
+            return None
+        # negatives of the candidate vocabulary: a pure function of (seed, step, rank) like the anchors
+        g = step_generator(c.seed + 7_777_777, self.step, self.dist.rank)
+        return CheapLoss(self.feature_cache, c.teacher_topk, c.loss_vocab, g)
 
     def add_companion(self, other: "Trainer") -> None:
         """Train `other` in lockstep: same steps, batches and anchors (same seed and data), one
