@@ -35,6 +35,9 @@ def parse_args(argv=None):
                    help="start the head's layers from the target's last decoder layers")
     p.add_argument("--recency-init", action=argparse.BooleanOptionalAction, default=True,
                    help="layer 0 starts with a latest-context head group and an anchor head group")
+    p.add_argument("--qk-scale-init", action=argparse.BooleanOptionalAction, default=False,
+                   help="copied layers start with q_norm/k_norm gains equal to the target layer's q/k RMS "
+                        "(its attention logit scale) instead of 1")
     p.add_argument("--window-steps", type=int, default=0,
                    help="context-window curriculum: widen from --window-start positions to the full "
                         "prefix over this many steps (0 = off)")
@@ -176,7 +179,8 @@ def main(argv=None) -> None:
         return build_head(hf.model, args.num_layers, args.block_size, causal=causal,
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
                           seed=args.seed, target_layer_ids=args.target_layer_ids,
-                          recency_init=args.recency_init, calib_ids=train_seqs[0].ids.to(device)).to(device)
+                          recency_init=args.recency_init, calib_ids=train_seqs[0].ids.to(device),
+                          qk_scale_init=args.qk_scale_init).to(device)
 
     head = new_head(args.out, not args.bidirectional)
     head.config.check_target(target.hidden_size, target.num_layers, target.vocab_size)

@@ -151,3 +151,32 @@ def test_train_command_line_builds_and_uses_the_cache(tiny_model_dir, tiny_data,
     assert len(list(cache.glob("chunk_*.pt"))) == n_chunks  # reused, not rebuilt
     log = [json.loads(x) for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+
+
+# ---- initialisation -------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_qk_scale_init_gives_copied_layers_the_target_logit_scale(model):
+    """After match_qk_scale, a copied layer's per-head normalised q.k logits have the size of
+    the target layer's raw ones (gains of 1 give whatever scale unit-RMS q and k give)."""
+    from sglang_jetspec.train.head_init import match_qk_scale
+
+    seq = tiny_seqs(1, answer=40)[0]
+    head = build_head(model, num_layers=2, block_size=BLOCK, mask_token_id=MASK, init_from_target=True)
+    hidden = model(seq.ids[None], output_hidden_states=True).hidden_states
+    x = model.model.layers[3].input_layernorm(hidden[3][0])  # layer 3 = the head's layer 1
+
+    def logit_size(att, q_norm, k_norm):
+        q = att.q_proj(x).view(len(x), -1, 8)
+        k = att.k_proj(x).view(len(x), -1, 8)
+        q, k = (q_norm(q), k_norm(k)) if q_norm else (q, k)
+        return float((q[:, :2] @ k[:, :1].transpose(0, 1).transpose(1, 2)).abs().mean())  # heads 0,1 / kv 0
+
+    hl = head.layers[1].self_attn
+    want = logit_size(model.model.layers[3].self_attn, None, None)
+    before = logit_size(hl, hl.q_norm, hl.k_norm)
+    gains = match_qk_scale(head, model, seq.ids, [2, 3])
+    after = logit_size(hl, hl.q_norm, hl.k_norm)
+    assert len(gains) == 4 and float(hl.q_norm.weight[0]) == pytest.approx(gains[2])
+    assert abs(after / want - 1) < abs(before / want - 1), (before, after, want)
+    assert 0.5 < after / want < 2.0, (after, want)

@@ -104,17 +104,24 @@ def build_head(target_model, num_layers: int = 2, block_size: int = 16, causal: 
                mask_token_id: int | None = None, init_from_target: bool = True, seed: int = 0,
                target_layer_ids: list[int] | None = None, num_target_ids: int | None = None,
                recency_init: bool = False, calib_ids: torch.Tensor | None = None,
-               recency_gain: float = 2.1) -> DraftHead:
+               recency_gain: float = 2.1, qk_scale_init: bool = False) -> DraftHead:
     """A new fp32 head for `target_model` (a transformers causal LM), seeded; optionally started
-    from the target's last layers and/or with layer 0's recency/anchor attention
-    (init_recency_attention, calibrated on the token sequence calib_ids [T])."""
+    from the target's last layers (with their attention logit scale: match_qk_scale) and/or
+    with layer 0's recency/anchor attention (init_recency_attention), both calibrated on the
+    token sequence calib_ids [T]."""
     cfg = head_config_for_target(target_model.config, num_layers, block_size, causal, mask_token_id,
                                  target_layer_ids, num_target_ids)
     torch.manual_seed(seed)
     head = DraftHead(cfg)
     _small_init(head)
     if init_from_target:
-        init_head_from_target(head, target_model)
+        copied = init_head_from_target(head, target_model)
+        if qk_scale_init:
+            if calib_ids is None:
+                raise ValueError("qk_scale_init needs calib_ids (a token sequence to measure q/k scales on)")
+            match_qk_scale(head, target_model, calib_ids, copied)
+    elif qk_scale_init:
+        raise ValueError("qk_scale_init matches copied target layers; it needs init_from_target")
     if recency_init:
         if calib_ids is None:
             raise ValueError("recency_init needs calib_ids (a token sequence to calibrate the probe on)")
@@ -189,3 +196,31 @@ def init_recency_attention(head: DraftHead, embed_weight: torch.Tensor, ctx: tor
     attn.k_norm.weight.fill_(gain)
     return {"tokens_positive": float((tokens @ w > 0).float().mean()),
             "context_negative": float((ctx.float() @ w < 0).float().mean())}
+
+
+@torch.no_grad()
+def match_qk_scale(head: DraftHead, model, calib_ids: torch.Tensor, source_layers: list[int]) -> list[float]:
+    """Set each copied layer's q_norm/k_norm gains to the RMS of that target layer's raw q and k.
+
+    Why: the head normalises q and k per head (Qwen3 layout) while the copied Llama-style target
+    layers do not, so with gains of 1 every attention logit is bounded by sqrt(head_dim) and
+    sits far below the target's: the copied attention starts nearly uniform over hundreds of
+    context keys and must first grow its gains at ~lr per step. Matching the gains to the RMS
+    the target layer's q and k really have (measured on calib_ids [T]) restores the target's
+    logit scale. Returns the gains per layer as [q0, k0, q1, k1, ...]. Layers whose target
+    already has q_norm/k_norm are left alone. WARNING: overwrites those gains in place.
+    """
+    dev = next(model.parameters()).device
+    out = model.base_model(input_ids=calib_ids.view(1, -1).to(dev), output_hidden_states=True, use_cache=False)
+    gains = []
+    for hl, i in zip(head.layers, source_layers):
+        tl = model.base_model.layers[i]
+        if getattr(tl.self_attn, "q_norm", None) is not None:
+            continue
+        x = tl.input_layernorm(out.hidden_states[i][0]).float()  # [T, d]: the layer's attention input
+        for proj, norm in ((tl.self_attn.q_proj, hl.self_attn.q_norm), (tl.self_attn.k_proj, hl.self_attn.k_norm)):
+            y = proj(x).view(len(x), -1, head.config.head_dim).cpu()  # [T, H, hd]
+            rms = float(y.pow(2).mean().sqrt())
+            norm.weight.fill_(rms)
+            gains.append(rms)
+    return gains
