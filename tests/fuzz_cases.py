@@ -85,11 +85,13 @@ def make_cases(seed: int, count: int, pool: list[list[int]], vocab_size: int, co
             kind, ids = "repeat", list(rng.choice(cases).prompt_ids)
         else:
             kind = "long"
-            want = context_len - max_new - 1 - rng.randint(0, 4)
+            # SGLang admits input + max_new_tokens <= context and input < context - 6
+            want = min(context_len - max_new - 1, context_len - 7) - rng.randint(0, 4)
             ids = []
             while len(ids) < want:
                 ids += rng.choice(pool)
             ids = ids[-want:]
+        max_new = max(1, min(max_new, context_len - 1 - len(ids)))  # a repeated long prompt
         stop = [rng.choice(STOPS)] if rng.random() < 0.25 else None
         tree = None
         if rng.random() < 0.9:

@@ -59,3 +59,12 @@ def test_prompts_the_scheduler_would_die_on_are_refused_on_jetspec_servers_only(
     assert prompt_problem("JETSPEC", [], True, 100) is None  # embeddings/images carry the input
     assert prompt_problem("EAGLE", [], False, 100) is None
     assert prompt_problem(None, [10 ** 6], False, 100) is None
+
+
+def test_row_headroom_holds_the_decode_reserve_on_jetspec_only():
+    from sglang_jetspec.integration.hooks import row_headroom
+
+    assert row_headroom(4 + 64, "JETSPEC", 2 * 64, 1) == 128  # the double buffer fits the row
+    assert row_headroom(500, "JETSPEC", 128, 1) == 500  # never shrinks
+    assert row_headroom(68, "EAGLE", 128, 1) == 68
+    assert row_headroom(68, None, 128, 1) == 68

@@ -57,3 +57,14 @@ def test_sglangs_sampling_params_verify_rejects_bad_overrides(monkeypatch):
         SamplingParams(max_new_tokens=4, custom_params={"jetspec": {"budget": 0}}).verify(100)
     with pytest.raises(ValueError, match="top_p"):  # SGLang's own checks still run first
         SamplingParams(max_new_tokens=4, top_p=2.0, custom_params={"jetspec": {"budget": 0}}).verify(100)
+
+
+def test_trees_never_reach_past_the_tokens_a_request_may_still_emit():
+    from sglang_jetspec.integration.request_settings import cap_to_remaining
+
+    assert cap_to_remaining(SERVER, None) == SERVER
+    assert cap_to_remaining(SERVER, 100) == SERVER
+    assert cap_to_remaining(SERVER, 5) == TreeSettings(32, 7, 4)  # 4 drafts + 1 bonus = 5 tokens
+    assert cap_to_remaining(SERVER, 2) == TreeSettings(32, 7, 1)
+    assert cap_to_remaining(SERVER, 1).budget == 1  # only the bonus token is left: no drafts
+    assert cap_to_remaining(SERVER, 0).budget == 1

@@ -173,23 +173,35 @@ BAD_HEADS = {
     "bad layer ids": (dict(target_layer_ids=[3, 29]), "[29] cannot be captured"),
     "missing weights": (dict(), "no weights: neither model.safetensors"),
 }
+# speculative flags out of range (with a good head): refused at startup, named
+BAD_FLAGS = {
+    "budget over the tree": (["--speculative-num-draft-tokens", "1000", "--speculative-eagle-topk", "2",
+                              "--speculative-num-steps", "3"], "budget 1000 exceeds the 15 nodes"),
+    "depth over the block": (["--speculative-num-steps", "16"], "depth) 16 must be in [1, block_size - 1 = 15]"),
+}
 
 
 @pytest.mark.slow
 def test_real_server_exits_at_startup_naming_the_problem(tmp_path, smollm2_dir):
-    """The real launcher, once per bad head folder (run side by side): it exits non-zero at
-    startup with a message naming the problem."""
+    """The real launcher, once per bad head folder and per out-of-range speculative flag (run side
+    by side): it exits non-zero at startup with a message naming the problem."""
     env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS="1",
                XDG_CACHE_HOME=str(ROOT / "build" / "xdg-cache"), HF_HUB_OFFLINE="1")
     procs = {}
-    for i, (case, (kw, _)) in enumerate(BAD_HEADS.items()):
-        folder = tmp_path / f"head{i}"
-        _save(_head(**kw), folder)
-        if case == "missing weights":
-            (folder / "model.safetensors").unlink()
+    good = tmp_path / "good-head"
+    _save(_head(), good)
+    cases = {case: (kw, [], msg) for case, (kw, msg) in BAD_HEADS.items()}
+    cases.update({case: (None, flags, msg) for case, (flags, msg) in BAD_FLAGS.items()})
+    for i, (case, (kw, flags, _)) in enumerate(cases.items()):
+        folder = good
+        if kw is not None:
+            folder = tmp_path / f"head{i}"
+            _save(_head(**kw), folder)
+            if case == "missing weights":
+                (folder / "model.safetensors").unlink()
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(smollm2_dir),
                "--device", "cpu", "--port", str(31079 + i), "--host", "127.0.0.1",
-               "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path", str(folder)]
+               "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path", str(folder), *flags]
         procs[case] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     failures = []
     for case, proc in procs.items():
@@ -200,6 +212,6 @@ def test_real_server_exits_at_startup_naming_the_problem(tmp_path, smollm2_dir):
             out, _ = proc.communicate()
             failures.append(f"{case}: the server did not exit at startup")
             continue
-        if proc.returncode == 0 or BAD_HEADS[case][1] not in out:
-            failures.append(f"{case}: rc {proc.returncode}, message missing {BAD_HEADS[case][1]!r}:\n{out[-1500:]}")
+        if proc.returncode == 0 or cases[case][2] not in out:
+            failures.append(f"{case}: rc {proc.returncode}, message missing {cases[case][2]!r}:\n{out[-1500:]}")
     assert not failures, "\n".join(failures)

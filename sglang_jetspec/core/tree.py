@@ -189,6 +189,16 @@ def build_tree(
     )
 
 
+def depth_for_remaining(max_depth: int, remaining: int | None) -> int:
+    """Deepest useful draft depth when a request may emit only `remaining` more tokens: a round
+    commits the accepted path plus one bonus token, so depth remaining - 1 is the most that can
+    ever be used (0 = draft nothing). remaining None = unbounded. Both decoders apply it, so
+    their trees stay identical at the end of a generation."""
+    if remaining is None:
+        return max_depth
+    return max(0, min(max_depth, remaining - 1))
+
+
 def build_trees(
     root_tokens: torch.Tensor,  # [b] long
     draft_logprobs: torch.Tensor,  # [b, D, V]

@@ -1,4 +1,4 @@
-"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Three.
+"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Four.
 
 1. `sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode` (AROUND)
    Why: SGLang sizes each request's per-step KV reserve with EAGLE's formula,
@@ -24,6 +24,17 @@
    it. Seen on CPU with and without speculation. The hook turns both into the same HTTP 400
    the context-length check raises from this function. Scope: only when the server runs
    JETSPEC; other servers are untouched.
+
+4. `sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len` (AROUND)
+   Why: each decode step SGLang reserves 2 x alloc_len KV slots per request past its committed
+   length (the double buffer of get_alloc_reserve_per_decode) and writes them into the
+   request's req_to_token row, but for page size 1 sizes the row's headroom past the context
+   as 4 + num_draft_tokens. EAGLE stays inside because its tokenizer also subtracts a reserve
+   from the context budget; other algorithms do not. Near the end of the context a JETSPEC
+   request then writes past its row (found by the reliability fuzz: on CPU a shape error that
+   killed the scheduler; on GPU the Triton write has no bounds check and would corrupt the next
+   row). The hook widens the headroom to hold the reserve, as SGLang already does for UNO.
+   Scope: only when the configured algorithm is JETSPEC. Cost: 2 x budget int32 per row.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ ALGORITHM = "JETSPEC"
 ALLOC_LEN_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode"
 VERIFY_TARGET = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
+ROW_EXTRA_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
 
 
 def jetspec_alloc_len(algorithm: str | None, max_draft_tokens: int | None) -> int | None:
@@ -50,6 +62,24 @@ def _alloc_len_per_decode(original, *args, **kwargs):
     if spec.speculative_algorithm is None or spec.speculative_algorithm.upper() != ALGORITHM:
         return original(*args, **kwargs)
     return jetspec_alloc_len(spec.speculative_algorithm, max_speculative_num_draft_tokens())
+
+
+def row_headroom(original: int, algorithm: str | None, reserve_per_decode: int, page_size: int) -> int:
+    """req_to_token row headroom past the context: room for the decode reserve on JETSPEC."""
+    if algorithm is None or str(algorithm).upper() != ALGORITHM:
+        return original
+    return max(original, reserve_per_decode + page_size - 1)
+
+
+def _row_extra(original, *args, **kwargs):
+    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
+    from sglang.srt.runtime_context import get_spec
+
+    extra = original(*args, **kwargs)
+    algorithm = get_spec().speculative_algorithm
+    if algorithm is None or str(algorithm).upper() != ALGORITHM:
+        return extra
+    return row_headroom(extra, algorithm, get_alloc_reserve_per_decode(), get_alloc_page_size())
 
 
 def prompt_problem(algorithm: str | None, input_ids, has_other_input: bool,
@@ -93,4 +123,5 @@ def register_hooks() -> None:
     HookRegistry.register(ALLOC_LEN_TARGET, _alloc_len_per_decode, HookType.AROUND)
     HookRegistry.register(VERIFY_TARGET, verify_hook, HookType.AFTER)
     HookRegistry.register(VALIDATE_TARGET, _reject_bad_prompt, HookType.BEFORE)
+    HookRegistry.register(ROW_EXTRA_TARGET, _row_extra, HookType.AROUND)
     _registered = True

@@ -15,6 +15,7 @@ scheduler. The worker parses again (cheap) and never trusts unvalidated input.
 
 from __future__ import annotations
 
+from sglang_jetspec.core.tree import depth_for_remaining
 from sglang_jetspec.integration.server_args import TreeSettings
 
 KEY = "jetspec"
@@ -49,6 +50,18 @@ def resolve_tree(custom_params, server: TreeSettings) -> TreeSettings:
     return TreeSettings(budget=min(over.get("budget", server.budget), server.budget),
                         width=over.get("width", server.width),
                         depth=min(over.get("depth", server.depth), server.depth))
+
+
+def cap_to_remaining(tree: TreeSettings, remaining: int | None) -> TreeSettings:
+    """No drafted node deeper than the request can still commit: a round commits the accepted
+    path plus one bonus token, so with `remaining` tokens left a depth over remaining - 1 is
+    verify work that can never be used. It also keeps every verified position inside the
+    context the request was admitted for (input + max_new_tokens), which matters at the end of
+    the context window (rotary tables, KV rows). remaining None = unbounded."""
+    depth = depth_for_remaining(tree.depth, remaining)
+    if depth == 0:
+        return TreeSettings(budget=1, width=tree.width, depth=1)  # the root only
+    return TreeSettings(budget=tree.budget, width=tree.width, depth=depth)
 
 
 def verify_hook(result, sampling_params, *args, **kwargs):

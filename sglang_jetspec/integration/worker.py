@@ -48,7 +48,7 @@ from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
-from sglang_jetspec.integration.request_settings import resolve_tree
+from sglang_jetspec.integration.request_settings import cap_to_remaining, resolve_tree
 from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
 
 logger = logging.getLogger(__name__)
@@ -221,12 +221,16 @@ class JetSpecWorker(BaseSpecWorker):
 
     def _build_trees(self, reqs, anchors, logprobs):
         """Each request's best-first tree under its own settings (request_settings.py): the
-        server's budget/width/depth unless the request lowers them. Smaller trees are padded
-        with dead rows by to_verify_layout, so acceptance is that of the request's own tree."""
+        server's budget/width/depth unless the request lowers them, and never deeper than the
+        tokens it may still emit. Smaller trees are padded with dead rows by
+        to_verify_layout, so acceptance is that of the request's own tree."""
         server = TreeSettings(self.budget, self.width, self.depth)
         trees = []
         for req, root, lp in zip(reqs, anchors.tolist(), logprobs):
-            t = resolve_tree(getattr(req.sampling_params, "custom_params", None), server)
+            sp = req.sampling_params
+            t = resolve_tree(getattr(sp, "custom_params", None), server)
+            max_new = getattr(sp, "max_new_tokens", None)
+            t = cap_to_remaining(t, None if max_new is None else max_new - len(req.output_ids))
             trees.append(build_tree(int(root), lp, t.budget, t.width, t.depth))
         return trees
 
