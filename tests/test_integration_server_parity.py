@@ -171,7 +171,7 @@ def test_sampling_follows_the_target_distribution(servers, smollm2_target):
     JETSPEC verify round (tree drafted by the trained head, walk-rule acceptance). The joint
     frequencies of (token 1, token 2) over 400 requests must match transformers' exact
     probabilities at temperature 0.8 (chi-square, alpha 1e-3); bins under 5 expected are pooled."""
-    from scipy.stats import chisquare
+    from pair_law import assert_pairs_follow, exact_pair_law
 
     temp, n = 0.8, 400
     from sglang_jetspec.reference.prompts import encode_prompts
@@ -186,26 +186,8 @@ def test_sampling_follows_the_target_distribution(servers, smollm2_target):
     assert all(len(p) == 2 for p in pairs), "a sampled request ended early"
     assert sum(o["meta_info"]["spec_verify_ct"] for o in outs) >= n
 
-    model = smollm2_target.model
-    with torch.no_grad():
-        p1 = torch.softmax(model(torch.tensor([ids])).logits[0, -1].double() / temp, -1)
-        firsts = torch.topk(p1, 12).indices.tolist()
-        batch = torch.tensor([ids + [t] for t in firsts])
-        p2 = torch.softmax(model(batch).logits[:, -1].double() / temp, -1)  # [12, V]
-    probs = {}
-    for i, t1 in enumerate(firsts):
-        top = torch.topk(p2[i], 12)
-        for t2, q in zip(top.indices.tolist(), top.values.tolist()):
-            probs[(t1, t2)] = float(p1[t1]) * q
-    bins = [k for k, v in sorted(probs.items(), key=lambda kv: -kv[1]) if v * n >= 5]
-    observed = [sum(1 for p in pairs if p == k) for k in bins]
-    expected = [probs[k] * n for k in bins]
-    observed.append(n - sum(observed))
-    expected.append(n - sum(expected))
-    assert len(bins) >= 3, probs
-    stat, pvalue = chisquare(observed, expected)
-    print(f"chi-square over {len(bins) + 1} bins: stat {stat:.1f}, p {pvalue:.3g}")
-    assert pvalue > 1e-3, list(zip(bins + ["rest"], observed, [round(e, 1) for e in expected]))
+    _, probs = exact_pair_law(smollm2_target.model, ids, lambda logits: torch.softmax(logits / temp, -1))
+    assert_pairs_follow(pairs, probs, "temperature 0.8 sampling")
 
 
 def test_rounds_match_the_reference_decoder(servers, prompt_ids, smollm2_target):

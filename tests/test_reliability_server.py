@@ -276,7 +276,7 @@ def test_sampling_with_top_p_and_top_k_follows_the_target(servers, smollm2_targe
     """Temperature 0.9, top_p 0.9, top_k 20, two tokens per request (the second one from a verify
     round). The joint law of (token 1, token 2) over 400 requests must match SGLang's sampler
     distribution computed exactly from transformers' logits (chi-square, alpha 1e-3)."""
-    from scipy.stats import chisquare
+    from pair_law import assert_pairs_follow, exact_pair_law
 
     from sglang_jetspec.core.sampling import target_distribution
     from sglang_jetspec.reference.prompts import encode_prompts
@@ -293,25 +293,8 @@ def test_sampling_with_top_p_and_top_k_follows_the_target(servers, smollm2_targe
     assert all(len(p) == 2 for p in pairs), "a sampled request ended early"
     assert sum(o["meta_info"]["spec_verify_ct"] for o in outs) >= n
 
-    model = smollm2_target.model
-    with torch.no_grad():
-        p1 = target_distribution(model(torch.tensor([ids])).logits[0, -1:].double(), temp, top_k, top_p, 0.0)[0]
-        firsts = [t for t in torch.topk(p1, 12).indices.tolist() if p1[t] > 0]
-        p2 = target_distribution(model(torch.tensor([ids + [t] for t in firsts])).logits[:, -1].double(),
-                                 temp, top_k, top_p, 0.0)
-    probs = {}
-    for i, t1 in enumerate(firsts):
-        top = torch.topk(p2[i], 12)
-        for t2, q in zip(top.indices.tolist(), top.values.tolist()):
-            probs[(t1, t2)] = float(p1[t1]) * q
-    bins = [k for k, v in sorted(probs.items(), key=lambda kv: -kv[1]) if v * n >= 5]
-    observed = [sum(1 for p in pairs if p == k) for k in bins]
-    expected = [probs[k] * n for k in bins]
-    observed.append(n - sum(observed))
-    expected.append(n - sum(expected))
-    assert len(bins) >= 3, probs
+    p1, probs = exact_pair_law(smollm2_target.model, ids,
+                               lambda logits: target_distribution(logits, temp, top_k, top_p, 0.0))
     outside = [p for p in pairs if float(p1[p[0]]) == 0.0]
     assert not outside, f"first tokens outside top-k/top-p support: {outside[:5]}"
-    stat, pvalue = chisquare(observed, expected)
-    print(f"top-p/top-k sampling: chi-square over {len(bins) + 1} bins, stat {stat:.1f}, p {pvalue:.3g}")
-    assert pvalue > 1e-3, list(zip(bins + ["rest"], observed, [round(e, 1) for e in expected]))
+    assert_pairs_follow(pairs, probs, "top-p/top-k sampling")
