@@ -71,12 +71,13 @@ def direct_walk(tree: DraftTree, target: list[int], cap: int) -> list[int]:
     return path
 
 
-def agreeing_target(g: torch.Generator, trees: list[DraftTree], vocab: int) -> torch.Tensor:
-    """Random target argmax [bs, n] that follows one random root-to-node path per tree."""
-    n = trees[0].n
+def agreeing_target(g: torch.Generator, trees: list[DraftTree], vocab: int, n: int | None = None) -> torch.Tensor:
+    """Random target argmax [bs, n] that follows one random root-to-node path per tree (trees of
+    up to n nodes; n defaults to the first tree's size)."""
+    n = trees[0].n if n is None else n
     target = torch.randint(vocab, (len(trees), n), generator=g)
     for b, tree in enumerate(trees):
-        path = tree.path_to(int(torch.randint(n, (1,), generator=g)))
+        path = tree.path_to(int(torch.randint(tree.n, (1,), generator=g)))
         for u, v in zip(path[:-1], path[1:]):
             target[b, u] = tree.tokens[v]
     return target
@@ -205,13 +206,9 @@ def test_padded_layout_accepts_exactly_the_unpadded_tree(args):
     prefix = [seed % 5 + b for b in range(bs)]
     layout = to_verify_layout(trees, prefix, n=n)
     assert layout.n == n and layout.draft_tokens.shape == (bs * n,)
-    g = torch.Generator().manual_seed(seed + 3)
-    target = torch.randint(vocab, (bs, n), generator=g)
+    target = agreeing_target(torch.Generator().manual_seed(seed + 3), trees, vocab, n)
     for b, tree in enumerate(trees):
         k = tree.n
-        path = tree.path_to(int(torch.randint(k, (1,), generator=g)))
-        for u, v in zip(path[:-1], path[1:]):
-            target[b, u] = tree.tokens[v]
         # dead rows: nobody links to them, they link nowhere, they see the root and themselves
         nxt, sib = layout.retrieve_next_token[b], layout.retrieve_next_sibling[b]
         linked = set(nxt.tolist()) | set(sib.tolist())
@@ -307,12 +304,7 @@ def _run_sglang_oracle() -> None:
         bs, n, vocab = 1 + seed % 4, 3 + (seed * 7) % 13, 4 + seed % 3
         trees = padded_batch(seed, bs, n, vocab)
         layout = to_verify_layout(trees, [seed % 4] * bs, n=n)
-        g = torch.Generator().manual_seed(seed)
-        target = torch.randint(vocab, (bs, n), generator=g)
-        for b, tree in enumerate(trees):
-            path = tree.path_to(int(torch.randint(tree.n, (1,), generator=g)))
-            for u, v in zip(path[:-1], path[1:]):
-                target[b, u] = tree.tokens[v]
+        target = agreeing_target(torch.Generator().manual_seed(seed), trees, vocab, n)
         predicts = torch.zeros(bs * n, dtype=torch.int32)
         accept_index = torch.full((bs, n), -1, dtype=torch.int32)
         num_accepted = torch.empty(bs, dtype=torch.int32)

@@ -189,14 +189,17 @@ def build_tree(
     )
 
 
-def depth_for_remaining(max_depth: int, remaining: int | None) -> int:
-    """Deepest useful draft depth when a request may emit only `remaining` more tokens: a round
-    commits the accepted path plus one bonus token, so depth remaining - 1 is the most that can
-    ever be used (0 = draft nothing). remaining None = unbounded. Both decoders apply it, so
-    their trees stay identical at the end of a generation."""
+def limits_for_remaining(budget: int, max_depth: int, remaining: int | None) -> tuple[int, int]:
+    """(budget, max_depth) for a round when a request may emit only `remaining` more tokens.
+
+    A round commits the accepted path plus one bonus token, so a node deeper than
+    remaining - 1 can never be used; with one token left nothing is drafted (budget 1, the
+    root alone). remaining None = unbounded. The server worker and the reference decoder both
+    apply it, so their trees stay identical at the end of a generation."""
     if remaining is None:
-        return max_depth
-    return max(0, min(max_depth, remaining - 1))
+        return budget, max_depth
+    depth = min(max_depth, remaining - 1)
+    return (budget, depth) if depth >= 1 else (1, 1)
 
 
 def build_trees(

@@ -46,9 +46,14 @@ VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._valid
 ROW_EXTRA_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
 
 
+def is_jetspec(algorithm: str | None) -> bool:
+    """Whether a configured speculative algorithm name is JETSPEC (any case)."""
+    return algorithm is not None and str(algorithm).upper() == ALGORITHM
+
+
 def jetspec_alloc_len(algorithm: str | None, max_draft_tokens: int | None) -> int | None:
     """KV slots one JETSPEC request may take per decode step, or None (not JETSPEC)."""
-    if algorithm is None or algorithm.upper() != ALGORITHM:
+    if not is_jetspec(algorithm):
         return None
     if not max_draft_tokens or max_draft_tokens < 1:
         raise ValueError(f"JETSPEC needs speculative_num_draft_tokens >= 1, got {max_draft_tokens}")
@@ -59,14 +64,14 @@ def _alloc_len_per_decode(original, *args, **kwargs):
     from sglang.srt.runtime_context import get_spec, max_speculative_num_draft_tokens
 
     spec = get_spec()
-    if spec.speculative_algorithm is None or spec.speculative_algorithm.upper() != ALGORITHM:
+    if not is_jetspec(spec.speculative_algorithm):
         return original(*args, **kwargs)
     return jetspec_alloc_len(spec.speculative_algorithm, max_speculative_num_draft_tokens())
 
 
 def row_headroom(original: int, algorithm: str | None, reserve_per_decode: int, page_size: int) -> int:
     """req_to_token row headroom past the context: room for the decode reserve on JETSPEC."""
-    if algorithm is None or str(algorithm).upper() != ALGORITHM:
+    if not is_jetspec(algorithm):
         return original
     return max(original, reserve_per_decode + page_size - 1)
 
@@ -77,7 +82,7 @@ def _row_extra(original, *args, **kwargs):
 
     extra = original(*args, **kwargs)
     algorithm = get_spec().speculative_algorithm
-    if algorithm is None or str(algorithm).upper() != ALGORITHM:
+    if not is_jetspec(algorithm):  # SGLang's answer, without computing a reserve nobody uses
         return extra
     return row_headroom(extra, algorithm, get_alloc_reserve_per_decode(), get_alloc_page_size())
 
@@ -85,7 +90,7 @@ def _row_extra(original, *args, **kwargs):
 def prompt_problem(algorithm: str | None, input_ids, has_other_input: bool,
                    vocab_size: int | None) -> str | None:
     """The 400 message for a prompt the scheduler would die on (JETSPEC servers), else None."""
-    if algorithm is None or str(algorithm).upper() != ALGORITHM or has_other_input or input_ids is None:
+    if not is_jetspec(algorithm) or has_other_input or input_ids is None:
         return None
     if len(input_ids) == 0:
         return ("the prompt is empty (0 tokens after tokenization); send at least one token "

@@ -15,7 +15,7 @@ scheduler. The worker parses again (cheap) and never trusts unvalidated input.
 
 from __future__ import annotations
 
-from sglang_jetspec.core.tree import depth_for_remaining
+from sglang_jetspec.core.tree import limits_for_remaining
 from sglang_jetspec.integration.server_args import TreeSettings
 
 KEY = "jetspec"
@@ -58,10 +58,8 @@ def cap_to_remaining(tree: TreeSettings, remaining: int | None) -> TreeSettings:
     verify work that can never be used. It also keeps every verified position inside the
     context the request was admitted for (input + max_new_tokens), which matters at the end of
     the context window (rotary tables, KV rows). remaining None = unbounded."""
-    depth = depth_for_remaining(tree.depth, remaining)
-    if depth == 0:
-        return TreeSettings(budget=1, width=tree.width, depth=1)  # the root only
-    return TreeSettings(budget=tree.budget, width=tree.width, depth=depth)
+    budget, depth = limits_for_remaining(tree.budget, tree.depth, remaining)
+    return TreeSettings(budget=budget, width=tree.width, depth=depth)
 
 
 def verify_hook(result, sampling_params, *args, **kwargs):

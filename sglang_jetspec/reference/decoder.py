@@ -19,7 +19,7 @@ import torch
 from sglang_jetspec.core.acceptance import accept_greedy_lazy, accept_sampling_rrs
 from sglang_jetspec.core.head import DraftHead, HeadKVCache
 from sglang_jetspec.core.sampling import draft_distribution, target_distribution
-from sglang_jetspec.core.tree import build_tree, depth_for_remaining, resample_children
+from sglang_jetspec.core.tree import build_tree, limits_for_remaining, resample_children
 from sglang_jetspec.reference.results import GenerationResult, truncate_at_stop
 from sglang_jetspec.reference.target import HFTarget, keep_cache_rows
 
@@ -76,9 +76,9 @@ class ReferenceDecoder:
         while not stopped and len(out) < max_new_tokens:
             prefix_len = len(prompt_ids) + len(out) - 1  # tokens in the target cache
             draft_lp = self._draft(anchor, prefix_len, new_feats, feat_pos, head_cache)  # [D, V]
-            depth = depth_for_remaining(self.depth, max_new_tokens - len(out))  # as the server does
-            tree = build_tree(anchor, draft_lp, self.tree.budget if depth else 1, self.tree.width,
-                              max(depth, 1))
+            budget, depth = limits_for_remaining(self.tree.budget, self.depth,
+                                                 max_new_tokens - len(out))  # as the server does
+            tree = build_tree(anchor, draft_lp, budget, self.tree.width, depth)
             if sampling:
                 q = draft_distribution(draft_lp, temperature)
                 tree = resample_children(tree, q, gen)
