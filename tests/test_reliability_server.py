@@ -164,7 +164,13 @@ def _idle_and_clean(server) -> None:
     # held by the burst (a leaked slot, a radix node left locked) shows up as usage > 0.
     server.mark()
     server.generate([7, 8, 9, 10], 1)
-    lines = [ln for ln in server.log_since_mark().splitlines() if "Prefill batch" in ln]
+    # SGLang streams the output BEFORE it logs the prefill stats (batch_result_processor), so the
+    # reply can arrive first on a slow machine: wait for the line instead of reading once.
+    deadline, lines = time.time() + 60, []
+    while not lines and time.time() < deadline:
+        lines = [ln for ln in server.log_since_mark().splitlines() if "Prefill batch" in ln]
+        if not lines:
+            time.sleep(0.5)
     assert lines, server.log_since_mark()[-2000:]
     usage = float(lines[0].split("token usage:")[1].split(",")[0])
     assert usage == 0.0, lines[0]
