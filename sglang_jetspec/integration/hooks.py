@@ -1,4 +1,4 @@
-"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Four.
+"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Five.
 
 1. `sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode` (AROUND)
    Why: SGLang sizes each request's per-step KV reserve with EAGLE's formula,
@@ -35,6 +35,13 @@
    killed the scheduler; on GPU the Triton write has no bounds check and would corrupt the next
    row). The hook widens the headroom to hold the reserve, as SGLang already does for UNO.
    Scope: only when the configured algorithm is JETSPEC. Cost: 2 x budget int32 per row.
+
+5. `sglang.srt.managers.scheduler_components.internal_state.SchedulerInternalStateController._add_speculative` (AFTER)
+   Why: benchmarks and dashboards need what a JETSPEC round did (accepted-length histogram,
+   tree sizes, time per phase: round_stats.py); SGLang reports only the mean accept length.
+   The scheduler's internal state is what /get_server_info returns, so the hook adds the
+   worker's cumulative counters there as `internal_states[0]["jetspec"]`. Scope: only when the
+   scheduler's speculative worker is JETSPEC's; it reads counters, changes nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ ALLOC_LEN_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_dec
 VERIFY_TARGET = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 ROW_EXTRA_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
+STATE_TARGET = ("sglang.srt.managers.scheduler_components.internal_state."
+                "SchedulerInternalStateController._add_speculative")
 
 
 def is_jetspec(algorithm: str | None) -> bool:
@@ -113,6 +122,14 @@ def _reject_bad_prompt(manager, obj, input_ids, *args, **kwargs):
     return None  # arguments unchanged
 
 
+def _add_round_stats(result, controller, state, *args, **kwargs):
+    worker = getattr(getattr(controller, "scheduler", None), "draft_worker", None)
+    stats = getattr(worker, "stats", None)
+    if stats is not None and hasattr(stats, "snapshot"):
+        state["jetspec"] = stats.snapshot()
+    return result
+
+
 _registered = False
 
 
@@ -129,4 +146,5 @@ def register_hooks() -> None:
     HookRegistry.register(VERIFY_TARGET, verify_hook, HookType.AFTER)
     HookRegistry.register(VALIDATE_TARGET, _reject_bad_prompt, HookType.BEFORE)
     HookRegistry.register(ROW_EXTRA_TARGET, _row_extra, HookType.AROUND)
+    HookRegistry.register(STATE_TARGET, _add_round_stats, HookType.AFTER)
     _registered = True

@@ -49,6 +49,7 @@ from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
 from sglang_jetspec.integration.request_settings import cap_to_remaining, resolve_tree
+from sglang_jetspec.integration.round_stats import RoundStats
 from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class JetSpecWorker(BaseSpecWorker):
         # eagle_sample cannot sample on CPU; sampled batches take the walk rule on the host
         self.host_sampling = str(self.device).startswith("cpu")
         self.generator = torch.Generator().manual_seed(int(server_args.random_seed or 0))
+        self.stats = RoundStats(self.device)  # read through /get_server_info (hooks.py)
 
     # ---- setup (called by the scheduler after the target pools exist) ----------------------
 
@@ -148,61 +150,67 @@ class JetSpecWorker(BaseSpecWorker):
         prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
         anchors = torch.tensor([int(req.output_ids[-1]) for req in batch.reqs])
 
+        stats = self.stats
         # 1-2. draft and build the trees
-        slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
-                                          batch.req_pool_indices, prefix)
-        logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
-                                               self.head_pool.gather(slots), valid)
-        trees = self._build_trees(batch.reqs, anchors, logprobs.cpu())
-        # verify width of this batch: its largest tree (<= the server budget the KV reserve was
-        # sized for); smaller trees get dead padding rows. The scheduler reads the row stride
-        # from the result, so n may change from step to step.
-        n = max(t.n for t in trees)
-        layout = to_verify_layout(trees, prefix, n=n)
+        with stats.phase("draft"):
+            slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
+                                              batch.req_pool_indices, prefix)
+            logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
+                                                   self.head_pool.gather(slots), valid).cpu()
         dev = self.device
-        verify_input = NgramVerifyInput(
-            draft_token=layout.draft_tokens.to(dev),
-            custom_mask=full_custom_mask(layout, prefix).to(dev),
-            positions=layout.positions.to(dev),
-            retrieve_index=layout.retrieve_index.to(dev),
-            retrieve_next_token=layout.retrieve_next_token.to(dev),
-            retrieve_next_sibling=layout.retrieve_next_sibling.to(dev),
-            draft_token_num=n,
-        )
-        verify_input.capture_hidden_mode = CaptureHiddenMode.FULL
+        with stats.phase("tree"):
+            trees = self._build_trees(batch.reqs, anchors, logprobs)
+            # verify width of this batch: its largest tree (<= the server budget the KV reserve
+            # was sized for); smaller trees get dead padding rows. The scheduler reads the row
+            # stride from the result, so n may change from step to step.
+            n = max(t.n for t in trees)
+            layout = to_verify_layout(trees, prefix, n=n)
+            verify_input = NgramVerifyInput(
+                draft_token=layout.draft_tokens.to(dev),
+                custom_mask=full_custom_mask(layout, prefix).to(dev),
+                positions=layout.positions.to(dev),
+                retrieve_index=layout.retrieve_index.to(dev),
+                retrieve_next_token=layout.retrieve_next_token.to(dev),
+                retrieve_next_sibling=layout.retrieve_next_sibling.to(dev),
+                draft_token_num=n,
+            )
+            verify_input.capture_hidden_mode = CaptureHiddenMode.FULL
 
         # 3. one target forward over all nodes (the scheduler restores these batch fields)
-        batch.forward_mode = ForwardMode.TARGET_VERIFY
-        batch.input_ids = verify_input.draft_token
-        batch.out_cache_loc = assign_extend_cache_locs_func(
-            req_pool_indices=batch.req_pool_indices,
-            req_to_token=self.req_to_token_pool.req_to_token,
-            start_offset=batch.seq_lens, end_offset=batch.seq_lens + n,
-            batch_size=bs, draft_token_num=n, device=dev)
-        batch.spec_info = verify_input
-        result = self._target_worker.forward_batch_generation(
-            batch, is_verify=True, capture_hidden_mode=CaptureHiddenMode.FULL)
-        logits_output = result.logits_output
+        with stats.phase("verify"):
+            batch.forward_mode = ForwardMode.TARGET_VERIFY
+            batch.input_ids = verify_input.draft_token
+            batch.out_cache_loc = assign_extend_cache_locs_func(
+                req_pool_indices=batch.req_pool_indices,
+                req_to_token=self.req_to_token_pool.req_to_token,
+                start_offset=batch.seq_lens, end_offset=batch.seq_lens + n,
+                batch_size=bs, draft_token_num=n, device=dev)
+            batch.spec_info = verify_input
+            result = self._target_worker.forward_batch_generation(
+                batch, is_verify=True, capture_hidden_mode=CaptureHiddenMode.FULL)
+            logits_output = result.logits_output
 
         # 4. accept (under the grammar masks of constrained requests), compact the KV, keep the
         #    accepted nodes as head context
-        grammar_mask = None
-        if batch.has_grammar:
-            grammar_mask = build_grammar_vocab_mask(
-                reqs=batch.reqs,
-                tree=GrammarTree.from_host(layout.retrieve_next_token, layout.retrieve_next_sibling,
-                                           layout.draft_tokens.view(bs, n)),
-                sampling_info=batch.sampling_info, device=dev, barrier=grammar_barrier)
-        predict, accept_lens, accept_index = self._accept(trees, verify_input, batch, logits_output,
-                                                          n, grammar_mask)
-        new_seq_lens = batch.seq_lens + accept_lens
-        accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
-        move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
-                                             self.token_to_kv_pool_allocator)
-        self._store_accepted_context(batch, accept_index, accept_lens,
-                                     logits_output.hidden_states, n)
-        if batch.return_logprob:
-            compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
+        with stats.phase("accept"):
+            grammar_mask = None
+            if batch.has_grammar:
+                grammar_mask = build_grammar_vocab_mask(
+                    reqs=batch.reqs,
+                    tree=GrammarTree.from_host(layout.retrieve_next_token, layout.retrieve_next_sibling,
+                                               layout.draft_tokens.view(bs, n)),
+                    sampling_info=batch.sampling_info, device=dev, barrier=grammar_barrier)
+            predict, accept_lens, accept_index = self._accept(trees, verify_input, batch,
+                                                              logits_output, n, grammar_mask)
+            new_seq_lens = batch.seq_lens + accept_lens
+            accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
+            move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
+                                                 self.token_to_kv_pool_allocator)
+            self._store_accepted_context(batch, accept_index, accept_lens,
+                                         logits_output.hidden_states, n)
+            if batch.return_logprob:
+                compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
+        stats.add_round([t.n for t in trees], accept_lens.tolist(), n)  # host sync (small)
         if on_publish is not None:
             on_publish(new_seq_lens)
         batch.forward_mode = ForwardMode.DECODE
