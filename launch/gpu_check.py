@@ -134,6 +134,8 @@ def run_checks(cfg: dict, tokens: list[int], reps: int, budget_s: float, interpr
             check(f"grouped_mm_path[T={T}]", g_err <= tol, rel_err=g_err, tol=tol)
         except Exception as exc:  # torch's grouped GEMM has device/dtype limits; not ours to fail on
             print(f"SKIP grouped_mm_path[T={T}]: {exc!r}"[:300], flush=True)
+        # the expert sort/pad step is ~15 small torch launches: its share at small T is launch overhead
+        timed("verify_moe_align", "torch", shape, lambda: mk.align_pairs(ids, E, 16))
         weight_bytes = distinct * 3 * H * I * w13.element_size()
         ms = timed("verify_moe", "triton", shape, lambda: mk.fused_verify_moe(x, ids, weights, w13, w2))
         if ms:
