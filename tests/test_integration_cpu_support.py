@@ -262,6 +262,23 @@ for trial in range(4):
     fill_bonus_tokens[(bs,)](toks, lens, u, width)
     cs.fill_bonus_tokens_cpu(toks, lens, v, width)
     assert torch.equal(u, v), "fill_bonus_tokens"
+from sglang.kernels.ops.speculative.reconstruct_tree import reconstruct_indices_from_tree_mask_triton
+for trial in range(3):
+    bs, n = 3, 6
+    mask = torch.zeros(bs, n, n, dtype=torch.bool)
+    for b in range(bs):
+        parent = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+        for i in range(n):
+            j = i
+            while j >= 0:
+                mask[b, i, j] = True
+                j = parent[j]
+    seq = torch.randint(0, 50, (bs,), generator=g)
+    outs = [[torch.zeros(bs * n, dtype=torch.int64) for _ in range(4)] for _ in range(2)]
+    reconstruct_indices_from_tree_mask_triton(mask.flatten(), seq, *outs[0], bs, n)
+    cs.reconstruct_indices_from_tree_mask(mask.flatten(), seq, *outs[1], bs, n)
+    for x, y in zip(*outs):
+        assert torch.equal(x, y), ("reconstruct_indices_from_tree_mask", x, y)
 print("ORACLE OK")
 '''
 
@@ -275,3 +292,44 @@ def test_standin_ops_match_sglangs_triton_kernels():
     proc = subprocess.run([sys.executable, "-c", _ORACLE], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "ORACLE OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def _reconstruct_reference(mask, seq_len):
+    """The op's documented contract, node by node: mask [n, n] bool (row i: i's ancestors)."""
+    n = len(mask)
+    anc = [[bool(mask[i][j]) and j < i for j in range(n)] for i in range(n)]
+    parent = [max((j for j in range(i) if anc[i][j]), default=-1) for i in range(n)]
+    pos = [seq_len + sum(anc[i]) for i in range(n)]
+    child = [next((k for k in range(t + 1, n) if anc[k][t]), -1) for t in range(n)]
+    sib = [-1 if parent[t] < 0 else next((k for k in range(t + 1, n) if parent[k] == parent[t]), -1)
+           for t in range(n)]
+    return pos, child, sib
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reconstruct_indices_from_tree_mask_matches_its_contract(seed):
+    """NGRAM's verify metadata (sgl_kernel.speculative), on random trees in BFS-ish order."""
+    g = torch.Generator().manual_seed(seed)
+    bs, n = 2, int(torch.randint(1, 12, (1,), generator=g))
+    mask = torch.zeros(bs, n, n, dtype=torch.bool)
+    for b in range(bs):
+        parent = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+        for i in range(n):
+            j = i
+            while j >= 0:
+                mask[b, i, j] = True
+                j = parent[j]
+    seq = torch.randint(0, 100, (bs,), generator=g)
+    pos, idx, nxt, sib = (torch.full((bs, n), -7, dtype=torch.int64) for _ in range(4))
+    cs.reconstruct_indices_from_tree_mask(mask.flatten(), seq, pos, idx, nxt, sib, bs, n)
+    for b in range(bs):
+        want = _reconstruct_reference(mask[b].tolist(), int(seq[b]))
+        assert pos[b].tolist() == want[0] and nxt[b].tolist() == want[1] and sib[b].tolist() == want[2]
+        assert idx[b].tolist() == [b * n + i for i in range(n)]
+
+
+def test_ngram_op_is_served_from_its_submodule(clean_sgl_kernel):
+    cs.install_standin()
+    from sgl_kernel.speculative import reconstruct_indices_from_tree_mask
+
+    assert reconstruct_indices_from_tree_mask is cs.reconstruct_indices_from_tree_mask

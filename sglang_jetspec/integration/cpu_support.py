@@ -95,7 +95,7 @@ def _missing_op(qualname: str):
     def op(*args, **kwargs):
         raise NotImplementedError(
             f"{qualname} is not available on CPU: the JetSpec sgl_kernel stand-in only "
-            f"implements {sorted(STANDIN_OPS)}")
+            f"implements {sorted(STANDIN_OPS) + sorted(n for ops in SUBMODULE_OPS.values() for n in ops)}")
     op.__name__ = qualname.rsplit(".", 1)[-1]
     return op
 
@@ -128,6 +128,8 @@ class _SubmoduleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return mod
 
     def exec_module(self, module):
+        for name, fn in SUBMODULE_OPS.get(module.__name__, {}).items():
+            setattr(module, name, fn)
         return None
 
 
@@ -241,12 +243,45 @@ def copy_all_layer_kv_cache_cpu(data_ptrs, strides, tgt_loc, src_loc):
         view[tgt] = view[src].clone()
 
 
+def reconstruct_indices_from_tree_mask(tree_mask, verified_seq_len, positions, retrieve_index,
+                                       retrieve_next_token, retrieve_next_sibling, batch_size,
+                                       draft_token_num):
+    """NGRAM's verify metadata from its tree masks (sgl_kernel.speculative, called by SGLang's
+    NGRAM worker). tree_mask: bool [bs*n*n], row i marks i's ancestors (and itself).
+    WARNING: writes positions and the three retrieve_* outputs ([bs*n] or [bs, n]) in place."""
+    n = draft_token_num
+    if batch_size == 0:
+        return
+    m = tree_mask.reshape(batch_size, n, n).to(torch.bool)
+    idx = torch.arange(n, device=m.device)
+    anc = m & (idx[None, None, :] < idx[None, :, None])  # [bs, i, j]: j a strict ancestor of i
+    depth = anc.sum(-1)  # [bs, n]
+    # parent[i] = the deepest (largest-index) strict ancestor, -1 for the root
+    parent = torch.where(anc, idx[None, None, :], torch.full_like(anc, -1, dtype=torch.long)).amax(-1)
+    # first child of t = smallest k with t as an ancestor
+    kids = torch.where(anc, idx[None, :, None], torch.full_like(anc, n, dtype=torch.long)).amin(1)
+    first_child = torch.where(kids < n, kids, torch.full_like(kids, -1))
+    # next sibling of t = smallest k > t with the same parent (none for the root)
+    same = (parent[:, :, None] == parent[:, None, :]) & (idx[:, None] > idx[None, :])  # [bs, k, t]
+    sib = torch.where(same, idx[None, :, None], torch.full_like(same, n, dtype=torch.long)).amin(1)
+    next_sibling = torch.where((sib < n) & (parent >= 0), sib, torch.full_like(sib, -1))
+    flat = (torch.arange(batch_size, device=m.device)[:, None] * n + idx[None, :])
+    pos = depth + verified_seq_len.view(-1, 1).to(torch.long)
+    for out, val in ((positions, pos), (retrieve_index, flat), (retrieve_next_token, first_child),
+                     (retrieve_next_sibling, next_sibling)):
+        out.view(-1)[: batch_size * n].copy_(val.reshape(-1).to(out.dtype))
+
+
 STANDIN_OPS = {
     fn.__name__: fn for fn in (
         assign_req_to_token_pool_cpu, assign_extend_cache_locs_cpu,
         assign_draft_cache_locs_contiguous_cpu, fill_accept_out_cache_loc_cpu,
         fill_bonus_tokens_cpu, verify_tree_greedy_cpu, copy_all_layer_kv_cache_cpu,
     )
+}
+# ops SGLang imports from a submodule (`from sgl_kernel.<sub> import op`)
+SUBMODULE_OPS = {
+    "sgl_kernel.speculative": {"reconstruct_indices_from_tree_mask": reconstruct_indices_from_tree_mask},
 }
 
 

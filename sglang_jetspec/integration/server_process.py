@@ -111,6 +111,12 @@ class LocalServer:
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"{path} answered HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from e
 
+    def get_json(self, path: str, timeout: float = 60) -> dict:
+        try:
+            return json.loads(urllib.request.urlopen(self.url + path, timeout=timeout).read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{path} answered HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from e
+
     def generate(self, input_ids: list[int], max_new_tokens: int, **sampling) -> dict:
         return self.post("/generate", {"input_ids": input_ids,
                                        "sampling_params": {"max_new_tokens": max_new_tokens, **sampling}})

@@ -1,0 +1,93 @@
+"""Benchmark speculative methods on real SGLang servers, side by side, in one run.
+
+    python -m launch.bench [--model DIR] [--head DIR] [--bidir-head DIR]
+        [--workload code,math,chat,shared-prefix,FILE.jsonl] [--batch-sizes 1,4,16]
+        [--budgets 8,16,32,64] [--methods ar,jetspec,chain,bidirectional,ngram]
+        [--max-new-tokens N] [--num-prompts N] [--serving-rates 0.5,1] --out DIR
+
+Leaves DIR/results.json, DIR/report.md and PNG plots; server logs in DIR/logs/. Defaults: the
+embedded SmolLM2 target and its shipped head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="target folder (default: the embedded smollm2)")
+    p.add_argument("--head", default=None, help="causal JetSpec head (default: the target's shipped head)")
+    p.add_argument("--bidir-head", default=None, help="bidirectional head (needed by method bidirectional)")
+    p.add_argument("--workload", default="code,math,chat", help="bundled names and/or JSONL files, comma-separated")
+    p.add_argument("--batch-sizes", default="1,4")
+    p.add_argument("--budgets", default="8,16,32,64")
+    p.add_argument("--methods", default="ar,jetspec,chain")
+    p.add_argument("--width", type=int, default=None, help="tree width (default: the head's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-prompts", type=int, default=4, help="prompts per workload (at least the batch size)")
+    p.add_argument("--ngram-draft-tokens", type=int, default=8)
+    p.add_argument("--serving-rates", default="", help="request rates for sglang.bench_serving, e.g. 0.5,1")
+    p.add_argument("--serving-prompts", type=int, default=4, help="prompts per workload in the serving sweep")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    from sglang_jetspec.bench.methods import parse_batch_sizes, parse_budgets, parse_list, plan_configs
+    from sglang_jetspec.bench.report import make_plots, write_markdown
+    from sglang_jetspec.bench.suite import BenchPlan, run_suite, write_json
+    from sglang_jetspec.bench.workloads import load_workload, workload_name
+    from sglang_jetspec.core.head_config import HeadConfig
+    from sglang_jetspec.integration.server_engine import head_folder
+    from sglang_jetspec.model_store import model_path
+
+    try:
+        methods = parse_list(args.methods, "methods")
+        budgets = parse_budgets(args.budgets)
+        batch_sizes = parse_batch_sizes(args.batch_sizes)
+        rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
+        if args.max_new_tokens < 1 or args.num_prompts < 1:
+            raise ValueError("--max-new-tokens and --num-prompts must be >= 1")
+        model = str(args.model or model_path("smollm2"))
+        heads = {}
+        if any(m in methods for m in ("jetspec", "chain")):
+            heads["jetspec"] = str(head_folder(args.head, model))
+        if "bidirectional" in methods:
+            if not args.bidir_head:
+                raise ValueError("method bidirectional needs --bidir-head DIR (a head trained with "
+                                 "causal_head false, e.g. by launch.train_head --also-bidirectional)")
+            heads["bidirectional"] = args.bidir_head
+        depth = None
+        if heads:
+            cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
+            depth = cfg.block_size - 1
+        configs = plan_configs(methods, budgets, depth or 15)
+        workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"launch.bench: {exc}") from None
+
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    plan = BenchPlan(model=model, heads=heads, configs=configs, workloads=workloads, batch_sizes=batch_sizes,
+                     max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts, width=args.width,
+                     depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, serving_rates=rates,
+                     serving_prompts=args.serving_prompts)
+    print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
+          f"logs in {out / 'logs'}", flush=True)
+    report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))
+    write_json(report, out / "results.json")
+    plots = make_plots(report, out)
+    command = "python -m launch.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    md = write_markdown(report, out, command, plots)
+    print(f"[bench] wrote {out / 'results.json'}, {md} and {len(plots)} plots")
+    bad = [r for r in report["results"] if r["matches_ar"] is not None and r["matches_ar"] < r["requests"]]
+    for r in bad:
+        print(f"[bench] WARNING: {r['label']} on {r['workload']} bs {r['batch_size']}: "
+              f"{r['matches_ar']}/{r['requests']} outputs equal ar's")
+
+
+if __name__ == "__main__":
+    main()

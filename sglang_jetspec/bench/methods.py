@@ -1,0 +1,102 @@
+"""Which configurations a benchmark measures, and which SGLang server runs each.
+
+Methods:
+  ar             no speculation (the baseline every speedup is taken against)
+  jetspec        the causal head, one configuration per budget (per-request `custom_params`
+                 lower the server's budget, so ONE server runs every budget)
+  chain          the same head and server as a chain of its full depth (width 1)
+  bidirectional  the bidirectional (DFlash-style) head as a tree, per budget: its own server
+  ngram          SGLang's built-in NGRAM speculation (no head)
+`auto` (the adaptive per-batch budget) is refused until the budget controller exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("ar", "jetspec", "chain", "bidirectional", "ngram")
+NGRAM_DRAFT_TOKENS = 8  # SGLang NGRAM's tree size on its server (its own default is larger)
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str
+    server: str                      # key of the server that runs it (see servers_needed)
+    budget: int | None = None        # tree nodes including the root
+    width: int | None = None         # per-request width override (chain: 1)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.budget is None else f"{self.method}@{self.budget}"
+
+    def custom_params(self) -> dict | None:
+        """The request's `custom_params` (JETSPEC per-request tree settings), or None."""
+        if self.server not in ("jetspec", "bidirectional"):
+            return None
+        tree = {"budget": self.budget}
+        if self.width is not None:
+            tree["width"] = self.width
+        return {"jetspec": tree}
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"--{what} {text!r} names nothing")
+    return items
+
+
+def parse_budgets(text: str) -> list[int]:
+    out = []
+    for b in parse_list(text, "budgets"):
+        if b == "auto":
+            raise ValueError("--budgets auto needs the adaptive per-batch budget controller, which is "
+                             "not built yet; give static budgets such as 8,16,32,64")
+        try:
+            v = int(b)
+        except ValueError:
+            raise ValueError(f"budget {b!r} is not an integer (expected e.g. 8,16,32,64)") from None
+        if v < 2:
+            raise ValueError(f"budget {v} must be >= 2 (1 is plain decoding: use method ar)")
+        out.append(v)
+    return sorted(set(out))
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    out = []
+    for b in parse_list(text, "batch-sizes"):
+        try:
+            v = int(b)
+        except ValueError:
+            raise ValueError(f"batch size {b!r} is not an integer") from None
+        if v < 1:
+            raise ValueError(f"batch size {v} must be >= 1")
+        out.append(v)
+    return sorted(set(out))
+
+
+def plan_configs(methods: list[str], budgets: list[int], depth: int) -> list[Config]:
+    """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+    if "ar" not in methods:
+        methods = ["ar"] + list(methods)  # speedups and output checks are taken against ar
+    out = []
+    for m in methods:
+        if m in ("ar", "ngram"):
+            out.append(Config(m, m))
+        elif m == "chain":
+            out.append(Config(m, "jetspec", budget=depth + 1, width=1))
+        else:
+            out.extend(Config(m, m, budget=b) for b in budgets)
+    return out
+
+
+def servers_needed(configs: list[Config]) -> list[str]:
+    return list(dict.fromkeys(c.server for c in configs))
+
+
+def max_budget(configs: list[Config], server: str) -> int | None:
+    vals = [c.budget for c in configs if c.server == server and c.budget is not None]
+    return max(vals) if vals else None

@@ -1,0 +1,118 @@
+"""One measurement: a configuration, a workload and a batch size, on a running SGLang server.
+
+Batch size = requests in flight at once (closed loop: a client thread sends its next prompt when
+its previous answer arrives), so SGLang's continuous batching sees that many running requests.
+Greedy, ignore_eos off: every method must produce exactly `ar`'s tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from sglang_jetspec.bench.methods import Config
+from sglang_jetspec.integration.round_stats import stats_delta
+
+
+@dataclass
+class Measurement:
+    label: str
+    method: str
+    budget: int | None
+    workload: str
+    batch_size: int
+    requests: int
+    output_tokens: int
+    wall_s: float
+    tokens_per_s: float
+    verify_rounds: int              # per request, summed (SGLang's spec_verify_ct)
+    accept_length: float            # tokens committed per verify round per request, bonus included
+    accept_hist: list[int] = field(default_factory=list)   # JETSPEC servers: requests-rounds by length
+    nodes_per_request: float | None = None
+    ms_per_round: dict | None = None  # draft / tree / verify / accept / other (prefill, scheduling, HTTP)
+    outputs: list[list[int]] = field(default_factory=list)
+    speedup: float | None = None     # tokens/s over ar's, same workload and batch size, same run
+    matches_ar: int | None = None    # requests whose tokens equal ar's
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def jetspec_counters(server) -> dict | None:
+    """The JETSPEC worker's cumulative round counters from /get_server_info, or None."""
+    info = server.get_json("/get_server_info")
+    states = info.get("internal_states") or [{}]
+    return states[0].get("jetspec")
+
+
+def flush_cache(server, timeout_s: float = 30.0) -> None:
+    """Empty the server's radix cache (and NGRAM's corpus) so every configuration starts cold:
+    otherwise the first one measured pays the prefills the later ones find cached, and NGRAM
+    would draft from its own answers to the same prompts a moment earlier. Retried while
+    requests are still leaving (SGLang refuses to flush a busy server)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(server.url + "/flush_cache", b"", method="POST"),
+                                   timeout=60).read()
+            return
+        except urllib.error.HTTPError as e:
+            if time.time() > deadline:
+                raise RuntimeError(f"/flush_cache refused for {timeout_s:.0f}s: {e.read()[:200]!r}") from e
+            time.sleep(0.5)
+
+
+def _request_body(ids: list[int], config: Config, max_new_tokens: int) -> dict:
+    sampling = {"temperature": 0.0, "max_new_tokens": max_new_tokens}
+    custom = config.custom_params()
+    if custom is not None:
+        sampling["custom_params"] = custom
+    return {"input_ids": list(ids), "sampling_params": sampling}
+
+
+def measure(server, config: Config, workload: str, prompts: list[list[int]], batch_size: int,
+            max_new_tokens: int) -> Measurement:
+    """Send every prompt with `batch_size` in flight; count tokens, rounds and time."""
+    if not prompts:
+        raise ValueError(f"workload {workload!r} has no prompts to send")
+    flush_cache(server)
+    before = jetspec_counters(server) if config.server in ("jetspec", "bidirectional") else None
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(batch_size) as pool:
+        replies = list(pool.map(lambda ids: server.post("/generate", _request_body(ids, config, max_new_tokens)),
+                                prompts))
+    wall = time.perf_counter() - t0
+    outputs = [list(r["output_ids"]) for r in replies]
+    tokens = sum(len(o) for o in outputs)
+    rounds = sum(int(r["meta_info"].get("spec_verify_ct", 0) or 0) for r in replies)
+    # the first token of each request comes from its prefill, every later one from a verify round
+    committed = sum(max(len(o) - 1, 0) for o in outputs)
+    m = Measurement(label=config.label, method=config.method, budget=config.budget, workload=workload,
+                    batch_size=batch_size, requests=len(prompts), output_tokens=tokens, wall_s=wall,
+                    tokens_per_s=tokens / wall, verify_rounds=rounds,
+                    accept_length=committed / rounds if rounds else 1.0, outputs=outputs)
+    if before is not None:
+        d = stats_delta(before, jetspec_counters(server))
+        m.accept_length = d["accept_length"] if d["request_rounds"] else m.accept_length
+        m.accept_hist = d["accept_hist"]
+        m.nodes_per_request = d["nodes_per_request"]
+        if d["timed"] and d["rounds"]:
+            ms = dict(d["ms_per_round"])
+            ms["other"] = max(0.0, 1000 * wall / d["rounds"] - sum(ms.values()))
+            m.ms_per_round = ms
+    return m
+
+
+def compare_to_ar(results: list[Measurement]) -> None:
+    """Fill speedup and matches_ar from the ar measurement of the same workload and batch size."""
+    base = {(m.workload, m.batch_size): m for m in results if m.method == "ar"}
+    for m in results:
+        ar = base.get((m.workload, m.batch_size))
+        if ar is None:
+            continue
+        m.speedup = m.tokens_per_s / ar.tokens_per_s
+        m.matches_ar = sum(a == b for a, b in zip(ar.outputs, m.outputs))

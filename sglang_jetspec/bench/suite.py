@@ -1,0 +1,140 @@
+"""A whole benchmark run: every server, every configuration, workload and batch size.
+
+Servers run ONE AT A TIME (an idle SGLang scheduler still polls, and on a small CPU a second
+server would slow the one being measured); each serves all of its configurations before it
+stops, `ar` first. A server that cannot start on this machine (e.g. an algorithm that needs a
+GPU) is recorded as skipped with the reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sglang_jetspec.bench.methods import Config, max_budget, servers_needed
+from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure
+from sglang_jetspec.bench.workloads import WorkItem
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchPlan:
+    model: str
+    heads: dict                         # server key -> head folder (jetspec, bidirectional)
+    configs: list[Config]
+    workloads: dict[str, list[WorkItem]]
+    batch_sizes: list[int]
+    max_new_tokens: int
+    num_prompts: int                    # per workload and batch size (at least the batch size)
+    width: int | None = None
+    depth: int | None = None
+    ngram_draft_tokens: int = 8
+    serving_rates: list[float] = field(default_factory=list)
+    serving_prompts: int = 8
+
+
+def server_spec(plan: BenchPlan, key: str):
+    from sglang_jetspec.integration.server_process import ServerSpec
+
+    bs = max(plan.batch_sizes)
+    common = dict(max_running_requests=max(bs, 1), max_total_tokens=max(8192, bs * 1024))
+    if key == "ar":
+        return ServerSpec(plan.model, **common)
+    if key == "ngram":
+        extra = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(plan.ngram_draft_tokens)]
+        if not torch.cuda.is_available():  # SGLang's torch_native attention ignores tree masks
+            from sglang_jetspec.integration.cpu_support import VERIFY_BACKEND
+            extra += ["--attention-backend", VERIFY_BACKEND]
+        return ServerSpec(plan.model, extra=extra, **common)
+    if key in ("jetspec", "bidirectional"):
+        return ServerSpec(plan.model, plan.heads[key], budget=max_budget(plan.configs, key),
+                          width=plan.width, depth=plan.depth, **common)
+    raise ValueError(f"no server for {key!r}")
+
+
+def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
+    from transformers import AutoTokenizer
+
+    from sglang_jetspec.bench.serving import run_serving_sweep
+    from sglang_jetspec.integration.server_process import LocalServer
+    from sglang_jetspec.reference.prompts import encode_prompts
+
+    tok = AutoTokenizer.from_pretrained(plan.model)
+    encoded = {w: encode_prompts(tok, [it.prompt for it in items]) for w, items in plan.workloads.items()}
+    results: list[Measurement] = []
+    skipped: dict[str, str] = {}
+    serving: list[dict] = []
+    t_start = time.time()
+    for key in servers_needed(plan.configs):
+        configs = [c for c in plan.configs if c.server == key]
+        progress(f"[bench] starting the {key} server ({', '.join(c.label for c in configs)})")
+        server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log")
+        try:
+            server.start().wait_ready()
+        except (RuntimeError, TimeoutError) as exc:
+            reason = str(exc).strip().splitlines()
+            skipped[key] = _startup_reason(reason)
+            progress(f"[bench] {key} server did not start: {skipped[key]}")
+            server.stop()
+            continue
+        try:
+            server.generate(encoded[next(iter(encoded))][0], 4, temperature=0.0)  # warm-up
+            for w, ids in encoded.items():
+                for bs in plan.batch_sizes:
+                    prompts = ids[: max(plan.num_prompts, bs)]  # enough to fill the batch
+                    for c in configs:
+                        m = measure(server, c, w, prompts, bs, plan.max_new_tokens)
+                        results.append(m)
+                        progress(f"[bench] {w:14} bs {bs:3} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
+                                 f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
+            if plan.serving_rates and key in ("ar", "jetspec"):
+                serving += run_serving_sweep(server, key, plan, log_dir, progress)
+        finally:
+            server.stop()
+    compare_to_ar(results)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "machine": machine_description(),
+        "plan": {"model": plan.model, "heads": {k: str(v) for k, v in plan.heads.items()},
+                 "configs": [c.label for c in plan.configs], "workloads": {w: len(v) for w, v in plan.workloads.items()},
+                 "batch_sizes": plan.batch_sizes, "max_new_tokens": plan.max_new_tokens,
+                 "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth},
+        "results": [m.to_json() for m in results],
+        "skipped": skipped,
+        "serving": serving,
+        "seconds": time.time() - t_start,
+    }
+
+
+def _startup_reason(lines: list[str]) -> str:
+    """The most telling line of a failed startup log: the last error line, else the first line."""
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln.strip()[:300]
+    return (lines[0] if lines else "unknown").strip()[:300]
+
+
+def machine_description() -> dict:
+    import os
+
+    import torch
+
+    try:
+        import sglang
+        sglang_version = sglang.__version__
+    except Exception:  # noqa: BLE001 - only a label
+        sglang_version = "unknown"
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "sglang": sglang_version,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=1))

@@ -1,0 +1,87 @@
+"""launch.bench's workload loaders (bundled sets, shared prefixes, GSM8K / MATH-500 / HumanEval /
+MT-Bench shaped JSONL written here) and its configuration planning."""
+
+import json
+
+import pytest
+
+from sglang_jetspec.bench.methods import (
+    Config, parse_batch_sizes, parse_budgets, plan_configs, servers_needed, max_budget)
+from sglang_jetspec.bench.workloads import BUNDLED, load_workload, read_workload_file, shared_prefix_items
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_each_public_format_is_recognised(tmp_path):
+    f = _write(tmp_path / "mixed.jsonl", [
+        {"question": "Natalia sold 48 clips. How many?", "answer": "#### 72"},           # GSM8K
+        {"problem": "Find $x$ if $2x=6$.", "solution": "x=3", "answer": "3", "unique_id": "test/1"},  # MATH-500
+        {"task_id": "HumanEval/0", "prompt": "def add(a, b):\n", "canonical_solution": "", "test": ""},
+        {"question_id": 81, "category": "writing", "turns": ["Write a haiku.", "Now a limerick."]},  # MT-Bench
+        {"prompt": "Say hi."},
+    ])
+    items = read_workload_file(f)
+    assert [i.kind for i in items] == ["gsm8k", "math500", "humaneval", "mtbench", "prompt"]
+    assert items[0].prompt.startswith("Natalia")
+    assert items[1].id == "test/1" and items[1].prompt == "Find $x$ if $2x=6$."
+    assert items[2].id == "HumanEval/0" and items[2].prompt.endswith("def add(a, b):\n")
+    assert items[3].prompt == "Write a haiku." and items[3].id == "81"
+
+
+def test_bad_files_name_the_line_and_the_problem(tmp_path):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: unknown line shape with keys \['text'\]"):
+        read_workload_file(_write(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"text": "no"}]))
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a"}\n{nope\n')
+    with pytest.raises(ValueError, match="broken.jsonl:2: not valid JSON"):
+        read_workload_file(tmp_path / "broken.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        read_workload_file(tmp_path / "empty.jsonl")
+    with pytest.raises(ValueError, match="MT-Bench line has no non-empty string"):
+        read_workload_file(_write(tmp_path / "mt.jsonl", [{"turns": []}]))
+    with pytest.raises(ValueError, match="neither a bundled set"):
+        load_workload("nonsense")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_workload(str(tmp_path / "missing.jsonl"))
+
+
+def test_bundled_sets_load_and_shared_prefix_items_share_their_document():
+    for name in BUNDLED:
+        items = load_workload(name, limit=3)
+        assert len(items) == 3 and all(i.prompt.strip() for i in items)
+    items = shared_prefix_items(["DOC A " * 50, "DOC B " * 50], ("Q1?", "Q2?"))
+    assert [i.id for i in items] == ["doc0-q0", "doc1-q0", "doc0-q1", "doc1-q1"]
+    assert items[0].prompt.split("\n\n")[0] == items[2].prompt.split("\n\n")[0]
+    bundled = load_workload("shared-prefix")
+    docs = {i.prompt.rsplit("\n\n", 1)[0] for i in bundled}
+    assert len(docs) * 4 == len(bundled) and min(len(d) for d in docs) > 200
+
+
+def test_plans_put_ar_first_and_share_one_server_per_head():
+    configs = plan_configs(["jetspec", "chain", "bidirectional", "ngram"], [8, 32], depth=15)
+    assert configs[0] == Config("ar", "ar")
+    labels = [c.label for c in configs]
+    assert labels == ["ar", "jetspec@8", "jetspec@32", "chain@16", "bidirectional@8", "bidirectional@32", "ngram"]
+    assert servers_needed(configs) == ["ar", "jetspec", "bidirectional", "ngram"]
+    assert max_budget(configs, "jetspec") == 32 and max_budget(configs, "ar") is None
+    chain = configs[3]
+    assert chain.custom_params() == {"jetspec": {"budget": 16, "width": 1}}
+    assert configs[1].custom_params() == {"jetspec": {"budget": 8}}
+    assert configs[0].custom_params() is None and configs[-1].custom_params() is None
+
+
+def test_bad_settings_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="auto needs the adaptive"):
+        parse_budgets("8,auto")
+    with pytest.raises(ValueError, match="budget 1 must be >= 2"):
+        parse_budgets("1,8")
+    with pytest.raises(ValueError, match="budget 'x' is not an integer"):
+        parse_budgets("x")
+    with pytest.raises(ValueError, match="batch size 0 must be >= 1"):
+        parse_batch_sizes("0")
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['eagle9'\]"):
+        plan_configs(["eagle9"], [8], 15)
+    assert parse_budgets("64,8,8") == [8, 64]
