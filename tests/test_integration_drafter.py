@@ -98,3 +98,24 @@ def test_context_slot_table_pads_with_slot_zero():
     slots, valid = context_slot_table(table, torch.tensor([2, 0]), [3, 1])
     assert slots.tolist() == [[20, 21, 22], [0, 0, 0]]
     assert valid.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_fewer_rows_give_the_same_leading_rows_for_both_head_kinds():
+    """rows < depth (the batch's trees cannot reach deeper): a causal head runs a shorter block,
+    a bidirectional head the full block; both must equal the leading rows of the full draft."""
+    import pytest
+
+    for causal in (True, False):
+        head = _head(causal=causal)
+        drafter, pool, table, feats, *_ = _setup(head, [6, 4], seed=4)
+        for r, f in enumerate(feats):
+            pool.write(table[r, : f.shape[0]], drafter.context_kv(f, torch.arange(f.shape[0])))
+        slots, valid = context_slot_table(table, torch.tensor([0, 1]), [6, 4])
+        args = (torch.tensor([4, 7]), torch.tensor([6, 4]), pool.gather(slots), valid)
+        full = drafter.draft_logprobs(*args)
+        for rows in (1, 2, 3):
+            part = drafter.draft_logprobs(*args, rows=rows)
+            assert part.shape == (2, rows, VOCAB)
+            torch.testing.assert_close(part, full[:, :rows], rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match=r"rows 5 must be in \[1, depth = 4\]"):
+            drafter.draft_logprobs(*args, rows=5)

@@ -247,3 +247,15 @@ def test_resample_zero_probability_tokens_never_drawn():
     for _ in range(50):
         toks = resample_children(tree, probs, g).tokens.tolist()
         assert sorted(toks[1:3]) == [1, 3] and all(sorted(toks[3 + 2 * p : 5 + 2 * p]) == [0, 2] for p in range(2))
+
+
+def test_a_tree_never_needs_rows_deeper_than_its_budget_minus_one():
+    """The worker drafts only min(depth, budget - 1) rows: the tree must be the same."""
+    for seed in range(20):
+        lp = random_logprobs(seed, 8, 30)
+        for budget in (1, 2, 3, 5, 9):
+            for width in (1, 3):
+                full = build_tree(0, lp, budget, width)
+                rows = max(1, min(8, budget - 1))
+                short = build_tree(0, lp[:rows], budget, width, max_depth=rows)
+                assert torch.equal(full.tokens, short.tokens) and torch.equal(full.parents, short.parents), (seed, budget, width)

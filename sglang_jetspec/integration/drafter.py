@@ -47,14 +47,21 @@ class Drafter:
     @torch.no_grad()
     def draft_logprobs(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
                        ctx_kv: list[tuple[torch.Tensor, torch.Tensor]],
-                       ctx_valid: torch.Tensor) -> torch.Tensor:
-        """Per-depth draft log-probs [b, depth, V] (fp32).
+                       ctx_valid: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """Per-depth draft log-probs [b, rows, V] (fp32), rows = depths 1..rows (default: all
+        `depth`). Fewer rows save the lm_head over the vocabulary for depths no tree of the
+        batch can reach, and for a causal head also the block positions after them (a causal
+        block's slot i never sees slots > i, so its rows are the same).
 
         anchors [b] last committed tokens; anchor_pos [b] their positions; ctx_kv per layer
         (k, v) [b, c, H_kv, hd] from HeadContextPool.gather; ctx_valid [b, c] bool.
         """
+        rows = self.depth if rows is None else rows
+        if not 1 <= rows <= self.depth:
+            raise ValueError(f"rows {rows} must be in [1, depth = {self.depth}]")
         cfg, device = self.cfg, self.embed_weight.device
-        b, s = anchors.shape[0], cfg.block_size
+        b = anchors.shape[0]
+        s = rows + 1 if cfg.causal_head else cfg.block_size
         block = torch.full((b, s), cfg.mask_token_id, dtype=torch.long, device=device)
         block[:, 0] = anchors.to(device)
         h = F.embedding(block, self.embed_weight)  # [b, S, d]
@@ -63,7 +70,7 @@ class Drafter:
         mask = self._mask(ctx_valid.to(device), s)
         for layer, (k, v) in zip(self.head.layers, ctx_kv):
             h = layer(h, q_rope, k, v, mask)
-        h = self.head.norm(h)[:, 1: 1 + self.depth]  # [b, depth, d]
+        h = self.head.norm(h)[:, 1: 1 + rows]  # [b, rows, d]
         logits = F.linear(h, self.lm_head_weight)[..., : self.vocab_size].float()
         return torch.log_softmax(logits, dim=-1)
 

@@ -152,14 +152,18 @@ class JetSpecWorker(BaseSpecWorker):
 
         stats = self.stats
         # 1-2. draft and build the trees
+        settings = self._tree_settings(batch.reqs)
+        # depth rows the batch's trees can reach: a tree of budget B is at most B - 1 deep
+        rows = max(1, max(min(t.depth, t.budget - 1) for t in settings))
         with stats.phase("draft"):
             slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
                                               batch.req_pool_indices, prefix)
             logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
-                                                   self.head_pool.gather(slots), valid).cpu()
+                                                   self.head_pool.gather(slots), valid, rows=rows).cpu()
         dev = self.device
         with stats.phase("tree"):
-            trees = self._build_trees(batch.reqs, anchors, logprobs)
+            trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
+                     for root, lp, t in zip(anchors.tolist(), logprobs, settings)]
             # verify width of this batch: its largest tree (<= the server budget the KV reserve
             # was sized for); smaller trees get dead padding rows. The scheduler reads the row
             # stride from the result, so n may change from step to step.
@@ -227,20 +231,19 @@ class JetSpecWorker(BaseSpecWorker):
             speculative_num_draft_tokens=n,
         )
 
-    def _build_trees(self, reqs, anchors, logprobs):
-        """Each request's best-first tree under its own settings (request_settings.py): the
-        server's budget/width/depth unless the request lowers them, and never deeper than the
-        tokens it may still emit. Smaller trees are padded with dead rows by
-        to_verify_layout, so acceptance is that of the request's own tree."""
+    def _tree_settings(self, reqs) -> list[TreeSettings]:
+        """Each request's tree settings this round (request_settings.py): the server's
+        budget/width/depth unless the request lowers them, and never deeper than the tokens it
+        may still emit. Smaller trees are padded with dead rows by to_verify_layout, so
+        acceptance is that of the request's own tree."""
         server = TreeSettings(self.budget, self.width, self.depth)
-        trees = []
-        for req, root, lp in zip(reqs, anchors.tolist(), logprobs):
+        out = []
+        for req in reqs:
             sp = req.sampling_params
             t = resolve_tree(getattr(sp, "custom_params", None), server)
             max_new = getattr(sp, "max_new_tokens", None)
-            t = cap_to_remaining(t, None if max_new is None else max_new - len(req.output_ids))
-            trees.append(build_tree(int(root), lp, t.budget, t.width, t.depth))
-        return trees
+            out.append(cap_to_remaining(t, None if max_new is None else max_new - len(req.output_ids)))
+        return out
 
     # ---- head context --------------------------------------------------------------------
 

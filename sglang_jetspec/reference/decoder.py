@@ -75,10 +75,11 @@ class ReferenceDecoder:
         rounds, accepted = 0, []
         while not stopped and len(out) < max_new_tokens:
             prefix_len = len(prompt_ids) + len(out) - 1  # tokens in the target cache
-            draft_lp = self._draft(anchor, prefix_len, new_feats, feat_pos, head_cache)  # [D, V]
             budget, depth = limits_for_remaining(self.tree.budget, self.depth,
                                                  max_new_tokens - len(out))  # as the server does
-            tree = build_tree(anchor, draft_lp, budget, self.tree.width, depth)
+            rows = max(1, min(depth, budget - 1))  # a tree of budget B is at most B - 1 deep
+            draft_lp = self._draft(anchor, prefix_len, new_feats, feat_pos, head_cache, rows)  # [rows, V]
+            tree = build_tree(anchor, draft_lp, budget, self.tree.width, min(depth, rows))
             if sampling:
                 q = draft_distribution(draft_lp, temperature)
                 tree = resample_children(tree, q, gen)
@@ -104,18 +105,21 @@ class ReferenceDecoder:
         )
 
     def _draft(self, anchor: int, anchor_pos: int, feats: torch.Tensor, feat_pos: torch.Tensor,
-               head_cache: HeadKVCache) -> torch.Tensor:
-        """Per-depth draft log-probs [depth, V] from one head forward."""
+               head_cache: HeadKVCache, rows: int) -> torch.Tensor:
+        """Draft log-probs [rows, V] of depths 1..rows from one head forward. A causal head
+        runs only rows + 1 block positions (slot i never sees later slots); the head still
+        takes in the new context, so a round that needs no draft keeps its cache current."""
         cfg, dev = self.head.config, self.target.device
         if self.tree.budget == 1:  # plain decoding: the tree is the root alone, no head needed
-            return torch.zeros(self.depth, self.target.vocab_size)
-        block = torch.full((cfg.block_size,), cfg.mask_token_id, device=dev)
+            return torch.zeros(rows, self.target.vocab_size)
+        s = rows + 1 if cfg.causal_head else cfg.block_size
+        block = torch.full((s,), cfg.mask_token_id, device=dev)
         block[0] = anchor
         embeds = self.target.embed(block)[None]
         ctx = self.head.project_context(feats[None].to(embeds.dtype))
         hidden = self.head(
-            embeds, (anchor_pos + torch.arange(cfg.block_size, device=dev))[None], ctx,
+            embeds, (anchor_pos + torch.arange(s, device=dev))[None], ctx,
             feat_pos.to(dev)[None], cache=head_cache,
         )
-        logits = self.target.lm_head(hidden[0, 1 : 1 + self.depth])  # slot i predicts depth i
+        logits = self.target.lm_head(hidden[0, 1 : 1 + rows])  # slot i predicts depth i
         return torch.log_softmax(logits, dim=-1).cpu()
