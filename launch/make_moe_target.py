@@ -66,7 +66,8 @@ def main(argv=None) -> None:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--eval-every", type=int, default=100)
     t.add_argument("--save-every", type=int, default=25)
-    t.add_argument("--time-budget-min", type=float, default=None, help="stop (and save) after this many minutes")
+    t.add_argument("--time-budget-min", type=float, default=None,
+                   help="stop (and save) after this many minutes of this invocation; rerun to resume")
     t.add_argument("--hidden", type=int, default=MoeTargetSpec.hidden_size)
     t.add_argument("--layers", type=int, default=MoeTargetSpec.num_layers)
     t.add_argument("--experts", type=int, default=MoeTargetSpec.num_experts)

@@ -12,6 +12,7 @@ run trains on exactly the batches of an uninterrupted one. Progress goes to `run
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import time
@@ -143,9 +144,25 @@ def _step(model, batch, balance_coef: float) -> dict:
     return stats
 
 
+def return_big_buffers_to_os(threshold: int = 4 << 20) -> bool:
+    """glibc only: serve allocations above `threshold` bytes by mmap, so freed ones go back to the OS.
+
+    Why: a step allocates and frees [512, 49152] logit buffers of varying row counts; glibc's
+    adaptive threshold moved them onto the heap, where fragmentation grew the process from 2 to
+    9 GB in 200 steps. With a fixed threshold it stays near 3 GB. Returns whether it applied.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3
+    return bool(libc.mallopt(m_mmap_threshold, threshold))
+
+
 def train(s: DistillSettings, log=print) -> dict:
     """Train until s.steps or the time budget; returns the last log record."""
     torch.set_num_threads(s.threads)
+    return_big_buffers_to_os()
     os.makedirs(s.run_dir, exist_ok=True)
     seqs = load_sequences(s.data_dirs)
     train_seqs, val_seqs = split_validation(seqs, s.val_percent)
