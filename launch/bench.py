@@ -46,7 +46,7 @@ def main(argv=None) -> None:
 
     try:
         methods = parse_list(args.methods, "methods")
-        budgets = parse_budgets(args.budgets)
+        budgets, auto = parse_budgets(args.budgets)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
         if args.max_new_tokens < 1 or args.num_prompts < 1:
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         if heads:
             cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
             depth = cfg.block_size - 1
-        configs = plan_configs(methods, budgets, depth or 15)
+        configs = plan_configs(methods, budgets, depth or 15, auto)
         workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.bench: {exc}") from None

@@ -71,11 +71,17 @@ def test_plans_put_ar_first_and_share_one_server_per_head():
     assert chain.custom_params() == {"jetspec": {"budget": 16, "width": 1}}
     assert configs[1].custom_params() == {"jetspec": {"budget": 8}}
     assert configs[0].custom_params() is None and configs[-1].custom_params() is None
+    auto = plan_configs(["jetspec"], [8, 32], depth=15, auto=True)
+    assert [c.label for c in auto] == ["ar", "jetspec@8", "jetspec@32", "jetspec@auto"]
+    assert auto[-1].custom_params() is None  # the adaptive server's own width choice
+    assert servers_needed(auto) == ["ar", "jetspec", "jetspec-auto"]
+    assert max_budget(auto, "jetspec-auto") == 32
 
 
 def test_bad_settings_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match="auto needs the adaptive"):
-        parse_budgets("8,auto")
+    with pytest.raises(ValueError, match="auto needs at least one static budget"):
+        parse_budgets("auto")
+    assert parse_budgets("8,auto") == ([8], True)
     with pytest.raises(ValueError, match="budget 1 must be >= 2"):
         parse_budgets("1,8")
     with pytest.raises(ValueError, match="budget 'x' is not an integer"):
@@ -84,4 +90,4 @@ def test_bad_settings_are_refused_with_the_reason():
         parse_batch_sizes("0")
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['eagle9'\]"):
         plan_configs(["eagle9"], [8], 15)
-    assert parse_budgets("64,8,8") == [8, 64]
+    assert parse_budgets("64,8,8") == ([8, 64], False)

@@ -249,3 +249,16 @@ def test_controller_loop_learns_and_decides_within_bounds():
     assert ctrl.calibrator.updates == 30 and model.observations == 30
     assert ctrl.acceptance.length > 2.0  # the target agrees with the draft's trunk
     assert ctrl.calibrator.expected_error() < ctrl.calibrator.expected_error(of="draft")
+
+
+def test_a_few_small_width_steps_overrule_the_placeholder_prior():
+    """Seen on a CPU: rows cost 5 ms, not the placeholder's 20 us. Ten exact observations at
+    widths 1..16 must give that slope (a prior with leverage at large widths did not)."""
+    from sglang_jetspec.core.step_cost import StepCostModel
+
+    m = StepCostModel()
+    for _ in range(2):
+        for w in (1, 2, 4, 8, 16):
+            m.observe(2, 2 * w, 0.01 + 0.01 * w)
+    k = m.coefficients
+    assert k["c"] == pytest.approx(0.005, rel=0.01) and m.predict(2, 2) == pytest.approx(0.02, rel=0.01)

@@ -7,7 +7,9 @@ Methods:
   chain          the same head and server as a chain of its full depth (width 1)
   bidirectional  the bidirectional (DFlash-style) head as a tree, per budget: its own server
   ngram          SGLang's built-in NGRAM speculation (no head)
-`auto` (the adaptive per-batch budget) is refused until the budget controller exists.
+Budget `auto`: jetspec on a server whose verify width is chosen per batch by the adaptive
+controller (SGLANG_JETSPEC_BUDGET=adaptive, at most the largest static budget); the static
+budgets run on a server pinned to static widths.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 METHODS = ("ar", "jetspec", "chain", "bidirectional", "ngram")
 NGRAM_DRAFT_TOKENS = 8  # SGLang NGRAM's tree size on its server (its own default is larger)
+AUTO_SERVER = "jetspec-auto"
+HEAD_SERVERS = ("jetspec", "bidirectional", AUTO_SERVER)  # servers with a JETSPEC head
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,13 @@ class Config:
 
     @property
     def label(self) -> str:
+        if self.server == AUTO_SERVER:
+            return f"{self.method}@auto"
         return self.method if self.budget is None else f"{self.method}@{self.budget}"
 
     def custom_params(self) -> dict | None:
         """The request's `custom_params` (JETSPEC per-request tree settings), or None."""
-        if self.server not in ("jetspec", "bidirectional"):
+        if self.server not in ("jetspec", "bidirectional") or self.budget is None:
             return None
         tree = {"budget": self.budget}
         if self.width is not None:
@@ -46,12 +52,13 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
-def parse_budgets(text: str) -> list[int]:
-    out = []
+def parse_budgets(text: str) -> tuple[list[int], bool]:
+    """(static budgets, whether `auto` was asked for)."""
+    out, auto = [], False
     for b in parse_list(text, "budgets"):
         if b == "auto":
-            raise ValueError("--budgets auto needs the adaptive per-batch budget controller, which is "
-                             "not built yet; give static budgets such as 8,16,32,64")
+            auto = True
+            continue
         try:
             v = int(b)
         except ValueError:
@@ -59,7 +66,10 @@ def parse_budgets(text: str) -> list[int]:
         if v < 2:
             raise ValueError(f"budget {v} must be >= 2 (1 is plain decoding: use method ar)")
         out.append(v)
-    return sorted(set(out))
+    if auto and not out:
+        raise ValueError("--budgets auto needs at least one static budget as well: the adaptive "
+                         "server's largest width is the largest static budget")
+    return sorted(set(out)), auto
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -75,7 +85,7 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def plan_configs(methods: list[str], budgets: list[int], depth: int) -> list[Config]:
+def plan_configs(methods: list[str], budgets: list[int], depth: int, auto: bool = False) -> list[Config]:
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -90,6 +100,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int) -> list[Con
             out.append(Config(m, "jetspec", budget=depth + 1, width=1))
         else:
             out.extend(Config(m, m, budget=b) for b in budgets)
+            if auto and m == "jetspec":
+                out.append(Config(m, AUTO_SERVER))
     return out
 
 
@@ -98,5 +110,7 @@ def servers_needed(configs: list[Config]) -> list[str]:
 
 
 def max_budget(configs: list[Config], server: str) -> int | None:
+    if server == AUTO_SERVER:  # the adaptive server may go up to the largest static budget
+        server = "jetspec"
     vals = [c.budget for c in configs if c.server == server and c.budget is not None]
     return max(vals) if vals else None

@@ -38,14 +38,16 @@ def summary_table(results: list[dict]) -> str:
 
 def best_table(results: list[dict]) -> str:
     """Per workload and batch size: the fastest configuration and its speedup."""
-    rows = ["| workload | batch | fastest | speedup vs ar | best JETSPEC budget | its speedup |",
-            "|---|---:|---|---:|---:|---:|"]
+    rows = ["| workload | batch | fastest | speedup vs ar | best static JETSPEC budget | its speedup "
+            "| auto / best static (tok/s) |", "|---|---:|---|---:|---:|---:|---:|"]
     for (w, bs), rs in _groups(results).items():
         fastest = max(rs, key=lambda r: r["tokens_per_s"])
-        js = [r for r in rs if r["method"] == "jetspec"]
+        js = [r for r in rs if r["method"] == "jetspec" and r["budget"] is not None]
         best_js = max(js, key=lambda r: r["tokens_per_s"]) if js else None
+        auto = next((r for r in rs if r["label"] == "jetspec@auto"), None)
+        vs = "-" if not (auto and best_js) else f"{auto['tokens_per_s'] / best_js['tokens_per_s']:.2f}"
         rows.append(f"| {w} | {bs} | {fastest['label']} | {_fmt(fastest['speedup'])}x | "
-                    f"{best_js['budget'] if best_js else '-'} | {_fmt(best_js['speedup'] if best_js else None)}x |")
+                    f"{best_js['budget'] if best_js else '-'} | {_fmt(best_js['speedup'] if best_js else None)}x | {vs} |")
     return "\n".join(rows)
 
 
@@ -92,10 +94,15 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
                 for bs in batch_sizes:
                     pts = sorted((r["budget"], r["speedup"]) for r in results
                                  if r["workload"] == w and r["batch_size"] == bs and r["method"] == m
-                                 and r["speedup"] is not None)
+                                 and r["speedup"] is not None and r["budget"] is not None)
                     if pts:
-                        ax.plot(*zip(*pts), marker="o", linestyle="-" if m == "jetspec" else "--",
-                                label=f"{m} bs {bs}")
+                        line = ax.plot(*zip(*pts), marker="o", linestyle="-" if m == "jetspec" else "--",
+                                       label=f"{m} bs {bs}")[0]
+                        auto = [r["speedup"] for r in results if r["workload"] == w and r["batch_size"] == bs
+                                and r["label"] == f"{m}@auto" and r["speedup"] is not None]
+                        if auto:  # the adaptive width as a star at the right edge
+                            ax.plot([pts[-1][0] * 1.25], auto, marker="*", markersize=11,
+                                    color=line.get_color(), linestyle="none")
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.set_xscale("log", base=2)
             ax.set_title(w)

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from sglang_jetspec.bench.methods import Config
+from sglang_jetspec.bench.methods import HEAD_SERVERS, Config
 from sglang_jetspec.integration.round_stats import stats_delta
 
 
@@ -80,7 +80,7 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
     if not prompts:
         raise ValueError(f"workload {workload!r} has no prompts to send")
     flush_cache(server)
-    before = jetspec_counters(server) if config.server in ("jetspec", "bidirectional") else None
+    before = jetspec_counters(server) if config.server in HEAD_SERVERS else None
     t0 = time.perf_counter()
     with ThreadPoolExecutor(batch_size) as pool:
         replies = list(pool.map(lambda ids: server.post("/generate", _request_body(ids, config, max_new_tokens)),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sglang_jetspec.bench.methods import Config, max_budget, servers_needed
+from sglang_jetspec.bench.methods import AUTO_SERVER, HEAD_SERVERS, Config, max_budget, servers_needed
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure
 from sglang_jetspec.bench.workloads import WorkItem
 
@@ -52,10 +52,18 @@ def server_spec(plan: BenchPlan, key: str):
             from sglang_jetspec.integration.cpu_support import VERIFY_BACKEND
             extra += ["--attention-backend", VERIFY_BACKEND]
         return ServerSpec(plan.model, extra=extra, **common)
-    if key in ("jetspec", "bidirectional"):
-        return ServerSpec(plan.model, plan.heads[key], budget=max_budget(plan.configs, key),
+    if key in HEAD_SERVERS:
+        head = plan.heads["jetspec" if key == AUTO_SERVER else key]
+        return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key),
                           width=plan.width, depth=plan.depth, **common)
     raise ValueError(f"no server for {key!r}")
+
+
+def server_env(key: str) -> dict:
+    """Head servers run static widths, except the `auto` one (budget_policy.py)."""
+    if key not in HEAD_SERVERS:
+        return {}
+    return {"SGLANG_JETSPEC_BUDGET": "adaptive" if key == AUTO_SERVER else "static"}
 
 
 def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
@@ -74,7 +82,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
     for key in servers_needed(plan.configs):
         configs = [c for c in plan.configs if c.server == key]
         progress(f"[bench] starting the {key} server ({', '.join(c.label for c in configs)})")
-        server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log")
+        server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log", env=server_env(key))
         try:
             server.start().wait_ready()
         except (RuntimeError, TimeoutError) as exc:
@@ -93,7 +101,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
                         results.append(m)
                         progress(f"[bench] {w:14} bs {bs:3} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
                                  f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
-            if plan.serving_rates and key in ("ar", "jetspec"):
+            if plan.serving_rates and key in ("ar", "jetspec", AUTO_SERVER):
                 serving += run_serving_sweep(server, key, plan, log_dir, progress)
         finally:
             server.stop()

@@ -14,13 +14,17 @@ where the verify turns from memory- to compute-bound. All coefficients are >= 0.
 Fit: exponentially forgetting least squares on sufficient statistics (Gram matrix X'X and X'y,
 O(p^2) per observation, p <= 4), solved exactly under non-negativity by trying every support
 subset (2^p tiny solves; the NNLS optimum is the unconstrained optimum on its own support, so
-the best feasible candidate is it). The prior is a set of pseudo-observations that never decay
-(a one-off profile of (rows, seconds) or (bs, rows, seconds) points, or a placeholder model),
-together worth `prior_weight` observations: the fit is sane before data, data overrules it where
-data exists, and the prior still decides the directions data cannot see (a controller that
-settles on one width observes rows = bs * width only, so per-request and per-row cost are then
-collinear in the data). A profile taken at bs = 1 only cannot separate a from b; the tiny ridge
-then puts the constant on a.
+the best feasible candidate is it). The prior never decays. With a one-off profile of
+(rows, seconds) or (bs, rows, seconds) points it is those points as pseudo-observations,
+together worth `prior_weight` observations: real measurements, so they may pin the slope far
+beyond the widths in use. Without one it is a weak ridge pull (worth 1e-3 * prior_weight of an
+observation per coefficient) toward a placeholder model: the fit is defined before data, and a
+handful of observations at small widths overrule it (placeholder pseudo-observations at large
+widths would not: their leverage fixed the slope against the data, seen on a CPU where a row
+costs 5 ms, not the placeholder's 20 us). The prior still decides the directions data cannot
+see (a controller that settles on one width observes rows = bs * width only, so per-request and
+per-row cost are then collinear in the data). A profile taken at bs = 1 only cannot separate a
+from b; the tiny ridge then puts the constant on a.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from typing import Sequence
 
 import torch
 
-_BS_SCALE, _ROW_SCALE = 16.0, 1024.0  # feature scaling keeps the Gram matrix well conditioned
+_BS_SCALE, _ROW_SCALE = 4.0, 16.0  # feature scaling: typical features near 1, a well-conditioned Gram
+_QUAD_SCALE = 256.0  # rows scale of the quadratic feature (its knee sits at hundreds of rows)
+_RIDGE = 1e-3  # weight per coefficient of the placeholder prior, in observations
 # placeholder prior when no profile is given: 10 ms per step, +20 us per verify row
 _DEFAULT_A, _DEFAULT_C = 10e-3, 20e-6
 
@@ -53,8 +59,13 @@ class StepCostModel:
         self._xty = torch.zeros(self.p, dtype=torch.float64)  # decayed data X'y
         self._prior_gram = torch.zeros_like(self._gram)
         self._prior_xty = torch.zeros_like(self._xty)
-        points = list(profile) if profile else _default_points()
-        each = prior_weight / len(points)  # the whole prior counts as prior_weight observations
+        if not profile:  # weak ridge toward the placeholder coefficients (scaled feature space)
+            theta0 = torch.tensor([_DEFAULT_A, 0.0, _DEFAULT_C * _ROW_SCALE] + [0.0] * (self.p - 3),
+                                  dtype=torch.float64)
+            self._prior_gram += _RIDGE * prior_weight * torch.eye(self.p, dtype=torch.float64)
+            self._prior_xty += _RIDGE * prior_weight * theta0
+        points = list(profile) if profile else []
+        each = prior_weight / max(len(points), 1)  # the whole profile counts as prior_weight observations
         for pt in points:
             if len(pt) == 2:
                 bs, rows, sec = 1, pt[0], pt[1]
@@ -72,7 +83,7 @@ class StepCostModel:
         if bs < 1 or rows < bs:
             raise ValueError(f"bs {bs} must be >= 1 and rows {rows} >= bs (rows = bs * width)")
         r = rows / _ROW_SCALE
-        f = [1.0, bs / _BS_SCALE, r] + ([r * r] if self.quadratic else [])
+        f = [1.0, bs / _BS_SCALE, r] + ([(rows / _QUAD_SCALE) ** 2] if self.quadratic else [])
         return torch.tensor(f, dtype=torch.float64)
 
     def observe(self, bs: int, rows: int, seconds: float) -> None:
@@ -97,7 +108,7 @@ class StepCostModel:
         """{a: s, b: s per request, c: s per row, q: s per row^2 (0 unless quadratic)}."""
         th = self._fit()
         return {"a": th[0], "b": th[1] / _BS_SCALE, "c": th[2] / _ROW_SCALE,
-                "q": th[3] / _ROW_SCALE ** 2 if self.quadratic else 0.0}
+                "q": th[3] / _QUAD_SCALE ** 2 if self.quadratic else 0.0}
 
     def predict(self, bs: int, rows: int) -> float:
         """Predicted seconds of a step with bs requests and rows verify rows (pure Python math:
@@ -122,12 +133,6 @@ class StepCostModel:
 def _check_seconds(seconds) -> None:
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"seconds {seconds!r} must be a finite positive number")
-
-
-def _default_points() -> list[tuple[int, int, float]]:
-    """Pseudo-observations of the placeholder model on a small (bs, rows) grid, so every
-    coefficient is pinned down (to a near 0 for b and q) before data arrives."""
-    return [(bs, bs * w, _DEFAULT_A + _DEFAULT_C * bs * w) for bs in (1, 8, 32) for w in (1, 16, 64)]
 
 
 def _nnls_gram(gram: torch.Tensor, xty: torch.Tensor) -> list[float]:

@@ -39,6 +39,11 @@ class RoundStats:
         on_gpu = not str(device).startswith("cpu")
         self._sync = on_gpu and os.environ.get("JETSPEC_ROUND_TIMING", "0") == "1"
         self.timed = not on_gpu or self._sync
+        self._extra: dict = {}
+
+    def attach(self, name: str, snapshot_fn) -> None:
+        """Add another component's snapshot (e.g. the budget policy) under `name`."""
+        self._extra[name] = snapshot_fn
 
     @contextmanager
     def phase(self, name: str):
@@ -73,7 +78,7 @@ class RoundStats:
         return {"rounds": self.rounds, "request_rounds": self.request_rounds,
                 "committed": self.committed, "nodes": self.nodes, "padded_nodes": self.padded_nodes,
                 "accept_hist": list(self.accept_hist), "seconds": dict(self.seconds),
-                "timed": self.timed}
+                "timed": self.timed, **{k: fn() for k, fn in self._extra.items()}}
 
 
 def stats_delta(before: dict, after: dict) -> dict:

@@ -42,6 +42,18 @@ class TreeSettings:
     depth: int
 
 
+def check_budget_mode(environ=os.environ) -> list[str]:
+    """SGLANG_JETSPEC_BUDGET (adaptive | static), checked in the launcher so a typo stops the
+    server at startup instead of in the scheduler."""
+    from sglang_jetspec.integration.budget_policy import mode_from_env
+
+    try:
+        mode_from_env(environ)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
+
+
 def max_tree_nodes(width: int, depth: int, cap: int = 1 << 20) -> int:
     """Nodes of the full W-ary candidate tree of depth D, root included (capped)."""
     total, level = 1, 1
@@ -152,6 +164,7 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
     errs += check_head(head, target_dims(sa))
     errs += [f"draft head {e}" for e in weight_problems(sa.speculative_draft_model_path, head)]
     errs += check_runtime(sa)
+    errs += check_budget_mode()
     backend, err = resolve_attention_backend(sa.device, sa.attention_backend)
     if err:
         errs.append(err)

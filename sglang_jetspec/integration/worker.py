@@ -25,6 +25,7 @@ overlap scheduling, no CUDA graphs.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -45,6 +46,7 @@ from sglang.srt.speculative.spec_utils import (
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
+from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
@@ -53,6 +55,7 @@ from sglang_jetspec.integration.round_stats import RoundStats
 from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
 
 logger = logging.getLogger(__name__)
+LOG_EVERY_ROUNDS = 200  # one budget/acceptance line in SGLang's log per this many decode rounds
 
 
 def enable_hidden_capture(model, layer_ids: list[int]) -> None:
@@ -98,6 +101,9 @@ class JetSpecWorker(BaseSpecWorker):
         self.host_sampling = str(self.device).startswith("cpu")
         self.generator = torch.Generator().manual_seed(int(server_args.random_seed or 0))
         self.stats = RoundStats(self.device)  # read through /get_server_info (hooks.py)
+        self.policy = BudgetPolicy(self.budget, mode_from_env(), seed=int(server_args.random_seed or 0))
+        self.stats.attach("budget", self.policy.snapshot)
+        logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
 
     # ---- setup (called by the scheduler after the target pools exist) ----------------------
 
@@ -145,6 +151,7 @@ class JetSpecWorker(BaseSpecWorker):
         return result
 
     def _verify_round(self, batch, on_publish, grammar_barrier=None) -> GenerationBatchResult:
+        t_round = time.perf_counter()
         bs = len(batch.reqs)
         seq_lens_cpu = batch.seq_lens_cpu if batch.seq_lens_cpu is not None else batch.seq_lens.cpu()
         prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
@@ -152,14 +159,21 @@ class JetSpecWorker(BaseSpecWorker):
 
         stats = self.stats
         # 1-2. draft and build the trees
-        settings = self._tree_settings(batch.reqs)
+        # this step's width (budget_policy.py), decided before drafting so a small one also
+        # saves head rows; each request's tree is its best-first tree of budget <= the width
+        width = self.policy.plan(bs, self._kv_free(batch))
+        settings = [TreeSettings(min(t.budget, width), t.width, t.depth)
+                    for t in self._tree_settings(batch.reqs)]
         # depth rows the batch's trees can reach: a tree of budget B is at most B - 1 deep
-        rows = max(1, max(min(t.depth, t.budget - 1) for t in settings))
+        rows = max(min(t.depth, t.budget - 1) for t in settings)
         with stats.phase("draft"):
-            slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
-                                              batch.req_pool_indices, prefix)
-            logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
-                                                   self.head_pool.gather(slots), valid, rows=rows).cpu()
+            if rows >= 1:
+                slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
+                                                  batch.req_pool_indices, prefix)
+                logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
+                                                       self.head_pool.gather(slots), valid, rows=rows).cpu()
+            else:  # every tree is its root alone: plain decoding, no head forward
+                logprobs, rows = torch.zeros(bs, 1, 1), 1
         dev = self.device
         with stats.phase("tree"):
             trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
@@ -214,7 +228,20 @@ class JetSpecWorker(BaseSpecWorker):
                                          logits_output.hidden_states, n)
             if batch.return_logprob:
                 compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
-        stats.add_round([t.n for t in trees], accept_lens.tolist(), n)  # host sync (small)
+        lens = accept_lens.tolist()  # host sync (small)
+        stats.add_round([t.n for t in trees], lens, n)
+        if self.policy.controller is not None:
+            rows_idx = accept_index.cpu()
+            paths = [(rows_idx[b, :lens[b]] - b * n).tolist() for b in range(bs)]
+            # the bonus token labels the children of the path's end (valid for greedy and the
+            # host walk rule; SGLang's GPU tree sampling draws the bonus differently)
+            greedy_labels = self.host_sampling or batch.sampling_info.is_all_greedy
+            flat_tokens = accept_tokens.cpu()
+            bonus = [int(flat_tokens[b, lens[b] - 1]) if greedy_labels else None for b in range(bs)]
+            self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
+                                time.perf_counter() - t_round)
+        if self.policy.rounds % LOG_EVERY_ROUNDS == 0:
+            logger.info("JETSPEC %s", self.policy.summary(stats))
         if on_publish is not None:
             on_publish(new_seq_lens)
         batch.forward_mode = ForwardMode.DECODE
@@ -230,6 +257,18 @@ class JetSpecWorker(BaseSpecWorker):
                                               accept_tokens=flat, accept_lens=accept_lens),
             speculative_num_draft_tokens=n,
         )
+
+    def _kv_free(self, batch) -> int | None:
+        """Free KV slots plus what the radix cache could evict: the cache-pressure signal."""
+        alloc = getattr(batch, "token_to_kv_pool_allocator", None) or self.token_to_kv_pool_allocator
+        try:
+            free = int(alloc.available_size())
+            cache = getattr(batch, "tree_cache", None)
+            if cache is not None:
+                free += int(cache.evictable_size())
+        except (AttributeError, TypeError):
+            return None
+        return free
 
     def _tree_settings(self, reqs) -> list[TreeSettings]:
         """Each request's tree settings this round (request_settings.py): the server's

@@ -1,0 +1,165 @@
+"""The verify width of each JETSPEC decode step: static, or chosen per batch (issue 6).
+
+  SGLANG_JETSPEC_BUDGET=adaptive  (default) the width W <= --speculative-num-draft-tokens is
+      chosen BEFORE drafting, to maximise expected committed tokens per predicted step time:
+        - expected tokens: a curve E(w) per request, the running mean over recent rounds of
+          1 + the calibrated acceptance probabilities of the first w - 1 nodes of each request's
+          best-first tree (core/calibration.py, learned online from verify outcomes);
+        - step time: core/step_cost.py fitted online on whole rounds (draft + tree + verify +
+          bookkeeping) as a function of batch size and rows = bs * W;
+        - cache pressure: free KV slots plus what the radix cache could evict bound W
+          (kv_free // (2 bs), SGLang's double-buffered reserve).
+      The head then drafts only the W - 1 depth rows a tree of W nodes can reach, and each
+      request verifies its best-first tree of budget min(W, its own budget): W = 1 is plain
+      decoding with no head forward at all. Deciding first is what lets a small W save the
+      draft too (on a CPU the head's lm_head over 15 rows costs a third of a round).
+  SGLANG_JETSPEC_BUDGET=static    every step verifies the server budget (the pinned budget).
+
+Exploration: the curve beyond the widths in use and the cost of other widths are only seen by
+trying them, so the first rounds walk the widths 1, 2, 4, ..., max and one round in
+`explore_every` afterwards takes a random one. Any width is lossless (it only chooses which
+candidate nodes are verified, never what is committed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+from sglang_jetspec.core.budget_controller import BudgetController, Decision, choose_width
+from sglang_jetspec.core.step_cost import StepCostModel
+from sglang_jetspec.core.tree import DraftTree
+
+ENV = "SGLANG_JETSPEC_BUDGET"
+MODES = ("adaptive", "static")
+
+
+def mode_from_env(environ=os.environ) -> str:
+    mode = environ.get(ENV, "adaptive").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"{ENV}={mode!r} must be one of {list(MODES)}")
+    return mode
+
+
+def ladder(max_width: int) -> list[int]:
+    """1, 2, 4, ... and max_width: the widths exploration visits."""
+    out, w = [], 1
+    while w < max_width:
+        out.append(w)
+        w *= 2
+    return out + [max_width]
+
+
+class BudgetPolicy:
+    def __init__(self, max_width: int, mode: str = "adaptive", warmup_reps: int = 2,
+                 explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"budget mode {mode!r} must be one of {list(MODES)}")
+        if max_width < 1:
+            raise ValueError(f"max_width {max_width} must be >= 1")
+        self.mode, self.max_width = mode, max_width
+        self.widths = ladder(max_width)
+        self.warmup_rounds = warmup_reps * len(self.widths)
+        self.explore_every, self.curve_alpha = explore_every, curve_alpha
+        self.rng = random.Random(seed)
+        self.controller = BudgetController(max_width, StepCostModel()) if mode == "adaptive" else None
+        # marginal[i]: mean calibrated P(accept) of a request's (i+1)-th best-first node; NaN = unseen
+        self.marginal = torch.full((max(max_width - 1, 0),), float("nan"), dtype=torch.float64)
+        self.rounds = 0
+        self.last: Decision | None = None
+        self.width_hist: dict[int, int] = {}
+
+    # ---- before drafting -------------------------------------------------------------------
+
+    def plan(self, bs: int, kv_free_tokens: int | None) -> int:
+        """The verify width of this step (static: the server budget)."""
+        self.rounds += 1
+        if self.controller is None:
+            return self.max_width
+        hi = self.max_width if kv_free_tokens is None else max(1, min(self.max_width, kv_free_tokens // (2 * bs)))
+        explore = self._exploration_width()
+        if explore is not None:
+            d = Decision(width=min(explore, hi), per_request_budgets=[], expected_tokens=float("nan"),
+                         predicted_seconds=float("nan"), objective=float("nan"), reason="explore")
+        else:
+            known = torch.nan_to_num(self.marginal, nan=0.0).clamp(0, 1).float()  # unseen: worth nothing yet
+            d = choose_width([known] * bs, self.controller.cost, self.max_width, kv_free_tokens)
+        self.last = d
+        self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
+        return d.width
+
+    def _exploration_width(self) -> int | None:
+        r = self.rounds - 1
+        if r < self.warmup_rounds:
+            return self.widths[r % len(self.widths)]
+        if self.explore_every and r % self.explore_every == 0:
+            return self.rng.choice(self.widths)
+        return None
+
+    # ---- after verifying --------------------------------------------------------------------
+
+    def observe(self, trees: list[DraftTree], built_budgets: list[int], accepted_paths: list[list[int]],
+                bonus_tokens: list[int | None] | None, seconds: float) -> None:
+        """One verified step: the trees (each of budget built_budgets[r], all verified), the
+        accepted node indices from the root, the bonus tokens (None where they do not label the
+        children: sampled requests on SGLang's GPU tree sampling) and the round's wall time."""
+        if self.controller is None or self.last is None:
+            return
+        d = self.last
+        d.per_request_budgets = [t.n for t in trees]
+        self.controller.observe(trees, d, accepted_paths, bonus_tokens, seconds)
+        self._update_curve(trees, built_budgets)
+
+    def _update_curve(self, trees: list[DraftTree], built_budgets: list[int]) -> None:
+        """Running mean of the calibrated node probabilities by best-first rank. A rank only
+        counts for trees that were built with room for it and filled it (a tree cut short by
+        its request's own depth or remaining length says nothing about other requests)."""
+        if not len(self.marginal):
+            return
+        probs = self.controller.calibrator.trees_probs(trees)  # list of [n_r - 1]
+        k = len(self.marginal)
+        total = torch.zeros(k, dtype=torch.float64)
+        count = torch.zeros(k, dtype=torch.float64)
+        for p, t, b in zip(probs, trees, built_budgets):
+            m = min(int(p.numel()), b - 1, k)
+            total[:m] += p[:m].to(torch.float64)
+            count[:m] += 1
+        seen = count > 0
+        mean = total[seen] / count[seen]
+        old = self.marginal[seen]
+        self.marginal[seen] = torch.where(torch.isnan(old), mean, old + self.curve_alpha * (mean - old))
+
+    # ---- visibility --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        out = {"mode": self.mode, "max_width": self.max_width, "rounds": self.rounds,
+               "width_hist": {str(k): v for k, v in sorted(self.width_hist.items())}}
+        if self.controller is not None:
+            c = self.controller
+            out["last_width"] = self.last.width if self.last else None
+            out["last_reason"] = self.last.reason if self.last else None
+            out["calibration_error"] = _finite(c.calibrator.expected_error("calibrated"))
+            out["draft_calibration_error"] = _finite(c.calibrator.expected_error("draft"))
+            out["cost"] = c.cost.coefficients
+            out["recent_accept_length"] = c.acceptance.length
+            out["expected_tokens_curve"] = [1.0] + [
+                1.0 + float(torch.nan_to_num(self.marginal[:i], nan=0.0).sum()) for i in range(1, len(self.marginal) + 1)]
+        return out
+
+    def summary(self, stats) -> str:
+        """One log line: widths chosen, nodes per request and accept length since start."""
+        snap = self.snapshot()
+        rr = max(stats.request_rounds, 1)
+        line = (f"rounds {stats.rounds}, verify width {self.mode} "
+                f"(hist {snap['width_hist']}), nodes/request {stats.nodes / rr:.1f}, "
+                f"accept length {stats.committed / rr:.2f}")
+        if self.controller is not None and snap.get("calibration_error") is not None:
+            line += (f", calibration error {snap['calibration_error']:.3f} "
+                     f"(raw draft {snap['draft_calibration_error']:.3f})")
+        return line
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x else float(x)

@@ -1,0 +1,92 @@
+"""The per-step verify width policy of the JETSPEC worker (budget_policy.py): static keeps the
+server budget, adaptive explores then follows the core controller, inside every bound."""
+
+import pytest
+import torch
+
+from sglang_jetspec.core.tree import build_tree
+from sglang_jetspec.integration.budget_policy import BudgetPolicy, ladder, mode_from_env
+from sglang_jetspec.integration.round_stats import RoundStats
+from sglang_jetspec.integration.server_args import check_budget_mode
+
+
+def _candidates(bs, budget, seed=0, vocab=40, depth=6):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(bs):
+        lp = torch.log_softmax(3 * torch.randn(depth, vocab, generator=g), -1)
+        out.append(build_tree(b, lp, budget, 4))
+    return out
+
+
+def test_modes_come_from_the_environment_and_typos_stop_startup():
+    assert mode_from_env({}) == "adaptive"
+    assert mode_from_env({"SGLANG_JETSPEC_BUDGET": "Static"}) == "static"
+    with pytest.raises(ValueError, match=r"SGLANG_JETSPEC_BUDGET='auto' must be one of \['adaptive', 'static'\]"):
+        mode_from_env({"SGLANG_JETSPEC_BUDGET": "auto"})
+    assert check_budget_mode({"SGLANG_JETSPEC_BUDGET": "sometimes"})[0].startswith("SGLANG_JETSPEC_BUDGET=")
+    assert check_budget_mode({}) == []
+    assert ladder(1) == [1] and ladder(8) == [1, 2, 4, 8] and ladder(12) == [1, 2, 4, 8, 12]
+
+
+def test_static_always_plans_the_server_budget():
+    pol = BudgetPolicy(16, "static")
+    assert [pol.plan(bs, kv) for bs, kv in ((1, None), (8, 10), (64, 0))] == [16, 16, 16]
+    pol.observe(_candidates(1, 16), [16], [[0]], [None], 0.1)  # nothing to learn
+    assert pol.snapshot()["mode"] == "static" and "cost" not in pol.snapshot()
+
+
+def _simulate(pol, rounds, bs, p_accept, cost, seed=0):
+    """Rounds of a batch whose candidate nodes are accepted along the best path with
+    probability p_accept per depth; the step costs cost(width) seconds."""
+    g = torch.Generator().manual_seed(seed)
+    widths = []
+    for r in range(rounds):
+        w = pol.plan(bs, kv_free_tokens=10_000)
+        widths.append(w)
+        trees = _candidates(bs, w, seed=r)
+        paths = []
+        for t in trees:
+            path, node = [0], 0
+            while True:  # walk the best child while the target agrees
+                kids = [i for i in range(t.n) if int(t.parents[i]) == node]
+                if not kids or torch.rand(1, generator=g).item() > p_accept:
+                    break
+                node = kids[0]
+                path.append(node)
+            paths.append(path)
+        pol.observe(trees, [w] * bs, paths, [None] * bs, cost(w))
+    return widths
+
+
+def test_adaptive_warms_up_over_the_ladder_then_follows_cost_and_acceptance():
+    # rows nearly free and a good draft: wide trees pay
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=2, explore_every=0)
+    widths = _simulate(pol, 40, 2, 0.9, cost=lambda w: 0.010 + 0.0001 * w)
+    assert widths[:10] == [1, 2, 4, 8, 16] * 2  # warm-up: every width of the ladder
+    assert min(widths[20:]) >= 8, widths
+    # rows expensive and a poor draft: plain decoding (width 1) wins
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=2, explore_every=0)
+    widths = _simulate(pol, 40, 2, 0.2, cost=lambda w: 0.010 + 0.010 * w)
+    assert set(widths[20:]) == {1}, widths
+    snap = pol.snapshot()
+    assert snap["rounds"] == 40 and sum(snap["width_hist"].values()) == 40
+    assert snap["cost"]["c"] > 0 and len(snap["expected_tokens_curve"]) == 16
+
+
+def test_adaptive_respects_the_kv_bound_even_when_exploring():
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1)
+    for _ in range(5):
+        assert pol.plan(4, kv_free_tokens=4 * 2 * 3) <= 3  # room for width 3
+
+
+def test_round_stats_carry_the_policy_snapshot_and_a_log_line():
+    pol, stats = BudgetPolicy(8, "adaptive"), RoundStats()
+    stats.attach("budget", pol.snapshot)
+    w = pol.plan(1, None)
+    trees = _candidates(1, w)
+    stats.add_round([t.n for t in trees], [1], w)
+    pol.observe(trees, [w], [[0]], [None], 0.05)
+    assert stats.snapshot()["budget"]["mode"] == "adaptive"
+    line = pol.summary(stats)
+    assert "rounds 1" in line and "verify width adaptive" in line and "accept length 1.00" in line
