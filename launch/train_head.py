@@ -137,6 +137,9 @@ def open_feature_cache(args, hf, target, train_seqs, layer_ids, info):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from sglang_jetspec.train.memory import return_big_buffers_to_os
+
+    return_big_buffers_to_os()  # long CPU runs: no heap-fragmentation growth
     if args.threads is not None:
         torch.set_num_threads(args.threads)
         try:
