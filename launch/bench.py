@@ -31,6 +31,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-prompts", type=int, default=4, help="prompts per workload (at least the batch size)")
     p.add_argument("--ngram-draft-tokens", type=int, default=8)
+    p.add_argument("--mixed-load", default="", help="concurrency phases of a mixed load, e.g. 1,16,4 "
+                   "(each workload's prompts sent in consecutive parts at these concurrencies)")
     p.add_argument("--serving-rates", default="", help="request rates for sglang.bench_serving, e.g. 0.5,1")
     p.add_argument("--serving-prompts", type=int, default=4, help="prompts per workload in the serving sweep")
     p.add_argument("--out", required=True)
@@ -48,6 +50,9 @@ def main(argv=None) -> None:
         methods = parse_list(args.methods, "methods")
         budgets, auto = parse_budgets(args.budgets)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
+        mixed = parse_batch_sizes(args.mixed_load) if args.mixed_load else []
+        if args.mixed_load:  # keep the given order (parse_batch_sizes sorts)
+            mixed = [int(x) for x in parse_list(args.mixed_load, "mixed-load")]
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
         if args.max_new_tokens < 1 or args.num_prompts < 1:
             raise ValueError("--max-new-tokens and --num-prompts must be >= 1")
@@ -73,7 +78,7 @@ def main(argv=None) -> None:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     plan = BenchPlan(model=model, heads=heads, configs=configs, workloads=workloads, batch_sizes=batch_sizes,
                      max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts, width=args.width,
-                     depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, serving_rates=rates,
+                     depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, mixed_load=mixed, serving_rates=rates,
                      serving_prompts=args.serving_prompts)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)

@@ -28,7 +28,9 @@ class Server:
 
     def __init__(self, model: Path, log: Path, *extra: str, env: dict | None = None):
         self.port = _free_port()
-        extra_env = env or {}
+        # static verify widths: these tests compare round counts with the reference decoder and
+        # need drafted trees; the adaptive width is covered by tests/test_bench_e2e.py
+        extra_env = {"SGLANG_JETSPEC_BUDGET": "static", **(env or {})}
         env = dict(os.environ, SGLANG_USE_CPU_ENGINE="1", OMP_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                    XDG_CACHE_HOME=str(ROOT / "build" / "xdg-cache"),

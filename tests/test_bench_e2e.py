@@ -1,5 +1,5 @@
 """`python -m launch.bench` end to end on a 2-prompt workload: real SGLang servers (plain, JETSPEC
-with the shipped head, SGLang's NGRAM), the JSON schema of results.json, the report and plots,
+with the shipped head at static widths and with the adaptive width, SGLang's NGRAM), the JSON schema of results.json, the report and plots,
 and greedy outputs equal to plain decoding for every method."""
 
 import json
@@ -25,7 +25,7 @@ def test_bench_runs_end_to_end_and_writes_its_schema(tmp_path, smollm2_dir, smol
                  "Write a Python function that returns the square of a number."]
     work.write_text("".join(json.dumps({"question": q, "answer": "#### 0"}) + "\n" for q in questions))
     out = tmp_path / "bench"
-    main(["--model", str(smollm2_dir), "--workload", str(work), "--batch-sizes", "1,2", "--budgets", "4,8",
+    main(["--model", str(smollm2_dir), "--workload", str(work), "--batch-sizes", "1,2", "--budgets", "4,8,auto",
           "--methods", "ar,jetspec,chain,ngram", "--max-new-tokens", "16", "--num-prompts", "2",
           "--out", str(out)])
 
@@ -34,7 +34,8 @@ def test_bench_runs_end_to_end_and_writes_its_schema(tmp_path, smollm2_dir, smol
     assert {"machine", "plan", "results", "serving", "seconds"} <= set(report)
     results = report["results"]
     labels = {(r["label"], r["batch_size"]) for r in results}
-    assert labels == {(lab, bs) for lab in ("ar", "jetspec@4", "jetspec@8", "chain@16", "ngram") for bs in (1, 2)}
+    assert labels == {(lab, bs) for lab in ("ar", "jetspec@4", "jetspec@8", "jetspec@auto", "chain@16", "ngram")
+                      for bs in (1, 2)}
     for r in results:
         for key, typ in RESULT_KEYS.items():
             assert isinstance(r[key], typ), (key, r[key])
@@ -43,10 +44,12 @@ def test_bench_runs_end_to_end_and_writes_its_schema(tmp_path, smollm2_dir, smol
         if r["method"] in ("jetspec", "chain"):
             # the worker's counters reached the report: one histogram entry per request-round
             assert sum(r["accept_hist"]) > 0 and r["ms_per_round"]["verify"] > 0
-            assert r["nodes_per_request"] <= r["budget"]
+            assert r["nodes_per_request"] <= (r["budget"] or 16)  # auto: at most the largest budget
             assert r["accept_length"] >= 1.0
     chain = [r for r in results if r["method"] == "chain"]
     assert all(r["nodes_per_request"] <= 16 for r in chain)
+    auto = [r for r in results if r["label"] == "jetspec@auto"]
+    assert all(1 <= r["nodes_per_request"] <= 8 for r in auto)  # the adaptive server's max = largest budget
 
     # lossless: every method's greedy tokens equal ar's (a near-tie is reported, not hidden)
     ids = encode_prompts(smollm2_target.tokenizer, questions)

@@ -91,3 +91,42 @@ def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['eagle9'\]"):
         plan_configs(["eagle9"], [8], 15)
     assert parse_budgets("64,8,8") == ([8, 64], False)
+
+
+def test_mixed_load_splits_prompts_into_phases_that_keep_their_concurrency_busy():
+    from sglang_jetspec.bench.runner import _split
+
+    parts = _split(list(range(42)), [1, 16, 4])
+    assert [c for c, _ in parts] == [1, 16, 4]
+    assert sum(len(p) for _, p in parts) == 42 and [x for _, p in parts for x in p] == list(range(42))
+    assert all(len(p) >= c for c, p in parts)
+    with pytest.raises(ValueError, match="too few for the mixed load"):
+        _split([1, 2], [1, 16, 4])
+
+
+def test_report_renders_tables_and_plots_from_a_results_file(tmp_path):
+    """The markdown report and the three plots from a small synthetic results.json."""
+    from sglang_jetspec.bench.report import make_plots, write_markdown
+
+    def row(label, method, budget, bs, tps, hist=(), ms=None, phases=None):
+        return {"label": label, "method": method, "budget": budget, "workload": "code", "batch_size": bs,
+                "requests": 4, "output_tokens": 100, "wall_s": 100 / tps, "tokens_per_s": tps,
+                "verify_rounds": 50, "accept_length": 2.0, "accept_hist": list(hist), "outputs": [],
+                "nodes_per_request": None if budget is None else float(budget), "ms_per_round": ms,
+                "speedup": tps / 10.0, "matches_ar": 4, "phases": phases}
+    ms = {"draft": 5.0, "tree": 1.0, "verify": 20.0, "accept": 2.0, "other": 3.0}
+    results = [row("ar", "ar", None, 1, 10.0), row("jetspec@8", "jetspec", 8, 1, 15.0, (0, 3, 5, 2), ms),
+               row("jetspec@32", "jetspec", 32, 1, 12.0, (0, 2, 5, 3), ms),
+               row("jetspec@auto", "jetspec", None, 1, 16.0, (0, 3, 5, 2), ms),
+               row("ar", "ar", None, 0, 20.0, phases=[1, 4]), row("jetspec@8", "jetspec", 8, 0, 22.0, phases=[1, 4])]
+    report = {"machine": {"platform": "p", "cpus": 2, "processor": "x", "gpu": None, "torch": "t", "sglang": "s",
+                          "date": "d"}, "plan": {"model": "m", "heads": {}, "max_new_tokens": 8, "workloads": {"code": 4},
+                                                 "num_prompts": 4}, "results": results, "skipped": {"ngram": "needs a GPU"},
+              "serving": [], "seconds": 60.0}
+    plots = make_plots(report, tmp_path)
+    assert plots == ["speedup_vs_budget.png", "accept_hist.png", "round_breakdown.png"]
+    md = write_markdown(report, tmp_path, "python -m launch.bench ...", plots).read_text()
+    assert "| code | 1 | jetspec@auto | 1.60x |" in md  # fastest at batch 1
+    assert "| code | 1 | jetspec@auto | 16.00 |" in md and "| code | mixed 1/4 | jetspec@8 | 22.00 |" in md
+    assert "| 8 | 1.50x | 1.07 |" in md  # best static budget 8, auto / best static = 16/15
+    assert "`ngram`: needs a GPU" in md

@@ -87,7 +87,7 @@ def setup(smollm2_dir, smollm2_target, tmp_path_factory):
         spec = Server(smollm2_dir, tmp / "jetspec.log", "--speculative-algorithm", "JETSPEC",
                       "--speculative-draft-model-path", str(tmp / "head"),
                       "--speculative-num-draft-tokens", str(BUDGET),
-                      "--speculative-eagle-topk", str(WIDTH))
+                      "--speculative-eagle-topk", str(WIDTH), "--enable-metrics")
         started.append(spec)
         decoder = ReferenceDecoder(target, head, TreeSettings(budget=BUDGET, width=WIDTH))
         reference = {p: decoder.generate(ids[p], NEW_TOKENS) for p in TRAINED}
@@ -169,3 +169,20 @@ def test_server_survives_the_idle_memory_check(setup):
     assert spec.proc.poll() is None, spec.tail()
     assert spec.healthy()
     assert "Traceback" not in spec.log_since_mark(), spec.tail()
+
+
+def test_round_counters_and_gauges_are_published(setup):
+    """What a dashboard reads: the worker's counters in /get_server_info and the JETSPEC
+    gauges on /metrics (static widths here: the verify width is the server budget)."""
+    import json
+    import urllib.request
+
+    _, spec, _, _ = setup
+    info = json.loads(urllib.request.urlopen(spec.url("/get_server_info"), timeout=30).read())
+    js = info["internal_states"][0]["jetspec"]
+    assert js["rounds"] > 0 and sum(js["accept_hist"]) == js["request_rounds"]
+    assert js["budget"]["mode"] == "static" and js["seconds"]["verify"] > 0
+    text = urllib.request.urlopen(spec.url("/metrics"), timeout=30).read().decode()
+    width = [ln for ln in text.splitlines() if ln.startswith("sglang:jetspec_verify_width{")]
+    assert width and float(width[0].rsplit(" ", 1)[1]) == BUDGET, width
+    assert any(ln.startswith("sglang:jetspec_accept_length{") for ln in text.splitlines())

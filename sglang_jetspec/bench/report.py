@@ -17,6 +17,10 @@ def _fmt(x, spec=".2f", none="-"):
     return none if x is None else format(x, spec)
 
 
+def _batch(r) -> str:
+    return "mixed " + "/".join(map(str, r["phases"])) if r.get("phases") else str(r["batch_size"])
+
+
 def _groups(results):
     by = defaultdict(list)
     for r in results:
@@ -28,10 +32,10 @@ def summary_table(results: list[dict]) -> str:
     head = ("| workload | batch | method | tok/s | speedup vs ar | accept length | nodes/request "
             "| outputs = ar |\n|---|---:|---|---:|---:|---:|---:|---:|")
     rows = [head]
-    for (w, bs), rs in _groups(results).items():
+    for (w, _), rs in _groups(results).items():
         for r in rs:
             match = "-" if r["matches_ar"] is None else f"{r['matches_ar']}/{r['requests']}"
-            rows.append(f"| {w} | {bs} | {r['label']} | {r['tokens_per_s']:.2f} | {_fmt(r['speedup'])}x "
+            rows.append(f"| {w} | {_batch(r)} | {r['label']} | {r['tokens_per_s']:.2f} | {_fmt(r['speedup'])}x "
                         f"| {r['accept_length']:.2f} | {_fmt(r['nodes_per_request'], '.1f')} | {match} |")
     return "\n".join(rows)
 
@@ -40,13 +44,13 @@ def best_table(results: list[dict]) -> str:
     """Per workload and batch size: the fastest configuration and its speedup."""
     rows = ["| workload | batch | fastest | speedup vs ar | best static JETSPEC budget | its speedup "
             "| auto / best static (tok/s) |", "|---|---:|---|---:|---:|---:|---:|"]
-    for (w, bs), rs in _groups(results).items():
+    for (w, _), rs in _groups(results).items():
         fastest = max(rs, key=lambda r: r["tokens_per_s"])
         js = [r for r in rs if r["method"] == "jetspec" and r["budget"] is not None]
         best_js = max(js, key=lambda r: r["tokens_per_s"]) if js else None
         auto = next((r for r in rs if r["label"] == "jetspec@auto"), None)
         vs = "-" if not (auto and best_js) else f"{auto['tokens_per_s'] / best_js['tokens_per_s']:.2f}"
-        rows.append(f"| {w} | {bs} | {fastest['label']} | {_fmt(fastest['speedup'])}x | "
+        rows.append(f"| {w} | {_batch(fastest)} | {fastest['label']} | {_fmt(fastest['speedup'])}x | "
                     f"{best_js['budget'] if best_js else '-'} | {_fmt(best_js['speedup'] if best_js else None)}x | {vs} |")
     return "\n".join(rows)
 
@@ -57,7 +61,7 @@ def breakdown_table(results: list[dict]) -> str:
     for r in results:
         ms = r.get("ms_per_round")
         if ms:
-            rows.append(f"| {r['workload']} | {r['batch_size']} | {r['label']} | "
+            rows.append(f"| {r['workload']} | {_batch(r)} | {r['label']} | "
                         + " | ".join(f"{ms.get(p, 0.0):.1f}" for p in PHASE_NAMES) + " |")
     return "\n".join(rows) if len(rows) > 2 else "(no JETSPEC rounds timed)"
 
@@ -84,7 +88,7 @@ def make_plots(report: dict, out_dir: Path) -> list[str]:
     results = report["results"]
     names = []
     workloads = list(dict.fromkeys(r["workload"] for r in results))
-    batch_sizes = sorted({r["batch_size"] for r in results})
+    batch_sizes = sorted({r["batch_size"] for r in results if r["batch_size"] > 0}) or [0]
     tree_methods = [m for m in ("jetspec", "bidirectional") if any(r["method"] == m for r in results)]
 
     if tree_methods:

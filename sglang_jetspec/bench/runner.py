@@ -34,6 +34,7 @@ class Measurement:
     outputs: list[list[int]] = field(default_factory=list)
     speedup: float | None = None     # tokens/s over ar's, same workload and batch size, same run
     matches_ar: int | None = None    # requests whose tokens equal ar's
+    phases: list[int] | None = None  # mixed load: the concurrency of each phase (batch_size 0)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,16 +76,21 @@ def _request_body(ids: list[int], config: Config, max_new_tokens: int) -> dict:
 
 
 def measure(server, config: Config, workload: str, prompts: list[list[int]], batch_size: int,
-            max_new_tokens: int) -> Measurement:
-    """Send every prompt with `batch_size` in flight; count tokens, rounds and time."""
+            max_new_tokens: int, phases: list[int] | None = None) -> Measurement:
+    """Send every prompt with `batch_size` in flight; count tokens, rounds and time. With
+    `phases` (a mixed load), the prompts are sent in len(phases) consecutive parts, part k with
+    phases[k] requests in flight, and the measurement covers all of them (batch_size 0)."""
     if not prompts:
         raise ValueError(f"workload {workload!r} has no prompts to send")
     flush_cache(server)
     before = jetspec_counters(server) if config.server in HEAD_SERVERS else None
+    parts = [(batch_size, prompts)] if not phases else _split(prompts, phases)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(batch_size) as pool:
-        replies = list(pool.map(lambda ids: server.post("/generate", _request_body(ids, config, max_new_tokens)),
-                                prompts))
+    replies = []
+    for bs, part in parts:
+        with ThreadPoolExecutor(bs) as pool:
+            replies += list(pool.map(lambda ids: server.post("/generate", _request_body(ids, config, max_new_tokens)),
+                                     part))
     wall = time.perf_counter() - t0
     outputs = [list(r["output_ids"]) for r in replies]
     tokens = sum(len(o) for o in outputs)
@@ -92,7 +98,7 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
     # the first token of each request comes from its prefill, every later one from a verify round
     committed = sum(max(len(o) - 1, 0) for o in outputs)
     m = Measurement(label=config.label, method=config.method, budget=config.budget, workload=workload,
-                    batch_size=batch_size, requests=len(prompts), output_tokens=tokens, wall_s=wall,
+                    batch_size=0 if phases else batch_size, requests=len(prompts), phases=phases, output_tokens=tokens, wall_s=wall,
                     tokens_per_s=tokens / wall, verify_rounds=rounds,
                     accept_length=committed / rounds if rounds else 1.0, outputs=outputs)
     if before is not None:
@@ -105,6 +111,20 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
             ms["other"] = max(0.0, 1000 * wall / d["rounds"] - sum(ms.values()))
             m.ms_per_round = ms
     return m
+
+
+def _split(prompts: list, phases: list[int]) -> list[tuple[int, list]]:
+    """Consecutive parts of the prompts, each with enough prompts to keep its concurrency busy
+    (proportional to the phase's concurrency)."""
+    total = sum(phases)
+    out, start = [], 0
+    for k, c in enumerate(phases):
+        n = len(prompts) - start if k == len(phases) - 1 else max(c, round(len(prompts) * c / total))
+        out.append((c, prompts[start:start + n]))
+        start += n
+    if any(not part for _, part in out):
+        raise ValueError(f"{len(prompts)} prompts are too few for the mixed load {phases}")
+    return out
 
 
 def compare_to_ar(results: list[Measurement]) -> None:

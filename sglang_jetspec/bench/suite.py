@@ -35,6 +35,7 @@ class BenchPlan:
     width: int | None = None
     depth: int | None = None
     ngram_draft_tokens: int = 8
+    mixed_load: list[int] = field(default_factory=list)   # concurrency phases of a mixed load
     serving_rates: list[float] = field(default_factory=list)
     serving_prompts: int = 8
 
@@ -42,7 +43,7 @@ class BenchPlan:
 def server_spec(plan: BenchPlan, key: str):
     from sglang_jetspec.integration.server_process import ServerSpec
 
-    bs = max(plan.batch_sizes)
+    bs = max(plan.batch_sizes + plan.mixed_load)
     common = dict(max_running_requests=max(bs, 1), max_total_tokens=max(8192, bs * 1024))
     if key == "ar":
         return ServerSpec(plan.model, **common)
@@ -101,6 +102,13 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
                         results.append(m)
                         progress(f"[bench] {w:14} bs {bs:3} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
                                  f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
+                if plan.mixed_load:  # concurrency changing over time: phases back to back
+                    prompts = ids[: max(plan.num_prompts, 2 * sum(plan.mixed_load))]
+                    for c in configs:
+                        m = measure(server, c, w, prompts, 0, plan.max_new_tokens, phases=plan.mixed_load)
+                        results.append(m)
+                        progress(f"[bench] {w:14} mixed {'/'.join(map(str, plan.mixed_load))} {c.label:18} "
+                                 f"{m.tokens_per_s:7.2f} tok/s  accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
             if plan.serving_rates and key in ("ar", "jetspec", AUTO_SERVER):
                 serving += run_serving_sweep(server, key, plan, log_dir, progress)
         finally:
@@ -111,7 +119,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
         "machine": machine_description(),
         "plan": {"model": plan.model, "heads": {k: str(v) for k, v in plan.heads.items()},
                  "configs": [c.label for c in plan.configs], "workloads": {w: len(v) for w, v in plan.workloads.items()},
-                 "batch_sizes": plan.batch_sizes, "max_new_tokens": plan.max_new_tokens,
+                 "batch_sizes": plan.batch_sizes, "mixed_load": plan.mixed_load, "max_new_tokens": plan.max_new_tokens,
                  "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth},
         "results": [m.to_json() for m in results],
         "skipped": skipped,

@@ -49,6 +49,7 @@ from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
+from sglang_jetspec.integration.metrics import maybe_metrics
 from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
 from sglang_jetspec.integration.request_settings import cap_to_remaining, resolve_tree
 from sglang_jetspec.integration.round_stats import RoundStats
@@ -103,6 +104,7 @@ class JetSpecWorker(BaseSpecWorker):
         self.stats = RoundStats(self.device)  # read through /get_server_info (hooks.py)
         self.policy = BudgetPolicy(self.budget, mode_from_env(), seed=int(server_args.random_seed or 0))
         self.stats.attach("budget", self.policy.snapshot)
+        self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
 
     # ---- setup (called by the scheduler after the target pools exist) ----------------------
@@ -240,6 +242,10 @@ class JetSpecWorker(BaseSpecWorker):
             bonus = [int(flat_tokens[b, lens[b] - 1]) if greedy_labels else None for b in range(bs)]
             self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
                                 time.perf_counter() - t_round)
+        if self.metrics is not None:
+            cal = self.policy.controller.calibrator.expected_error() if self.policy.controller else None
+            self.metrics.update(width, [t.n for t in trees], lens, stats.rounds,
+                                None if cal is None or cal != cal else cal)
         if self.policy.rounds % LOG_EVERY_ROUNDS == 0:
             logger.info("JETSPEC %s", self.policy.summary(stats))
         if on_publish is not None:
