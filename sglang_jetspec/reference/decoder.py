@@ -105,11 +105,12 @@ class ReferenceDecoder:
         )
 
     def _draft(self, anchor: int, anchor_pos: int, feats: torch.Tensor, feat_pos: torch.Tensor,
-               head_cache: HeadKVCache, rows: int) -> torch.Tensor:
-        """Draft log-probs [rows, V] of depths 1..rows from one head forward. A causal head
+               head_cache: HeadKVCache, rows: int | None = None) -> torch.Tensor:
+        """Draft log-probs [rows, V] of depths 1..rows (default: all) from one head forward. A causal head
         runs only rows + 1 block positions (slot i never sees later slots); the head still
         takes in the new context, so a round that needs no draft keeps its cache current."""
         cfg, dev = self.head.config, self.target.device
+        rows = self.depth if rows is None else rows
         if self.tree.budget == 1:  # plain decoding: the tree is the root alone, no head needed
             return torch.zeros(rows, self.target.vocab_size)
         s = rows + 1 if cfg.causal_head else cfg.block_size
