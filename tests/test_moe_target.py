@@ -8,6 +8,8 @@ Slow: the real SGLang server on CPU produces transformers' greedy tokens for it.
 
 import json
 import math
+import subprocess
+import sys
 import time
 
 import pytest
@@ -130,16 +132,16 @@ def test_sglang_runs_its_moe_layers_on_pure_torch_paths_on_this_cpu():
     torch.ops.sgl_kernel ops, so SGLang sees no AMX backend, its op dispatch key is '' and
     qwen3_moe's TopK / FusedMoE take forward_native (fused_topk_torch_native, moe_forward_native:
     pure torch). If this changes, SGLang would call fused_experts_cpu & co., which the stand-in
-    does not provide."""
-    from sglang_jetspec.integration.cpu_support import activate
-
-    if not activate():
+    does not provide. Checked in a fresh process: activating the CPU support changes the
+    environment of the process that does it."""
+    if torch.cuda.is_available():
         pytest.skip("a GPU is present: SGLang runs its CUDA MoE kernels")
-    from sglang.kernels.fused_op import _platform_key
-    from sglang.srt.utils import cpu_has_amx_support
-
-    assert not cpu_has_amx_support()
-    assert _platform_key() == ""
+    code = ("import json; from sglang_jetspec.integration.cpu_support import activate; activate(); "
+            "from sglang.srt.utils import cpu_has_amx_support; from sglang.kernels.fused_op import _platform_key; "
+            "print(json.dumps([cpu_has_amx_support(), _platform_key()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, ""]
 
 
 # ---- slow: the real SGLang server ---------------------------------------------------------------
