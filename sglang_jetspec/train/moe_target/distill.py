@@ -12,7 +12,6 @@ run trains on exactly the batches of an uninterrupted one. Progress goes to `run
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import time
@@ -27,6 +26,7 @@ from sglang_jetspec.train.moe_target.data import batch_for_step, make_batch
 from sglang_jetspec.train.moe_target.evaluate import agreement
 from sglang_jetspec.train.moe_target.losses import balance_loss, vocab_loss_backward
 from sglang_jetspec.train.schedule import build_optimizer, warmup_cosine
+from sglang_jetspec.train.memory import return_big_buffers_to_os
 
 STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"
@@ -142,21 +142,6 @@ def _step(model, batch, balance_coef: float) -> dict:
     ((hidden * grad).sum() + balance_coef * bal).backward()
     stats["balance"] = float(bal.detach())
     return stats
-
-
-def return_big_buffers_to_os(threshold: int = 4 << 20) -> bool:
-    """glibc only: serve allocations above `threshold` bytes by mmap, so freed ones go back to the OS.
-
-    Why: a step allocates and frees [512, 49152] logit buffers of varying row counts; glibc's
-    adaptive threshold moved them onto the heap, where fragmentation grew the process from 2 to
-    9 GB in 200 steps. With a fixed threshold it stays near 3 GB. Returns whether it applied.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_mmap_threshold = -3
-    return bool(libc.mallopt(m_mmap_threshold, threshold))
 
 
 def train(s: DistillSettings, log=print) -> dict:
