@@ -153,7 +153,8 @@ def _flatten(trees, probs, experts, expert_to_rank) -> _Batch:
     num_experts = int(ids.max()) + 1 if ids.numel() else 1
     if expert_to_rank is not None:
         if num_experts > expert_to_rank.numel():
-            raise ValueError(f"expert id {num_experts - 1} has no rank in expert_to_rank of {expert_to_rank.numel()} experts")
+            raise ValueError(f"expert id {num_experts - 1} has no rank in expert_to_rank "
+                             f"of {expert_to_rank.numel()} experts")
         num_experts = int(expert_to_rank.numel())
     tree_of = torch.repeat_interleave(torch.arange(len(trees)), torch.tensor(sizes))
     return _Batch(parents, p, ids, tree_of, offsets, sizes, max(num_experts, 1))
