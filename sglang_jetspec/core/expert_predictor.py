@@ -23,7 +23,9 @@ Counts decay by 0.5 per `half_life` verified tokens, so the table follows drift.
 lazy (new observations are added with a growing weight and the table is rescaled rarely), so an
 update touches only the rows of the tokens it sees. Rows live in tables keyed by token id (and
 by pair); `max_rows` bounds each table (the lightest row is dropped when full), since a dense
-[vocab, L, E] table would not fit for a 151k-vocab, 48-layer, 128-expert target.
+[vocab, L, E] table would not fit for a 151k-vocab, 48-layer, 128-expert target: a row is
+L * E * 8 bytes: 49 KB there, so the default 4096 rows cost up to 200 MB per table; 384 bytes
+for the embedded 6-layer, 8-expert target.
 
 Everything is host-side torch (float64 counts): a tree has a few hundred nodes, an update a few
 hundred tokens.
@@ -93,7 +95,7 @@ class ExpertPredictor:
 
     def __init__(self, num_layers: int, num_experts: int, top_k: int, half_life: float | None = 20000.0,
                  prior_strength: float = 1.0, use_bigram: bool = True, bigram_min_count: float = 2.0,
-                 max_rows: int = 1 << 16):
+                 max_rows: int = 4096):
         if num_layers < 1 or num_experts < 1:
             raise ValueError(f"num_layers {num_layers} and num_experts {num_experts} must be >= 1")
         if not 1 <= top_k <= num_experts:
