@@ -117,7 +117,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "machine": machine_description(),
-        "plan": {"model": plan.model, "heads": {k: str(v) for k, v in plan.heads.items()},
+        "plan": {"model": _shown(plan.model), "heads": {k: _shown(v) for k, v in plan.heads.items()},
                  "configs": [c.label for c in plan.configs], "workloads": {w: len(v) for w, v in plan.workloads.items()},
                  "batch_sizes": plan.batch_sizes, "mixed_load": plan.mixed_load, "max_new_tokens": plan.max_new_tokens,
                  "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth},
@@ -126,6 +126,16 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
         "serving": serving,
         "seconds": time.time() - t_start,
     }
+
+
+def _shown(path) -> str:
+    """A path as the report shows it: relative to the working directory when inside it (a
+    report committed to a repository should not name the machine it ran on)."""
+    import os
+
+    p = os.path.abspath(str(path))
+    rel = os.path.relpath(p)
+    return rel if not rel.startswith("..") else p
 
 
 def _startup_reason(lines: list[str]) -> str:
