@@ -10,15 +10,10 @@ from sglang_jetspec.core.expert_load import contiguous_expert_to_rank, expert_un
 from sglang_jetspec.core.tree import DraftTree, build_tree
 from sglang_jetspec.core.verify_layout import to_verify_layout
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L, E, K, V = 3, 8, 2, 12
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _case(g, n, table=None):

@@ -10,15 +10,10 @@ import torch
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_set_metrics, expert_union_metrics
 from sglang_jetspec.core.tree import build_tree
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L, E, K = 3, 8, 2
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _table(g, vocab):

@@ -5,15 +5,10 @@ import torch
 
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L = 4
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _points(g, count, ep=False):

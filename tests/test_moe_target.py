@@ -17,6 +17,8 @@ import torch
 
 from sglang_jetspec.model_store import model_path
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MAX_BYTES = 60 * 10**6
 
 
@@ -42,13 +44,6 @@ def heldout(moe_dir):
     _, val = split_validation(load_sequences(settings["data_dirs"]), settings["val_percent"])
     return val[:8]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_launcher_prints_the_folder(moe_dir, capsys):

@@ -19,13 +19,8 @@ from sglang_jetspec.train.moe_target.losses import (balance_loss, fused_vocab_gr
 from sglang_jetspec.train.moe_target.router_stats import (RouterRecorder, consecutive_reuse, expert_load,
                                                           normalized_entropy, random_reuse_baseline)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _teacher_topk(m, vocab, k, gen, sharp=3.0):

@@ -18,6 +18,8 @@ from sglang_jetspec.train.ngram import NgramTable
 from sglang_jetspec.train.teacher import FrozenTarget
 from sglang_jetspec.train.trainer import TrainConfig, Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB, MASK, BLOCK = 61, 3, 5
 
 
@@ -34,14 +36,6 @@ def tiny_seqs(n=3, seed=1, prompt=6, answer=14):
     return [TrainSequence(torch.randint(4, VOCAB, (prompt + answer + i,), generator=g), prompt, f"p{i}")
             for i in range(n)]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine: extra threads only add contention (10x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ from sglang_jetspec.train.loss import CheapLoss, DraftForTraining, block_loss, f
 from sglang_jetspec.train.teacher import FrozenTarget
 from sglang_jetspec.train.topk_loss import TopKTeacher, pick_candidates, topk_kl_candidates, topk_kl_full
 
-from test_train import BLOCK, MASK, VOCAB, one_thread, tiny_seqs, tiny_target  # noqa: F401 (autouse fixture)
+from test_train import BLOCK, MASK, VOCAB, tiny_seqs, tiny_target  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(m=6, d=16, v=200, seed=0, sharp=3.0):
