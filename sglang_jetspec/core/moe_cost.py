@@ -20,7 +20,7 @@ verify sizes; `expert_load.ExpertLoad.max_rank_experts`) or its token-expert row
 (`max_rank_tokens`). Without EP pass None and d is not fitted.
 
 Fit: the same exponentially forgetting non-negative least squares as `step_cost` (sufficient
-statistics X'X, X'y; exact NNLS over all supports, `step_cost._nnls_gram`), with an optional
+statistics X'X, X'y; exact NNLS over all supports: `online_nnls.ForgettingNNLS`), with an optional
 startup profile as non-decaying pseudo-observations, or else a weak ridge pull toward a
 placeholder model that a handful of real observations overrule.
 """
@@ -31,10 +31,9 @@ from typing import Sequence
 
 import torch
 
-from .step_cost import _check_seconds, _nnls_gram
+from .online_nnls import ForgettingNNLS, check_seconds
 
 _TOKEN_SCALE = 16.0  # feature scaling: typical features near 1, a well-conditioned Gram
-_RIDGE = 1e-3  # weight per coefficient of the placeholder prior, in observations
 # placeholder (seconds): 10 ms fixed, 20 us per token, 2 us per (layer, distinct expert), 0 for EP
 _DEFAULT = {"a": 10e-3, "b": 20e-6, "c": 2e-6, "d": 0.0}
 
@@ -58,27 +57,13 @@ class MoeVerifyCostModel:
                  prior_weight: float = 1.0):
         if num_layers < 1 or top_k < 1:
             raise ValueError(f"num_layers {num_layers} and top_k {top_k} must be >= 1")
-        if half_life is not None and not half_life > 0:
-            raise ValueError(f"half_life {half_life} must be > 0 observations (None = never forget)")
-        if not prior_weight > 0:
-            raise ValueError(f"prior_weight {prior_weight} must be > 0")
         self.L, self.expert_parallel = num_layers, expert_parallel
         self.p = 4 if expert_parallel else 3
         # one token's own expert reads: the natural unit of the expert features
         self._scales = [1.0, _TOKEN_SCALE, float(num_layers * top_k), float(num_layers * top_k)][: self.p]
-        self.decay = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)
-        self.observations = 0
-        self._gram = torch.zeros(self.p, self.p, dtype=torch.float64)  # decayed X'X
-        self._xty = torch.zeros(self.p, dtype=torch.float64)  # decayed X'y
-        self._prior_gram = torch.zeros_like(self._gram)
-        self._prior_xty = torch.zeros_like(self._xty)
-        points = list(profile) if profile else []
-        if not points:
-            theta0 = torch.tensor([v * s for v, s in zip(_DEFAULT.values(), self._scales)], dtype=torch.float64)
-            self._prior_gram += _RIDGE * prior_weight * torch.eye(self.p, dtype=torch.float64)
-            self._prior_xty += _RIDGE * prior_weight * theta0
-        each = prior_weight / max(len(points), 1)  # the whole profile counts as prior_weight observations
-        for pt in points:
+        self._lsq = ForgettingNNLS(self.p, half_life, prior_weight)
+        points = []
+        for pt in profile or []:
             if len(pt) == 3:
                 tokens, distinct, load, sec = pt[0], pt[1], None, pt[2]
             elif len(pt) == 4:
@@ -86,11 +71,14 @@ class MoeVerifyCostModel:
             else:
                 raise ValueError(f"profile point {pt!r} must be (tokens, distinct [L], seconds) or "
                                  "(tokens, distinct [L], max_rank_load [L], seconds)")
-            x = self._features(tokens, distinct, load)
-            _check_seconds(sec)
-            self._prior_gram += each * torch.outer(x, x)
-            self._prior_xty += each * x * float(sec)
-        self._theta: list[float] | None = None
+            points.append((self._features(tokens, distinct, load), sec))
+        if not points:
+            self._lsq.ridge_prior([v * s for v, s in zip(_DEFAULT.values(), self._scales)])
+        self._lsq.profile_prior(points)
+
+    @property
+    def observations(self) -> int:
+        return self._lsq.observations
 
     def _features(self, tokens: int, distinct_per_layer, max_rank_load_per_layer=None) -> torch.Tensor:
         if tokens < 1:
@@ -107,32 +95,21 @@ class MoeVerifyCostModel:
     def observe(self, tokens: int, distinct_per_layer, seconds: float, max_rank_load_per_layer=None) -> None:
         """One measured verify: tokens rows, the distinct experts each layer activated, seconds of
         wall time (and under EP the most loaded rank's load per layer)."""
-        _check_seconds(seconds)
-        x = self._features(int(tokens), distinct_per_layer, max_rank_load_per_layer)
-        self._gram.mul_(self.decay).add_(torch.outer(x, x))
-        self._xty.mul_(self.decay).add_(x * float(seconds))
-        self.observations += 1
-        self._theta = None
-
-    def _fit(self) -> list[float]:
-        if self._theta is None:
-            gram = self._prior_gram + self._gram
-            gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(self.p, dtype=torch.float64)
-            self._theta = _nnls_gram(gram, self._prior_xty + self._xty)
-        return self._theta
+        check_seconds(seconds)
+        self._lsq.observe(self._features(int(tokens), distinct_per_layer, max_rank_load_per_layer), seconds)
 
     @property
     def coefficients(self) -> dict[str, float]:
         """{a: s, b: s per token, c: s per (layer, distinct expert), d: s per (layer, load unit on
         the most loaded rank), 0 without EP}; all >= 0."""
-        th = [t / s for t, s in zip(self._fit(), self._scales)] + [0.0] * (4 - self.p)
+        th = [t / s for t, s in zip(self._lsq.solve(), self._scales)] + [0.0] * (4 - self.p)
         return dict(zip("abcd", th))
 
     def predict(self, tokens: int, distinct_per_layer, max_rank_load_per_layer=None) -> float:
         """Predicted seconds of a verify over `tokens` rows activating distinct_per_layer [L] experts
         (max_rank_load_per_layer [L] under EP, else None)."""
         x = self._features(int(tokens), distinct_per_layer, max_rank_load_per_layer)
-        return float(x @ torch.tensor(self._fit(), dtype=torch.float64))
+        return float(x @ torch.tensor(self._lsq.solve(), dtype=torch.float64))
 
     def state_dict(self) -> dict:
         """JSON-able: the fitted coefficients and the number of observations, for logs."""
