@@ -38,7 +38,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from sglang_jetspec.bench.methods import parse_batch_sizes, parse_budgets, parse_list, plan_configs
+    from sglang_jetspec.bench.methods import (parse_batch_sizes, parse_budgets, parse_list, parse_mixed_load,
+                                              plan_configs)
     from sglang_jetspec.bench.report import make_plots, write_markdown
     from sglang_jetspec.bench.suite import BenchPlan, run_suite, write_json
     from sglang_jetspec.bench.workloads import load_workload, workload_name
@@ -50,9 +51,7 @@ def main(argv=None) -> None:
         methods = parse_list(args.methods, "methods")
         budgets, auto = parse_budgets(args.budgets)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
-        mixed = parse_batch_sizes(args.mixed_load) if args.mixed_load else []
-        if args.mixed_load:  # keep the given order (parse_batch_sizes sorts)
-            mixed = [int(x) for x in parse_list(args.mixed_load, "mixed-load")]
+        mixed = parse_mixed_load(args.mixed_load) if args.mixed_load else []
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
         if args.max_new_tokens < 1 or args.num_prompts < 1:
             raise ValueError("--max-new-tokens and --num-prompts must be >= 1")

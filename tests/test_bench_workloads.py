@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sglang_jetspec.bench.methods import (
-    Config, parse_batch_sizes, parse_budgets, plan_configs, servers_needed, max_budget)
+    Config, parse_batch_sizes, parse_budgets, parse_mixed_load, plan_configs, servers_needed, max_budget)
 from sglang_jetspec.bench.workloads import BUNDLED, load_workload, read_workload_file, shared_prefix_items
 
 
@@ -91,6 +91,9 @@ def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['eagle9'\]"):
         plan_configs(["eagle9"], [8], 15)
     assert parse_budgets("64,8,8") == ([8, 64], False)
+    assert parse_mixed_load("1,16,4") == [1, 16, 4]  # phase order kept
+    with pytest.raises(ValueError, match="mixed-load concurrency 0 must be >= 1"):
+        parse_mixed_load("1,0")
 
 
 def test_mixed_load_splits_prompts_into_phases_that_keep_their_concurrency_busy():

@@ -52,20 +52,23 @@ def parse_list(text: str, what: str) -> list[str]:
     return items
 
 
+def parse_int(item: str, name: str, minimum: int, hint: str = "", why: str = "") -> int:
+    """One integer of a comma-separated option; errors name the value and the bound."""
+    try:
+        v = int(item)
+    except ValueError:
+        raise ValueError(f"{name} {item!r} is not an integer{hint}") from None
+    if v < minimum:
+        raise ValueError(f"{name} {v} must be >= {minimum}{why}")
+    return v
+
+
 def parse_budgets(text: str) -> tuple[list[int], bool]:
     """(static budgets, whether `auto` was asked for)."""
-    out, auto = [], False
-    for b in parse_list(text, "budgets"):
-        if b == "auto":
-            auto = True
-            continue
-        try:
-            v = int(b)
-        except ValueError:
-            raise ValueError(f"budget {b!r} is not an integer (expected e.g. 8,16,32,64)") from None
-        if v < 2:
-            raise ValueError(f"budget {v} must be >= 2 (1 is plain decoding: use method ar)")
-        out.append(v)
+    items = parse_list(text, "budgets")
+    auto = "auto" in items
+    out = [parse_int(b, "budget", 2, " (expected e.g. 8,16,32,64)", " (1 is plain decoding: use method ar)")
+           for b in items if b != "auto"]
     if auto and not out:
         raise ValueError("--budgets auto needs at least one static budget as well: the adaptive "
                          "server's largest width is the largest static budget")
@@ -73,16 +76,12 @@ def parse_budgets(text: str) -> tuple[list[int], bool]:
 
 
 def parse_batch_sizes(text: str) -> list[int]:
-    out = []
-    for b in parse_list(text, "batch-sizes"):
-        try:
-            v = int(b)
-        except ValueError:
-            raise ValueError(f"batch size {b!r} is not an integer") from None
-        if v < 1:
-            raise ValueError(f"batch size {v} must be >= 1")
-        out.append(v)
-    return sorted(set(out))
+    return sorted({parse_int(b, "batch size", 1) for b in parse_list(text, "batch-sizes")})
+
+
+def parse_mixed_load(text: str) -> list[int]:
+    """Concurrency phases in the order given (a load that changes over time)."""
+    return [parse_int(b, "mixed-load concurrency", 1) for b in parse_list(text, "mixed-load")]
 
 
 def plan_configs(methods: list[str], budgets: list[int], depth: int, auto: bool = False) -> list[Config]:
