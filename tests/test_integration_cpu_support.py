@@ -12,6 +12,7 @@ from sglang_jetspec.core.verify_layout import (
     full_custom_mask, greedy_walk_with_layout, qlen_custom_mask, to_verify_layout,
 )
 from sglang_jetspec.integration import cpu_support as cs
+from tree_masks import random_ancestor_masks
 
 
 def _gen(seed):
@@ -263,16 +264,10 @@ for trial in range(4):
     cs.fill_bonus_tokens_cpu(toks, lens, v, width)
     assert torch.equal(u, v), "fill_bonus_tokens"
 from sglang.kernels.ops.speculative.reconstruct_tree import reconstruct_indices_from_tree_mask_triton
+from tree_masks import random_ancestor_masks
 for trial in range(3):
     bs, n = 3, 6
-    mask = torch.zeros(bs, n, n, dtype=torch.bool)
-    for b in range(bs):
-        parent = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
-        for i in range(n):
-            j = i
-            while j >= 0:
-                mask[b, i, j] = True
-                j = parent[j]
+    mask = random_ancestor_masks(bs, n, g)
     seq = torch.randint(0, 50, (bs,), generator=g)
     outs = [[torch.zeros(bs * n, dtype=torch.int64) for _ in range(4)] for _ in range(2)]
     reconstruct_indices_from_tree_mask_triton(mask.flatten(), seq, *outs[0], bs, n)
@@ -289,6 +284,8 @@ def test_standin_ops_match_sglangs_triton_kernels():
 
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     env.pop("SGLANG_USE_CPU_ENGINE", None)  # the Triton branches, not the *_cpu ones
+    tests = os.path.dirname(os.path.abspath(__file__))  # the oracle imports tree_masks
+    env["PYTHONPATH"] = os.pathsep.join([tests] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run([sys.executable, "-c", _ORACLE], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "ORACLE OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -311,14 +308,7 @@ def test_reconstruct_indices_from_tree_mask_matches_its_contract(seed):
     """NGRAM's verify metadata (sgl_kernel.speculative), on random trees in BFS-ish order."""
     g = torch.Generator().manual_seed(seed)
     bs, n = 2, int(torch.randint(1, 12, (1,), generator=g))
-    mask = torch.zeros(bs, n, n, dtype=torch.bool)
-    for b in range(bs):
-        parent = [-1] + [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
-        for i in range(n):
-            j = i
-            while j >= 0:
-                mask[b, i, j] = True
-                j = parent[j]
+    mask = random_ancestor_masks(bs, n, g)
     seq = torch.randint(0, 100, (bs,), generator=g)
     pos, idx, nxt, sib = (torch.full((bs, n), -7, dtype=torch.int64) for _ in range(4))
     cs.reconstruct_indices_from_tree_mask(mask.flatten(), seq, pos, idx, nxt, sib, bs, n)
