@@ -133,6 +133,17 @@ class BudgetPolicy:
 
     # ---- visibility --------------------------------------------------------------------------
 
+    @property
+    def adaptive(self) -> bool:
+        return self.controller is not None
+
+    def calibration_error(self, of: str = "calibrated") -> float | None:
+        """The acceptance model's expected calibration error (None: static, or no data yet)."""
+        if self.controller is None:
+            return None
+        x = self.controller.calibrator.expected_error(of)
+        return None if x != x else float(x)
+
     def snapshot(self) -> dict:
         out = {"mode": self.mode, "max_width": self.max_width, "rounds": self.rounds,
                "width_hist": {str(k): v for k, v in sorted(self.width_hist.items())}}
@@ -140,8 +151,8 @@ class BudgetPolicy:
             c = self.controller
             out["last_width"] = self.last.width if self.last else None
             out["last_reason"] = self.last.reason if self.last else None
-            out["calibration_error"] = _finite(c.calibrator.expected_error("calibrated"))
-            out["draft_calibration_error"] = _finite(c.calibrator.expected_error("draft"))
+            out["calibration_error"] = self.calibration_error()
+            out["draft_calibration_error"] = self.calibration_error("draft")
             out["cost"] = c.cost.coefficients
             out["recent_accept_length"] = c.acceptance.length
             out["expected_tokens_curve"] = [1.0] + [
@@ -155,11 +166,7 @@ class BudgetPolicy:
         line = (f"rounds {stats.rounds}, verify width {self.mode} "
                 f"(hist {snap['width_hist']}), nodes/request {stats.nodes / rr:.1f}, "
                 f"accept length {stats.committed / rr:.2f}")
-        if self.controller is not None and snap.get("calibration_error") is not None:
+        if snap.get("calibration_error") is not None:
             line += (f", calibration error {snap['calibration_error']:.3f} "
                      f"(raw draft {snap['draft_calibration_error']:.3f})")
         return line
-
-
-def _finite(x: float) -> float | None:
-    return None if x != x else float(x)

@@ -163,7 +163,7 @@ class JetSpecWorker(BaseSpecWorker):
         # 1-2. draft and build the trees
         # this step's width (budget_policy.py), decided before drafting so a small one also
         # saves head rows; each request's tree is its best-first tree of budget <= the width
-        width = self.policy.plan(bs, self._kv_free(batch))
+        width = self.policy.plan(bs, self._kv_free(batch) if self.policy.adaptive else None)
         settings = [TreeSettings(min(t.budget, width), t.width, t.depth)
                     for t in self._tree_settings(batch.reqs)]
         # depth rows the batch's trees can reach: a tree of budget B is at most B - 1 deep
@@ -231,8 +231,9 @@ class JetSpecWorker(BaseSpecWorker):
             if batch.return_logprob:
                 compute_spec_logprobs(batch, logits_output, predict, accept_index=accept_index)
         lens = accept_lens.tolist()  # host sync (small)
-        stats.add_round([t.n for t in trees], lens, n)
-        if self.policy.controller is not None:
+        sizes = [t.n for t in trees]
+        stats.add_round(sizes, lens, n)
+        if self.policy.adaptive:
             rows_idx = accept_index.cpu()
             paths = [(rows_idx[b, :lens[b]] - b * n).tolist() for b in range(bs)]
             # the bonus token labels the children of the path's end (valid for greedy and the
@@ -243,9 +244,7 @@ class JetSpecWorker(BaseSpecWorker):
             self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
                                 time.perf_counter() - t_round)
         if self.metrics is not None:
-            cal = self.policy.controller.calibrator.expected_error() if self.policy.controller else None
-            self.metrics.update(width, [t.n for t in trees], lens, stats.rounds,
-                                None if cal is None or cal != cal else cal)
+            self.metrics.update(width, sizes, lens, stats.rounds, self.policy.calibration_error())
         if self.policy.rounds % LOG_EVERY_ROUNDS == 0:
             logger.info("JETSPEC %s", self.policy.summary(stats))
         if on_publish is not None:
