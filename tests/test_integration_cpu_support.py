@@ -282,10 +282,10 @@ def test_standin_ops_match_sglangs_triton_kernels():
     import os
     import subprocess
 
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    env.pop("SGLANG_USE_CPU_ENGINE", None)  # the Triton branches, not the *_cpu ones
-    tests = os.path.dirname(os.path.abspath(__file__))  # the oracle imports tree_masks
-    env["PYTHONPATH"] = os.pathsep.join([tests] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    from subprocess_env import clean_env
+
+    env = clean_env(TRITON_INTERPRET="1", OMP_NUM_THREADS="1")  # the Triton branches, not the *_cpu ones
+    env["PYTHONPATH"] = os.path.dirname(os.path.abspath(__file__)) + os.pathsep + env["PYTHONPATH"]  # tree_masks
     proc = subprocess.run([sys.executable, "-c", _ORACLE], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "ORACLE OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

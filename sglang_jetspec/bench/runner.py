@@ -98,8 +98,8 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
     # the first token of each request comes from its prefill, every later one from a verify round
     committed = sum(max(len(o) - 1, 0) for o in outputs)
     m = Measurement(label=config.label, method=config.method, budget=config.budget, workload=workload,
-                    batch_size=0 if phases else batch_size, requests=len(prompts), phases=phases, output_tokens=tokens, wall_s=wall,
-                    tokens_per_s=tokens / wall, verify_rounds=rounds,
+                    batch_size=0 if phases else batch_size, requests=len(prompts), phases=phases,
+                    output_tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, verify_rounds=rounds,
                     accept_length=committed / rounds if rounds else 1.0, outputs=outputs)
     if before is not None:
         d = stats_delta(before, jetspec_counters(server))
