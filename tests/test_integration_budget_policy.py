@@ -90,3 +90,35 @@ def test_round_stats_carry_the_policy_snapshot_and_a_log_line():
     assert stats.snapshot()["budget"]["mode"] == "adaptive"
     line = pol.summary(stats)
     assert "rounds 1" in line and "verify width adaptive" in line and "accept length 1.00" in line
+
+
+def test_the_curve_tail_follows_a_workload_change_within_a_few_explorations():
+    """Seen in the benchmark: after a hard workload (small widths win) an easy one kept small
+    widths, because ranks beyond them were updated once per exploration with the per-round
+    weight. Forgetting per round lets a few exploration rounds re-price the tail."""
+    cost = lambda w: 0.010 + 0.0004 * w  # noqa: E731
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=8, seed=1)
+    hard = _simulate(pol, 160, 1, 0.15, cost)
+    assert max(hard[80:]) <= 16 and sorted(hard[80:])[len(hard[80:]) // 2] <= 4, hard[80:]
+    easy = _simulate(pol, 80, 1, 0.97, cost, seed=1)
+    assert sorted(easy[40:])[20] >= 8, easy  # the median width after 40 rounds is wide
+
+
+def test_the_cost_model_prices_the_draft_apart_once_wide_widths_are_seen():
+    """A head row costs more than a verify row on a CPU and the draft stops growing beyond
+    width depth + 1: with draft_depth the model predicts wide widths from exploration rounds."""
+    from sglang_jetspec.core.step_cost import StepCostModel
+
+    depth = 15
+    true = lambda bs, w: 0.05 + 0.002 * bs + 0.0016 * bs * w + 0.003 * bs * min(depth, w - 1)  # noqa: E731
+    m, plain = StepCostModel(draft_depth=depth), StepCostModel()
+    for _ in range(20):
+        for bs, w in ((1, 2), (1, 4), (1, 8), (4, 4), (4, 8), (1, 16), (16, 2), (1, 64), (4, 32)):
+            m.observe(bs, bs * w, true(bs, w))
+            plain.observe(bs, bs * w, true(bs, w))
+    for bs, w in ((1, 64), (1, 32), (4, 64), (16, 8), (2, 3)):
+        assert m.cost(bs, w) == pytest.approx(true(bs, w), rel=0.02), (bs, w)
+    assert abs(plain.cost(1, 64) / true(1, 64) - 1) > 0.05  # a single row slope cannot
+    assert m.coefficients["d"] == pytest.approx(0.003, rel=0.05)
+    with pytest.raises(ValueError, match="draft_depth 0 must be >= 1"):
+        StepCostModel(draft_depth=0)

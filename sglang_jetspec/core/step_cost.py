@@ -4,12 +4,19 @@ Why: the budget controller trades expected committed tokens against step time, a
 depends on the hardware, the model, the context lengths and the batch, none of which a static
 table captures. The model is
 
-    t(bs, rows) = a + b * bs + c * rows (+ q * rows^2)
+    t(bs, rows) = a + b * bs + c * rows (+ d * draft_rows) (+ q * rows^2)
 
 a: fixed per-step overhead (launches, scheduler, the head forward), b: per-request work
 (attention over each request's context, sampling, host bookkeeping), c: per verify row (every
-request is padded to the widest tree, so rows = bs * width), q (optional): the convex knee
-where the verify turns from memory- to compute-bound. All coefficients are >= 0.
+request is padded to the widest tree, so rows = bs * width), d (when `draft_depth` is given):
+per head row, draft_rows = bs * min(draft_depth, width - 1) (the head drafts only the depths a
+tree of `width` nodes can reach, so beyond width draft_depth + 1 the draft stops growing; on a
+CPU a head row, with its lm_head over the vocabulary, cost more than a verify row, and a model
+without this term priced wide trees at the small widths' per-row slope), q (optional): the
+convex knee where the verify turns from memory- to compute-bound. All coefficients are >= 0.
+Below width draft_depth + 1, draft_rows = rows - bs: c and d are told apart only by steps at
+wider widths (exploration), and the tiny ridge splits them until then (their sum is what
+matters there).
 
 Fit: exponentially forgetting least squares on sufficient statistics (Gram matrix X'X and X'y,
 O(p^2) per observation, p <= 4), solved exactly under non-negativity by trying every support
@@ -45,9 +52,12 @@ class StepCostModel:
     """t(bs, rows) in seconds. `observe` after each step, `predict`/`cost` when deciding."""
 
     def __init__(self, profile: Sequence[tuple] | None = None, quadratic: bool = False,
-                 half_life: float | None = 500.0, prior_weight: float = 1.0):
-        self.quadratic = quadratic
-        self.p = 4 if quadratic else 3
+                 half_life: float | None = 500.0, prior_weight: float = 1.0,
+                 draft_depth: int | None = None):
+        if draft_depth is not None and draft_depth < 1:
+            raise ValueError(f"draft_depth {draft_depth} must be >= 1 (or None: no draft term)")
+        self.quadratic, self.draft_depth = quadratic, draft_depth
+        self.p = 3 + (draft_depth is not None) + quadratic
         self._lsq = ForgettingNNLS(self.p, half_life, prior_weight)
         if not profile:  # weak ridge toward the placeholder coefficients (scaled feature space)
             self._lsq.ridge_prior([_DEFAULT_A, 0.0, _DEFAULT_C * _ROW_SCALE] + [0.0] * (self.p - 3))
@@ -69,9 +79,16 @@ class StepCostModel:
     def _features(self, bs: int, rows: int) -> torch.Tensor:
         if bs < 1 or rows < bs:
             raise ValueError(f"bs {bs} must be >= 1 and rows {rows} >= bs (rows = bs * width)")
-        r = rows / _ROW_SCALE
-        f = [1.0, bs / _BS_SCALE, r] + ([(rows / _QUAD_SCALE) ** 2] if self.quadratic else [])
+        f = [1.0, bs / _BS_SCALE, rows / _ROW_SCALE]
+        if self.draft_depth is not None:
+            f.append(self.draft_rows(bs, rows) / _ROW_SCALE)
+        if self.quadratic:
+            f.append((rows / _QUAD_SCALE) ** 2)
         return torch.tensor(f, dtype=torch.float64)
+
+    def draft_rows(self, bs: int, rows: int) -> int:
+        """Head rows of a step: bs * min(draft_depth, width - 1), width = rows // bs."""
+        return bs * min(self.draft_depth or 0, rows // bs - 1)
 
     def observe(self, bs: int, rows: int, seconds: float) -> None:
         """One measured step: bs requests, rows = bs * verify width, seconds of wall time."""
@@ -80,10 +97,12 @@ class StepCostModel:
 
     @property
     def coefficients(self) -> dict[str, float]:
-        """{a: s, b: s per request, c: s per row, q: s per row^2 (0 unless quadratic)}."""
+        """{a: s, b: s per request, c: s per verify row, d: s per head row (0 without
+        draft_depth), q: s per row^2 (0 unless quadratic)}."""
         th = self._lsq.solve()
-        return {"a": th[0], "b": th[1] / _BS_SCALE, "c": th[2] / _ROW_SCALE,
-                "q": th[3] / _QUAD_SCALE ** 2 if self.quadratic else 0.0}
+        d = th[3] / _ROW_SCALE if self.draft_depth is not None else 0.0
+        return {"a": th[0], "b": th[1] / _BS_SCALE, "c": th[2] / _ROW_SCALE, "d": d,
+                "q": th[-1] / _QUAD_SCALE ** 2 if self.quadratic else 0.0}
 
     def predict(self, bs: int, rows: int) -> float:
         """Predicted seconds of a step with bs requests and rows verify rows (pure Python math:
@@ -91,7 +110,8 @@ class StepCostModel:
         if bs < 1 or rows < bs:
             raise ValueError(f"bs {bs} must be >= 1 and rows {rows} >= bs (rows = bs * width)")
         k = self.coefficients
-        return k["a"] + k["b"] * bs + k["c"] * rows + k["q"] * rows * rows
+        draft = self.draft_rows(bs, rows) if self.draft_depth is not None else 0
+        return k["a"] + k["b"] * bs + k["c"] * rows + k["d"] * draft + k["q"] * rows * rows
 
     def cost(self, bs: int, width: int) -> float:
         """The controller's cost(bs, width) -> seconds: every request padded to `width` rows."""
@@ -102,4 +122,4 @@ class StepCostModel:
     def state_dict(self) -> dict:
         """JSON-able: the fitted coefficients and the number of observations, for logs."""
         return {"coefficients": self.coefficients, "observations": self.observations,
-                "quadratic": self.quadratic}
+                "quadratic": self.quadratic, "draft_depth": self.draft_depth}

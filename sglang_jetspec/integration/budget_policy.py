@@ -19,6 +19,13 @@ Exploration: the curve beyond the widths in use and the cost of other widths are
 trying them, so the first rounds walk the widths 1, 2, 4, ..., max and one round in
 `explore_every` afterwards takes a random one. Any width is lossless (it only chooses which
 candidate nodes are verified, never what is committed).
+
+The curve forgets per ROUND, not per observation: a best-first rank seen every round moves by
+`curve_alpha` each round, a rank beyond the widths in use (seen only when exploring) takes the
+weight 1 - (1 - curve_alpha)^(rounds since it was last seen). Forgetting per observation left
+the tail of the curve at what an earlier workload taught (seen in the benchmark: after code at
+batch 16, where widths 2-4 win, math at batch 1 kept small widths although budget 16 paid 1.2x:
+its ranks 8-15 were updated once in 40 rounds with weight 0.1).
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ def ladder(max_width: int) -> list[int]:
 
 class BudgetPolicy:
     def __init__(self, max_width: int, mode: str = "adaptive", warmup_reps: int = 2,
-                 explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0):
+                 explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0,
+                 draft_depth: int | None = None):
         if mode not in MODES:
             raise ValueError(f"budget mode {mode!r} must be one of {list(MODES)}")
         if max_width < 1:
@@ -64,9 +72,12 @@ class BudgetPolicy:
         self.warmup_rounds = warmup_reps * len(self.widths)
         self.explore_every, self.curve_alpha = explore_every, curve_alpha
         self.rng = random.Random(seed)
-        self.controller = BudgetController(max_width, StepCostModel()) if mode == "adaptive" else None
+        # draft_depth: the head's depth rows, so the cost model prices the draft separately
+        self.controller = BudgetController(max_width, StepCostModel(draft_depth=draft_depth)) \
+            if mode == "adaptive" else None
         # marginal[i]: mean calibrated P(accept) of a request's (i+1)-th best-first node; NaN = unseen
         self.marginal = torch.full((max(max_width - 1, 0),), float("nan"), dtype=torch.float64)
+        self.marginal_round = torch.zeros(len(self.marginal), dtype=torch.float64)  # last seen
         self.rounds = 0
         self.last: Decision | None = None
         self.width_hist: dict[int, int] = {}
@@ -109,6 +120,7 @@ class BudgetPolicy:
             return
         d = self.last
         d.per_request_budgets = [t.n for t in trees]
+        d.width = max(d.per_request_budgets)  # the rows actually verified (trees may be cut short)
         self.controller.observe(trees, d, accepted_paths, bonus_tokens, seconds)
         self._update_curve(trees, built_budgets)
 
@@ -129,7 +141,10 @@ class BudgetPolicy:
         seen = count > 0
         mean = total[seen] / count[seen]
         old = self.marginal[seen]
-        self.marginal[seen] = torch.where(torch.isnan(old), mean, old + self.curve_alpha * (mean - old))
+        gap = self.rounds - self.marginal_round[seen]  # rounds since each rank was last seen
+        alpha = 1.0 - (1.0 - self.curve_alpha) ** gap.clamp(min=1.0)
+        self.marginal[seen] = torch.where(torch.isnan(old), mean, old + alpha * (mean - old))
+        self.marginal_round[seen] = float(self.rounds)
 
     # ---- visibility --------------------------------------------------------------------------
 

@@ -102,7 +102,8 @@ class JetSpecWorker(BaseSpecWorker):
         self.host_sampling = str(self.device).startswith("cpu")
         self.generator = torch.Generator().manual_seed(int(server_args.random_seed or 0))
         self.stats = RoundStats(self.device)  # read through /get_server_info (hooks.py)
-        self.policy = BudgetPolicy(self.budget, mode_from_env(), seed=int(server_args.random_seed or 0))
+        self.policy = BudgetPolicy(self.budget, mode_from_env(), seed=int(server_args.random_seed or 0),
+                                   draft_depth=self.depth)
         self.stats.attach("budget", self.policy.snapshot)
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
