@@ -2,7 +2,7 @@
 
     python -m launch.bench [--model DIR] [--head DIR] [--bidir-head DIR]
         [--workload code,math,chat,shared-prefix,FILE.jsonl] [--batch-sizes 1,4,16]
-        [--budgets 8,16,32,64] [--methods ar,jetspec,chain,bidirectional,ngram]
+        [--budgets 8,16,32,64,auto,auto-maxreserve] [--max-total-tokens N] [--methods ar,jetspec,chain,bidirectional,ngram]
         [--max-new-tokens N] [--num-prompts N] [--serving-rates 0.5,1] --out DIR
 
 Leaves DIR/results.json, DIR/report.md and PNG plots; server logs in DIR/logs/. Defaults: the
@@ -35,6 +35,9 @@ def main(argv=None) -> None:
                    "(each workload's prompts sent in consecutive parts at these concurrencies)")
     p.add_argument("--serving-rates", default="", help="request rates for sglang.bench_serving, e.g. 0.5,1")
     p.add_argument("--serving-prompts", type=int, default=4, help="prompts per workload in the serving sweep")
+    p.add_argument("--max-total-tokens", type=int, default=None,
+                   help="KV pool size (tokens) of every server; small values put the radix cache and the "
+                        "speculative KV reserve under pressure (default: roomy, 1024 per request in flight)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -49,12 +52,14 @@ def main(argv=None) -> None:
 
     try:
         methods = parse_list(args.methods, "methods")
-        budgets, auto = parse_budgets(args.budgets)
+        budgets, autos = parse_budgets(args.budgets)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
         mixed = parse_mixed_load(args.mixed_load) if args.mixed_load else []
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
         if args.max_new_tokens < 1 or args.num_prompts < 1:
             raise ValueError("--max-new-tokens and --num-prompts must be >= 1")
+        if args.max_total_tokens is not None and args.max_total_tokens < 256:
+            raise ValueError(f"--max-total-tokens {args.max_total_tokens} must be >= 256 (KV slots of the pool)")
         model = str(args.model or model_path("smollm2"))
         heads = {}
         if any(m in methods for m in ("jetspec", "chain")):
@@ -68,7 +73,7 @@ def main(argv=None) -> None:
         if heads:
             cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
             depth = cfg.block_size - 1
-        configs = plan_configs(methods, budgets, depth or 15, auto)
+        configs = plan_configs(methods, budgets, depth or 15, autos)
         workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.bench: {exc}") from None
@@ -78,7 +83,7 @@ def main(argv=None) -> None:
     plan = BenchPlan(model=model, heads=heads, configs=configs, workloads=workloads, batch_sizes=batch_sizes,
                      max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts, width=args.width,
                      depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, mixed_load=mixed, serving_rates=rates,
-                     serving_prompts=args.serving_prompts)
+                     serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)
     report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))

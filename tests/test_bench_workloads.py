@@ -71,8 +71,16 @@ def test_plans_put_ar_first_and_share_one_server_per_head():
     assert chain.custom_params() == {"jetspec": {"budget": 16, "width": 1}}
     assert configs[1].custom_params() == {"jetspec": {"budget": 8}}
     assert configs[0].custom_params() is None and configs[-1].custom_params() is None
-    auto = plan_configs(["jetspec"], [8, 32], depth=15, auto=True)
+    auto = plan_configs(["jetspec"], [8, 32], depth=15, auto=["auto"])
     assert [c.label for c in auto] == ["ar", "jetspec@8", "jetspec@32", "jetspec@auto"]
+    both = plan_configs(["jetspec"], [8], depth=15, auto=["auto", "auto-maxreserve"])
+    assert servers_needed(both) == ["ar", "jetspec", "jetspec-auto", "jetspec-auto-maxreserve"]
+    assert both[-1].label == "jetspec@auto-maxreserve" and max_budget(both, "jetspec-auto-maxreserve") == 8
+    from sglang_jetspec.bench.suite import server_env
+    assert server_env("jetspec-auto-maxreserve") == {"SGLANG_JETSPEC_BUDGET": "adaptive",
+                                                     "SGLANG_JETSPEC_KV_RESERVE": "max"}
+    assert server_env("jetspec-auto")["SGLANG_JETSPEC_KV_RESERVE"] == "follow"
+    assert server_env("jetspec") == {"SGLANG_JETSPEC_BUDGET": "static"} and server_env("ar") == {}
     assert auto[-1].custom_params() is None  # the adaptive server's own width choice
     assert servers_needed(auto) == ["ar", "jetspec", "jetspec-auto"]
     assert max_budget(auto, "jetspec-auto") == 32
@@ -81,7 +89,8 @@ def test_plans_put_ar_first_and_share_one_server_per_head():
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="auto needs at least one static budget"):
         parse_budgets("auto")
-    assert parse_budgets("8,auto") == ([8], True)
+    assert parse_budgets("8,auto") == ([8], ["auto"])
+    assert parse_budgets("auto-maxreserve,8,auto") == ([8], ["auto", "auto-maxreserve"])
     with pytest.raises(ValueError, match="budget 1 must be >= 2"):
         parse_budgets("1,8")
     with pytest.raises(ValueError, match="budget 'x' is not an integer"):
@@ -90,7 +99,7 @@ def test_bad_settings_are_refused_with_the_reason():
         parse_batch_sizes("0")
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['eagle9'\]"):
         plan_configs(["eagle9"], [8], 15)
-    assert parse_budgets("64,8,8") == ([8, 64], False)
+    assert parse_budgets("64,8,8") == ([8, 64], [])
     assert parse_mixed_load("1,16,4") == [1, 16, 4]  # phase order kept
     with pytest.raises(ValueError, match="mixed-load concurrency 0 must be >= 1"):
         parse_mixed_load("1,0")
@@ -116,7 +125,8 @@ def test_report_renders_tables_and_plots_from_a_results_file(tmp_path):
                 "requests": 4, "output_tokens": 100, "wall_s": 100 / tps, "tokens_per_s": tps,
                 "verify_rounds": 50, "accept_length": 2.0, "accept_hist": list(hist), "outputs": [],
                 "nodes_per_request": None if budget is None else float(budget), "ms_per_round": ms,
-                "speedup": tps / 10.0, "matches_ar": 4, "phases": phases}
+                "speedup": tps / 10.0, "matches_ar": 4, "phases": phases,
+                "retracted": 2 if budget is None else 0, "prefill_tokens": 300, "cached_tokens": 100}
     ms = {"draft": 5.0, "tree": 1.0, "verify": 20.0, "accept": 2.0, "other": 3.0}
     results = [row("ar", "ar", None, 1, 10.0), row("jetspec@8", "jetspec", 8, 1, 15.0, (0, 3, 5, 2), ms),
                row("jetspec@32", "jetspec", 32, 1, 12.0, (0, 2, 5, 3), ms),
@@ -133,3 +143,15 @@ def test_report_renders_tables_and_plots_from_a_results_file(tmp_path):
     assert "| code | 1 | jetspec@auto | 16.00 |" in md and "| code | mixed 1/4 | jetspec@8 | 22.00 |" in md
     assert "| 8 | 1.50x | 1.07 |" in md  # best static budget 8, auto / best static = 16/15
     assert "`ngram`: needs a GPU" in md
+    assert "| code | 1 | jetspec@auto | 16.00 | 2 | 400 | 25% |" in md  # KV pool / radix cache table
+
+
+def test_server_log_counts_retractions_and_radix_hits():
+    from sglang_jetspec.bench.runner import log_counts
+
+    log = ("[2026] Prefill batch, #new-seq: 2, #new-token: 120, #cached-token: 0, token usage: 0.01\n"
+           "[2026] KV cache pool is full. Retract requests. #retracted_reqs: 3, #new_tokens_gained: 512\n"
+           "[2026] Prefill batch, #new-seq: 1, #new-token: 7, #cached-token: 200, token usage: 0.5\n"
+           "[2026] KV cache pool is full. Retract requests. #retracted_reqs: 1, #new_tokens_gained: 9\n")
+    assert log_counts(log) == (4, 127, 200)
+    assert log_counts("") == (0, 0, 0)

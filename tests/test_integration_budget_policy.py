@@ -122,3 +122,44 @@ def test_the_cost_model_prices_the_draft_apart_once_wide_widths_are_seen():
     assert m.coefficients["d"] == pytest.approx(0.003, rel=0.05)
     with pytest.raises(ValueError, match="draft_depth 0 must be >= 1"):
         StepCostModel(draft_depth=0)
+
+
+def test_kv_reserve_follows_the_width_and_the_plan_never_exceeds_it():
+    """kv_reserve.py: SGLang reserves 2 x reserve_width slots per request before a step; the
+    step must then never verify more rows, and the reserve must already hold the width that
+    exploration forces next, shrink with the width in use, and fit the free KV."""
+    from sglang_jetspec.integration import kv_reserve
+
+    pol = BudgetPolicy(64, "adaptive", warmup_reps=1, explore_every=10, seed=3)
+    assert pol.reserve == 64  # before the worker publishes anything: the server budget
+    cost = lambda w: 0.010 + 0.004 * w  # noqa: E731  rows expensive: small widths win
+    g = torch.Generator().manual_seed(0)
+    reserves = []
+    for r in range(80):
+        kv = 10_000 if r < 60 else 2 * 2 * 5  # the pool gets tight: room for width 5 at bs 2
+        in_effect = pol.reserve
+        w = pol.plan(2, kv)
+        assert w <= in_effect, (r, w, in_effect)
+        trees = _candidates(2, w, seed=r)
+        pol.observe(trees, [w, w], [[0], [0]], [None, None], cost(w) + 0.001 * torch.rand(1, generator=g).item())
+        nxt = pol._explore_next
+        reserves.append(pol.publish_reserve())
+        if nxt is not None:
+            assert reserves[-1] >= min(nxt, 64 if r < 59 else 5), (r, nxt, reserves[-1])
+    assert min(reserves[20:60]) < 64 and sorted(reserves[20:60])[20] <= 8, reserves
+    assert max(reserves[61:]) <= 5
+    assert pol.snapshot()["reserve_width"] == reserves[-1]
+    assert BudgetPolicy(16, "static").next_reserve == 16
+
+    assert kv_reserve.mode_from_env({}) == "follow"
+    with pytest.raises(ValueError, match=r"SGLANG_JETSPEC_KV_RESERVE='half' must be one of \['follow', 'max'\]"):
+        kv_reserve.mode_from_env({"SGLANG_JETSPEC_KV_RESERVE": "half"})
+    assert check_budget_mode({"SGLANG_JETSPEC_KV_RESERVE": "x"})[0].startswith("SGLANG_JETSPEC_KV_RESERVE=")
+    with pytest.raises(ValueError, match="reserved width 0 must be >= 1"):
+        kv_reserve.set_width(0)
+    try:
+        kv_reserve.set_width(4)
+        assert kv_reserve.alloc_len(16) == 4 and kv_reserve.alloc_len(2) == 2
+    finally:
+        kv_reserve.set_width(None)
+    assert kv_reserve.alloc_len(16) == 16

@@ -43,6 +43,16 @@ def test_hook_wraps_sglangs_sizing_and_falls_through_for_others(monkeypatch):
     monkeypatch.setattr(runtime_context, "max_speculative_num_draft_tokens", lambda: 8)
     assert allocation_sizing.get_alloc_len_per_decode() == 8
     assert allocation_sizing.get_alloc_reserve_per_decode() == 16  # SGLang's double buffer on top
+    from sglang_jetspec.integration import kv_reserve
+
+    try:  # the worker's published width narrows the reserve, never widens it past the budget
+        kv_reserve.set_width(3)
+        assert allocation_sizing.get_alloc_reserve_per_decode() == 6
+        kv_reserve.set_width(50)
+        assert allocation_sizing.get_alloc_len_per_decode() == 8
+    finally:
+        kv_reserve.set_width(None)
+    assert allocation_sizing.get_alloc_len_per_decode() == 8
 
     for module in (runtime_context, allocation_sizing):
         monkeypatch.setattr(module, "get_spec", lambda: spec(None))

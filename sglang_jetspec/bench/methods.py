@@ -9,7 +9,9 @@ Methods:
   ngram          SGLang's built-in NGRAM speculation (no head)
 Budget `auto`: jetspec on a server whose verify width is chosen per batch by the adaptive
 controller (SGLANG_JETSPEC_BUDGET=adaptive, at most the largest static budget); the static
-budgets run on a server pinned to static widths.
+budgets run on a server pinned to static widths. `auto-maxreserve`: the same adaptive server,
+but SGLang's per-step KV reserve stays at the server budget (SGLANG_JETSPEC_KV_RESERVE=max)
+instead of following the width (integration/kv_reserve.py): the on/off pair of that feature.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 METHODS = ("ar", "jetspec", "chain", "bidirectional", "ngram")
 NGRAM_DRAFT_TOKENS = 8  # SGLang NGRAM's tree size on its server (its own default is larger)
 AUTO_SERVER = "jetspec-auto"
-HEAD_SERVERS = ("jetspec", "bidirectional", AUTO_SERVER)  # servers with a JETSPEC head
+AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
+AUTO_SERVERS = (AUTO_SERVER, AUTO_MAX_RESERVE_SERVER)  # adaptive width
+HEAD_SERVERS = ("jetspec", "bidirectional") + AUTO_SERVERS  # servers with a JETSPEC head
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Config:
     def label(self) -> str:
         if self.server == AUTO_SERVER:
             return f"{self.method}@auto"
+        if self.server == AUTO_MAX_RESERVE_SERVER:
+            return f"{self.method}@auto-maxreserve"
         return self.method if self.budget is None else f"{self.method}@{self.budget}"
 
     def custom_params(self) -> dict | None:
@@ -63,16 +69,19 @@ def parse_int(item: str, name: str, minimum: int, hint: str = "", why: str = "")
     return v
 
 
-def parse_budgets(text: str) -> tuple[list[int], bool]:
-    """(static budgets, whether `auto` was asked for)."""
+AUTO_TOKENS = ("auto", "auto-maxreserve")
+
+
+def parse_budgets(text: str) -> tuple[list[int], list[str]]:
+    """(static budgets, the adaptive variants asked for: `auto`, `auto-maxreserve`)."""
     items = parse_list(text, "budgets")
-    auto = "auto" in items
-    out = [parse_int(b, "budget", 2, " (expected e.g. 8,16,32,64)", " (1 is plain decoding: use method ar)")
-           for b in items if b != "auto"]
-    if auto and not out:
-        raise ValueError("--budgets auto needs at least one static budget as well: the adaptive "
-                         "server's largest width is the largest static budget")
-    return sorted(set(out)), auto
+    autos = [a for a in AUTO_TOKENS if a in items]
+    out = [parse_int(b, "budget", 2, " (expected e.g. 8,16,32,64,auto)", " (1 is plain decoding: use method ar)")
+           for b in items if b not in AUTO_TOKENS]
+    if autos and not out:
+        raise ValueError(f"--budgets {','.join(autos)} needs at least one static budget as well: the "
+                         "adaptive server's largest width is the largest static budget")
+    return sorted(set(out)), autos
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -84,7 +93,7 @@ def parse_mixed_load(text: str) -> list[int]:
     return [parse_int(b, "mixed-load concurrency", 1) for b in parse_list(text, "mixed-load")]
 
 
-def plan_configs(methods: list[str], budgets: list[int], depth: int, auto: bool = False) -> list[Config]:
+def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=()) -> list[Config]:
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -99,8 +108,9 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto: bool 
             out.append(Config(m, "jetspec", budget=depth + 1, width=1))
         else:
             out.extend(Config(m, m, budget=b) for b in budgets)
-            if auto and m == "jetspec":
-                out.append(Config(m, AUTO_SERVER))
+            if m == "jetspec":
+                autos = ["auto"] if auto is True else list(auto or [])
+                out += [Config(m, AUTO_SERVER if a == "auto" else AUTO_MAX_RESERVE_SERVER) for a in autos]
     return out
 
 
@@ -109,7 +119,7 @@ def servers_needed(configs: list[Config]) -> list[str]:
 
 
 def max_budget(configs: list[Config], server: str) -> int | None:
-    if server == AUTO_SERVER:  # the adaptive server may go up to the largest static budget
+    if server in AUTO_SERVERS:  # the adaptive servers may go up to the largest static budget
         server = "jetspec"
     vals = [c.budget for c in configs if c.server == server and c.budget is not None]
     return max(vals) if vals else None

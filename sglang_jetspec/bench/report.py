@@ -66,6 +66,21 @@ def breakdown_table(results: list[dict]) -> str:
     return "\n".join(rows) if len(rows) > 2 else "(no JETSPEC rounds timed)"
 
 
+def kv_table(results: list[dict]) -> str:
+    """Requests retracted for lack of KV and the radix cache's share of prompt tokens, per
+    measurement (from the server log; the radix cache is flushed before each one)."""
+    rows = ["| workload | batch | method | tok/s | retracted requests | prompt tokens | from the radix cache |",
+            "|---|---:|---|---:|---:|---:|---:|"]
+    for r in results:
+        if r.get("prefill_tokens") is None:
+            continue
+        total = r["prefill_tokens"] + r["cached_tokens"]
+        share = f"{100 * r['cached_tokens'] / total:.0f}%" if total else "-"
+        rows.append(f"| {r['workload']} | {_batch(r)} | {r['label']} | {r['tokens_per_s']:.2f} | "
+                    f"{r['retracted']} | {total} | {share} |")
+    return "\n".join(rows) if len(rows) > 2 else "(no server log read)"
+
+
 def serving_table(serving: list[dict]) -> str:
     if not serving:
         return "(not run: pass --serving-rates)"
@@ -191,6 +206,11 @@ def write_markdown(report: dict, out_dir: Path, command: str, plots: list[str]) 
         lines += ["## Methods that did not run here", ""]
         lines += [f"- `{k}`: {v}" for k, v in report["skipped"].items()]
         lines += [""]
+    pool = plan.get("max_total_tokens")
+    lines += [f"## KV pool and radix cache (pool: {pool or 'default'} tokens)", "",
+              "`jetspec@auto` reserves KV per step for the width it will verify; "
+              "`jetspec@auto-maxreserve` (if measured) is the same server reserving the whole budget "
+              "(SGLANG_JETSPEC_KV_RESERVE=max).", "", kv_table(report["results"]), ""]
     lines += ["## Time per round (ms; `other` = prefill, scheduling and HTTP)", "",
               breakdown_table(report["results"]), "", "## Serving load (sglang.bench_serving)", "",
               serving_table(report.get("serving", [])), ""]

@@ -7,6 +7,7 @@ Greedy, ignore_eos off: every method must produce exactly `ar`'s tokens.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,9 @@ class Measurement:
     speedup: float | None = None     # tokens/s over ar's, same workload and batch size, same run
     matches_ar: int | None = None    # requests whose tokens equal ar's
     phases: list[int] | None = None  # mixed load: the concurrency of each phase (batch_size 0)
+    retracted: int | None = None     # requests SGLang retracted for lack of KV (server log)
+    prefill_tokens: int | None = None   # prompt tokens prefilled (server log: #new-token)
+    cached_tokens: int | None = None    # prompt tokens found in the radix cache (#cached-token)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,6 +88,7 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
         raise ValueError(f"workload {workload!r} has no prompts to send")
     flush_cache(server)
     before = jetspec_counters(server) if config.server in HEAD_SERVERS else None
+    log_at = _log_size(server)
     parts = [(batch_size, prompts)] if not phases else _split(prompts, phases)
     t0 = time.perf_counter()
     replies = []
@@ -101,6 +106,8 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
                     batch_size=0 if phases else batch_size, requests=len(prompts), phases=phases,
                     output_tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, verify_rounds=rounds,
                     accept_length=committed / rounds if rounds else 1.0, outputs=outputs)
+    if log_at is not None:
+        m.retracted, m.prefill_tokens, m.cached_tokens = log_counts(_log_since(server, log_at))
     if before is not None:
         d = stats_delta(before, jetspec_counters(server))
         m.accept_length = d["accept_length"] if d["request_rounds"] else m.accept_length
@@ -111,6 +118,34 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
             ms["other"] = max(0.0, 1000 * wall / d["rounds"] - sum(ms.values()))
             m.ms_per_round = ms
     return m
+
+
+_RETRACT = re.compile(r"#retracted_reqs: (\d+)")
+_PREFILL = re.compile(r"#new-token: (\d+), #cached-token: (\d+)")
+
+
+def log_counts(text: str) -> tuple[int, int, int]:
+    """(requests retracted, prompt tokens prefilled, prompt tokens served from the radix cache)
+    from SGLang's scheduler log lines ("KV cache pool is full. Retract requests.
+    #retracted_reqs: N", "Prefill batch ... #new-token: N, #cached-token: M")."""
+    retracted = sum(int(x) for x in _RETRACT.findall(text))
+    pre = _PREFILL.findall(text)
+    return retracted, sum(int(a) for a, _ in pre), sum(int(b) for _, b in pre)
+
+
+def _log_size(server) -> int | None:
+    path = getattr(server, "log_path", None)
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
+
+
+def _log_since(server, offset: int, settle_s: float = 0.5) -> str:
+    time.sleep(settle_s)  # SGLang logs a prefill after streaming its reply
+    with open(server.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", "replace")
 
 
 def _split(prompts: list, phases: list[int]) -> list[tuple[int, list]]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from sglang_jetspec.bench.methods import AUTO_SERVER, HEAD_SERVERS, Config, max_budget, servers_needed
+from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, HEAD_SERVERS, Config,
+                                          max_budget, servers_needed)
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure
 from sglang_jetspec.bench.workloads import WorkItem
 
@@ -38,13 +39,15 @@ class BenchPlan:
     mixed_load: list[int] = field(default_factory=list)   # concurrency phases of a mixed load
     serving_rates: list[float] = field(default_factory=list)
     serving_prompts: int = 8
+    max_total_tokens: int | None = None  # KV pool size of every server (None: roomy)
 
 
 def server_spec(plan: BenchPlan, key: str):
     from sglang_jetspec.integration.server_process import ServerSpec
 
     bs = max(plan.batch_sizes + plan.mixed_load)
-    common = dict(max_running_requests=max(bs, 1), max_total_tokens=max(8192, bs * 1024))
+    common = dict(max_running_requests=max(bs, 1),
+                  max_total_tokens=plan.max_total_tokens or max(8192, bs * 1024))
     if key == "ar":
         return ServerSpec(plan.model, **common)
     if key == "ngram":
@@ -54,17 +57,21 @@ def server_spec(plan: BenchPlan, key: str):
             extra += ["--attention-backend", VERIFY_BACKEND]
         return ServerSpec(plan.model, extra=extra, **common)
     if key in HEAD_SERVERS:
-        head = plan.heads["jetspec" if key == AUTO_SERVER else key]
+        head = plan.heads["jetspec" if key in AUTO_SERVERS else key]
         return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key),
                           width=plan.width, depth=plan.depth, **common)
     raise ValueError(f"no server for {key!r}")
 
 
 def server_env(key: str) -> dict:
-    """Head servers run static widths, except the `auto` one (budget_policy.py)."""
+    """Head servers run static widths, except the `auto` ones (budget_policy.py), whose KV
+    reserve follows the width or stays at the budget (kv_reserve.py)."""
     if key not in HEAD_SERVERS:
         return {}
-    return {"SGLANG_JETSPEC_BUDGET": "adaptive" if key == AUTO_SERVER else "static"}
+    env = {"SGLANG_JETSPEC_BUDGET": "adaptive" if key in AUTO_SERVERS else "static"}
+    if key in AUTO_SERVERS:
+        env["SGLANG_JETSPEC_KV_RESERVE"] = "max" if key == AUTO_MAX_RESERVE_SERVER else "follow"
+    return env
 
 
 def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
@@ -120,7 +127,8 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
         "plan": {"model": _shown(plan.model), "heads": {k: _shown(v) for k, v in plan.heads.items()},
                  "configs": [c.label for c in plan.configs], "workloads": {w: len(v) for w, v in plan.workloads.items()},
                  "batch_sizes": plan.batch_sizes, "mixed_load": plan.mixed_load, "max_new_tokens": plan.max_new_tokens,
-                 "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth},
+                 "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth,
+                 "max_total_tokens": plan.max_total_tokens},
         "results": [m.to_json() for m in results],
         "skipped": skipped,
         "serving": serving,

@@ -81,6 +81,11 @@ class BudgetPolicy:
         self.rounds = 0
         self.last: Decision | None = None
         self.width_hist: dict[int, int] = {}
+        # KV reserve (kv_reserve.py): `reserve` is what SGLang reserved for the step being
+        # planned (the server budget until the worker publishes one), `next_reserve` what the
+        # step after it needs: twice the last width, the width exploration tries next, what fits
+        self.reserve = self.next_reserve = max_width
+        self._explore_next = self._exploration_for(0)
 
     # ---- before drafting -------------------------------------------------------------------
 
@@ -89,20 +94,31 @@ class BudgetPolicy:
         self.rounds += 1
         if self.controller is None:
             return self.max_width
-        hi = self.max_width if kv_free_tokens is None else max(1, min(self.max_width, kv_free_tokens // (2 * bs)))
-        explore = self._exploration_width()
+        cap = min(self.max_width, self.reserve)  # never more rows than SGLang reserved KV for
+        kv_bound = None if kv_free_tokens is None else max(1, kv_free_tokens // (2 * bs))
+        hi = cap if kv_bound is None else min(cap, kv_bound)
+        explore, self._explore_next = self._explore_next, self._exploration_for(self.rounds)
         if explore is not None:
             d = Decision(width=min(explore, hi), per_request_budgets=[], expected_tokens=float("nan"),
                          predicted_seconds=float("nan"), objective=float("nan"), reason="explore")
         else:
             known = torch.nan_to_num(self.marginal, nan=0.0).clamp(0, 1).float()  # unseen: worth nothing yet
-            d = choose_width([known] * bs, self.controller.cost, self.max_width, kv_free_tokens)
+            d = choose_width([known] * bs, self.controller.cost, cap, kv_free_tokens)
         self.last = d
         self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
+        nxt = max(2 * d.width, self._explore_next or 1)
+        self.next_reserve = max(1, min(self.max_width, nxt if kv_bound is None else min(nxt, kv_bound)))
         return d.width
 
-    def _exploration_width(self) -> int | None:
-        r = self.rounds - 1
+    def publish_reserve(self) -> int:
+        """The KV width to reserve for the next step (the worker hands it to kv_reserve.py
+        between steps); the next plan is capped by it."""
+        self.reserve = self.next_reserve
+        return self.reserve
+
+    def _exploration_for(self, r: int) -> int | None:
+        """The width exploration imposes on round r (0-based), or None. Drawn one round ahead
+        so that the KV reserve of round r already holds it."""
         if r < self.warmup_rounds:
             return self.widths[r % len(self.widths)]
         if self.explore_every and r % self.explore_every == 0:
@@ -166,6 +182,7 @@ class BudgetPolicy:
             c = self.controller
             out["last_width"] = self.last.width if self.last else None
             out["last_reason"] = self.last.reason if self.last else None
+            out["reserve_width"] = self.reserve
             out["calibration_error"] = self.calibration_error()
             out["draft_calibration_error"] = self.calibration_error("draft")
             out["cost"] = c.cost.coefficients

@@ -1,6 +1,7 @@
 """Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Five.
 
-1. `sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode` (AROUND)
+1. `sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode` (AROUND; the value
+   follows the adaptive width under SGLANG_JETSPEC_KV_RESERVE=follow: kv_reserve.py)
    Why: SGLang sizes each request's per-step KV reserve with EAGLE's formula,
    max(speculative_num_steps * speculative_eagle_topk, num_draft_tokens): an EAGLE draft
    writes one KV chain per top-k branch and step. JETSPEC's head writes no target KV; a round
@@ -72,10 +73,14 @@ def jetspec_alloc_len(algorithm: str | None, max_draft_tokens: int | None) -> in
 def _alloc_len_per_decode(original, *args, **kwargs):
     from sglang.srt.runtime_context import get_spec, max_speculative_num_draft_tokens
 
+    from sglang_jetspec.integration import kv_reserve
+
     spec = get_spec()
     if not is_jetspec(spec.speculative_algorithm):
         return original(*args, **kwargs)
-    return jetspec_alloc_len(spec.speculative_algorithm, max_speculative_num_draft_tokens())
+    # the server budget, or the narrower width the worker will keep to next step (kv_reserve.py)
+    return kv_reserve.alloc_len(jetspec_alloc_len(spec.speculative_algorithm,
+                                                  max_speculative_num_draft_tokens()))
 
 
 def row_headroom(original: int, algorithm: str | None, reserve_per_decode: int, page_size: int) -> int:
@@ -86,14 +91,16 @@ def row_headroom(original: int, algorithm: str | None, reserve_per_decode: int, 
 
 
 def _row_extra(original, *args, **kwargs):
-    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size, get_alloc_reserve_per_decode
-    from sglang.srt.runtime_context import get_spec
+    from sglang.srt.mem_cache.allocation_sizing import get_alloc_page_size
+    from sglang.srt.runtime_context import get_spec, max_speculative_num_draft_tokens
 
     extra = original(*args, **kwargs)
     algorithm = get_spec().speculative_algorithm
     if not is_jetspec(algorithm):  # SGLang's answer, without computing a reserve nobody uses
         return extra
-    return row_headroom(extra, algorithm, get_alloc_reserve_per_decode(), get_alloc_page_size())
+    # sized for the server budget (2x double buffer), never for the current narrower reserve
+    reserve = 2 * jetspec_alloc_len(algorithm, max_speculative_num_draft_tokens())
+    return row_headroom(extra, algorithm, reserve, get_alloc_page_size())
 
 
 def prompt_problem(algorithm: str | None, input_ids, has_other_input: bool,

@@ -43,15 +43,18 @@ class TreeSettings:
 
 
 def check_budget_mode(environ=os.environ) -> list[str]:
-    """SGLANG_JETSPEC_BUDGET (adaptive | static), checked in the launcher so a typo stops the
-    server at startup instead of in the scheduler."""
+    """SGLANG_JETSPEC_BUDGET (adaptive | static) and SGLANG_JETSPEC_KV_RESERVE (follow | max),
+    checked in the launcher so a typo stops the server at startup instead of in the scheduler."""
+    from sglang_jetspec.integration import kv_reserve
     from sglang_jetspec.integration.budget_policy import mode_from_env
 
-    try:
-        mode_from_env(environ)
-    except ValueError as exc:
-        return [str(exc)]
-    return []
+    errs = []
+    for check in (mode_from_env, kv_reserve.mode_from_env):
+        try:
+            check(environ)
+        except ValueError as exc:
+            errs.append(str(exc))
+    return errs
 
 
 def max_tree_nodes(width: int, depth: int, cap: int = 1 << 20) -> int:

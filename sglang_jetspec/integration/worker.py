@@ -46,6 +46,7 @@ from sglang.srt.speculative.spec_utils import (
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
+from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
@@ -105,6 +106,9 @@ class JetSpecWorker(BaseSpecWorker):
         self.policy = BudgetPolicy(self.budget, mode_from_env(), seed=int(server_args.random_seed or 0),
                                    draft_depth=self.depth)
         self.stats.attach("budget", self.policy.snapshot)
+        # SGLang's per-step KV reserve follows the adaptive width (kv_reserve.py)
+        self.reserve_follows = self.policy.adaptive and kv_reserve.mode_from_env() == "follow"
+        kv_reserve.set_width(None)
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
 
@@ -246,6 +250,8 @@ class JetSpecWorker(BaseSpecWorker):
                                 time.perf_counter() - t_round)
         if self.metrics is not None:
             self.metrics.update(width, sizes, lens, stats.rounds, self.policy.calibration_error())
+        if self.reserve_follows:  # read by SGLang's next check_decode_mem / prepare_for_decode
+            kv_reserve.set_width(self.policy.publish_reserve())
         if self.policy.rounds % LOG_EVERY_ROUNDS == 0:
             logger.info("JETSPEC %s", self.policy.summary(stats))
         if on_publish is not None:
