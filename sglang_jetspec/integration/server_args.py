@@ -131,11 +131,15 @@ def check_runtime(sa) -> list[str]:
     return errs
 
 
-def target_dims(sa) -> TargetDims:
+def target_text_config(sa):
     from sglang.srt.utils.hf_transformers_utils import get_config
 
     cfg = get_config(sa.model_path, trust_remote_code=sa.trust_remote_code, revision=sa.revision)
-    text = getattr(cfg, "text_config", None) or cfg
+    return getattr(cfg, "text_config", None) or cfg
+
+
+def target_dims(sa, text=None) -> TargetDims:
+    text = text if text is not None else target_text_config(sa)
     return TargetDims(text.hidden_size, text.num_hidden_layers, text.vocab_size)
 
 
@@ -163,8 +167,12 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
         width=sa.speculative_eagle_topk or DEFAULT_WIDTH,
         depth=sa.speculative_num_steps or head.block_size - 1,
     )
+    from sglang_jetspec.integration.expert_schedule import check_expert_mode, moe_shape
+
+    text = target_text_config(sa)
     errs = check_tree(tree, head.block_size)
-    errs += check_head(head, target_dims(sa))
+    errs += check_head(head, target_dims(sa, text))
+    errs += check_expert_mode(text)
     errs += [f"draft head {e}" for e in weight_problems(sa.speculative_draft_model_path, head)]
     errs += check_runtime(sa)
     errs += check_budget_mode()
@@ -193,6 +201,11 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
         if getattr(sa, field) not in (None, backend):  # a split choice would skip tree verify
             switched.append(f"--{field.replace('_', '-')} {getattr(sa, field)} -> {backend}")
             setattr(sa, field, backend)
+    if moe_shape(text) is not None and not getattr(sa, "enable_return_routed_experts", False):
+        # expert-aware scheduling (expert_schedule.py) learns from the experts each verify routed to
+        sa.enable_return_routed_experts = True
+        logger.info("JETSPEC turns on --enable-return-routed-experts (MoE target: expert-aware "
+                    "tree scheduling reads the experts every verify routed to)")
     if _disable_decode_graphs(sa):
         switched.append("decode CUDA graphs (no graph runner for plugin verify inputs yet)")
     for what in switched:

@@ -37,6 +37,7 @@ from sglang.srt.runtime_context import get_spec
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.eagle_utils import eagle_sample
 from sglang.srt.speculative.ngram_info import NgramVerifyInput
+from sglang.srt.state_capturer.routed_experts import get_global_experts_capturer
 from sglang.srt.speculative.spec_utils import (
     GrammarTree,
     build_grammar_vocab_mask,
@@ -48,6 +49,8 @@ from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
+from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
+from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.metrics import maybe_metrics
@@ -109,8 +112,38 @@ class JetSpecWorker(BaseSpecWorker):
         # SGLang's per-step KV reserve follows the adaptive width (kv_reserve.py)
         self.reserve_follows = self.policy.adaptive and kv_reserve.mode_from_env() == "follow"
         kv_reserve.set_width(None)
+        self.experts = self._expert_scheduler(text_cfg, server_args)  # MoE targets only
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
+
+    def _expert_scheduler(self, text_cfg, server_args) -> ExpertScheduler | None:
+        """Expert-aware pruning (expert_schedule.py) when the target is MoE and SGLang captures
+        the routed experts; None for dense targets."""
+        shape = moe_shape(text_cfg)
+        if shape is None:
+            return None
+        capturer = get_global_experts_capturer()
+        if capturer is None:
+            logger.warning("JETSPEC: MoE target without --enable-return-routed-experts capture: "
+                           "expert-aware tree scheduling is off")
+            return None
+        # SGLang sizes the capture buffer for prefill chunks / running requests, not for verify
+        # rows (its own FIXME); a verify of max_running_requests x budget rows must fit
+        buf = capturer.device_cache.buffer
+        rows = int(server_args.max_running_requests or 1) * self.budget
+        if buf.shape[0] < rows:
+            capturer.device_cache.buffer = torch.zeros((rows, *buf.shape[1:]), dtype=buf.dtype,
+                                                       device=buf.device)
+        self._capturer = capturer
+        sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on")
+        self.stats.attach("experts", sched.snapshot)
+        logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d)",
+                    "on" if sched.prune else "off (measuring only)", *shape)
+        return sched
+
+    def _routed_experts(self, rows: int) -> torch.Tensor:
+        """[rows, L, K] experts the last forward routed its first `rows` tokens to (host copy)."""
+        return self._capturer.device_cache.buffer[:rows, :, : self._capturer.topk_size].cpu()
 
     # ---- setup (called by the scheduler after the target pools exist) ----------------------
 
@@ -141,6 +174,9 @@ class JetSpecWorker(BaseSpecWorker):
         prefix, extend = list(batch.prefix_lens), list(batch.extend_lens)
         positions = torch.cat([torch.arange(p, p + e) for p, e in zip(prefix, extend)])
         self._store_context(batch.out_cache_loc, result.logits_output.hidden_states, positions)
+        if self.experts is not None:  # the prompt's routing teaches the expert predictor too
+            self.experts.learn_prefill(batch.input_ids, self._routed_experts(int(batch.input_ids.shape[0])),
+                                       extend)
 
         bs, n = len(batch.reqs), self.budget
         first = result.next_token_ids
@@ -185,6 +221,10 @@ class JetSpecWorker(BaseSpecWorker):
         with stats.phase("tree"):
             trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
                      for root, lp, t in zip(anchors.tolist(), logprobs, settings)]
+            if self.experts is not None:  # MoE: keep the nodes worth their expert reads
+                prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1])
+                        for r in batch.reqs]
+                trees = self.experts.schedule(trees, prev)
             # verify width of this batch: its largest tree (<= the server budget the KV reserve
             # was sized for); smaller trees get dead padding rows. The scheduler reads the row
             # stride from the result, so n may change from step to step.
@@ -203,6 +243,7 @@ class JetSpecWorker(BaseSpecWorker):
 
         # 3. one target forward over all nodes (the scheduler restores these batch fields)
         with stats.phase("verify"):
+            t_verify = time.perf_counter()
             batch.forward_mode = ForwardMode.TARGET_VERIFY
             batch.input_ids = verify_input.draft_token
             batch.out_cache_loc = assign_extend_cache_locs_func(
@@ -214,6 +255,7 @@ class JetSpecWorker(BaseSpecWorker):
             result = self._target_worker.forward_batch_generation(
                 batch, is_verify=True, capture_hidden_mode=CaptureHiddenMode.FULL)
             logits_output = result.logits_output
+            t_verify = time.perf_counter() - t_verify
 
         # 4. accept (under the grammar masks of constrained requests), compact the KV, keep the
         #    accepted nodes as head context
@@ -238,7 +280,7 @@ class JetSpecWorker(BaseSpecWorker):
         lens = accept_lens.tolist()  # host sync (small)
         sizes = [t.n for t in trees]
         stats.add_round(sizes, lens, n)
-        if self.policy.adaptive:
+        if self.policy.adaptive or self.experts is not None:
             rows_idx = accept_index.cpu()
             paths = [(rows_idx[b, :lens[b]] - b * n).tolist() for b in range(bs)]
             # the bonus token labels the children of the path's end (valid for greedy and the
@@ -246,8 +288,11 @@ class JetSpecWorker(BaseSpecWorker):
             greedy_labels = self.host_sampling or batch.sampling_info.is_all_greedy
             flat_tokens = accept_tokens.cpu()
             bonus = [int(flat_tokens[b, lens[b] - 1]) if greedy_labels else None for b in range(bs)]
-            self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
-                                time.perf_counter() - t_round)
+            if self.experts is not None:
+                self.experts.observe(trees, n, self._routed_experts(bs * n), paths, bonus, t_verify)
+            if self.policy.adaptive:
+                self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
+                                    time.perf_counter() - t_round)
         if self.metrics is not None:
             self.metrics.update(width, sizes, lens, stats.rounds, self.policy.calibration_error())
         if self.reserve_follows:  # read by SGLang's next check_decode_mem / prepare_for_decode

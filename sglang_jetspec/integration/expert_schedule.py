@@ -1,0 +1,183 @@
+"""Expert-aware tree scheduling in the JETSPEC worker (issue 5), for Mixture-of-Experts targets.
+
+Each round, between building the candidate trees and the verify forward:
+  1. predict the experts every candidate node will activate per layer (core/expert_predictor.py,
+     learned online from the experts the target actually routed earlier verify tokens to);
+  2. price the batch with the online verify cost model (core/moe_cost.py: a + b tokens +
+     c distinct experts) and keep the ancestor-closed node subset that maximises expected
+     committed tokens per predicted second, giving up at most `max_expected_loss` of the
+     candidates' expected tokens (core/expert_aware_tree.schedule_batch). Node acceptance
+     probabilities come from an online calibrator of the head's path scores
+     (core/calibration.py), trained here from verify outcomes, so it works with static widths.
+After the verify forward the experts SGLang's router picked for every verify row (its routed
+experts capturer, `--enable-return-routed-experts`, which the plugin turns on for MoE targets)
+update the predictor, the cost model and the counters (/get_server_info
+`internal_states[0]["jetspec"]["experts"]`): distinct experts per verify, kept vs candidate nodes,
+per-layer precision and recall of the prediction.
+
+Lossless: pruning only chooses WHICH candidate nodes are verified; a kept node keeps its token and
+all its ancestors, and acceptance (greedy, or the host walk rule) commits the target's own picks.
+
+  SGLANG_JETSPEC_EXPERT_AWARE=on   (default on MoE targets) prune as above
+  SGLANG_JETSPEC_EXPERT_AWARE=off  verify the best-first trees as built; routed experts are still
+                                   read and counted, so the two settings are compared like for like
+Dense targets have no experts: the setting is ignored there (`on` is refused at startup).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sglang_jetspec.core.calibration import AcceptanceCalibrator
+from sglang_jetspec.core.expert_aware_tree import schedule_batch
+from sglang_jetspec.core.expert_predictor import ExpertPredictor
+from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
+from sglang_jetspec.core.tree import DraftTree
+
+ENV = "SGLANG_JETSPEC_EXPERT_AWARE"
+MODES = ("on", "off")
+MAX_EXPECTED_LOSS = 0.03  # at most 3% of the candidates' expected committed tokens given up
+
+
+def mode_from_env(environ=os.environ) -> str:
+    mode = environ.get(ENV, "on").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"{ENV}={mode!r} must be one of {list(MODES)}")
+    return mode
+
+
+def moe_shape(hf_config) -> tuple[int, int, int] | None:
+    """(layers, experts per layer, experts per token) of an MoE target config, None if dense."""
+    experts = getattr(hf_config, "num_experts", None) or getattr(hf_config, "num_local_experts", None)
+    top_k = getattr(hf_config, "num_experts_per_tok", None)
+    if not experts or not top_k:
+        return None
+    return int(hf_config.num_hidden_layers), int(experts), int(top_k)
+
+
+def check_expert_mode(hf_config, environ=os.environ) -> list[str]:
+    """Startup errors: a typo in the setting, or `on` for a dense target."""
+    try:
+        mode = mode_from_env(environ)
+    except ValueError as exc:
+        return [str(exc)]
+    if ENV in environ and mode == "on" and moe_shape(hf_config) is None:
+        return [f"{ENV}=on needs a Mixture-of-Experts target (num_experts and num_experts_per_tok "
+                f"in its config); {getattr(hf_config, 'model_type', '?')} is dense"]
+    return []
+
+
+class ExpertScheduler:
+    def __init__(self, num_layers: int, num_experts: int, top_k: int, prune: bool = True,
+                 max_expected_loss: float = MAX_EXPECTED_LOSS, patience: int | None = 16):
+        self.L, self.E, self.K, self.prune = num_layers, num_experts, top_k, prune
+        self.max_expected_loss, self.patience = max_expected_loss, patience
+        self.predictor = ExpertPredictor(num_layers, num_experts, top_k)
+        self.cost = MoeVerifyCostModel(num_layers, top_k)
+        self.calibrator = AcceptanceCalibrator()
+        self._predicted: list[torch.Tensor] | None = None  # [n_b, L, K] of the verified trees
+        self.rounds = 0
+        self.candidate_nodes = self.kept_nodes = self.verify_rows = 0
+        self.distinct = torch.zeros(num_layers, dtype=torch.float64)  # summed over rounds
+        self.candidate_distinct = torch.zeros(num_layers, dtype=torch.float64)  # predicted, unpruned
+        self.verify_seconds = 0.0
+        self.candidate_expected = self.kept_expected = 0.0  # calibrated expected committed tokens
+        self.tp = torch.zeros(num_layers, dtype=torch.float64)
+        self.fp = torch.zeros(num_layers, dtype=torch.float64)
+        self.fn = torch.zeros(num_layers, dtype=torch.float64)
+
+    # ---- before the verify forward ----------------------------------------------------------
+
+    def schedule(self, trees: list[DraftTree], prev_tokens: list[int]) -> list[DraftTree]:
+        """The trees to verify: pruned (prune=True) or as built; predictions kept for metrics."""
+        experts = [self.predictor.predict_tree(t, p) for t, p in zip(trees, prev_tokens)]
+        self.candidate_nodes += sum(t.n for t in trees)
+        self.candidate_distinct += _union_counts(experts, self.E)
+        probs = self.calibrator.trees_probs(trees)
+        full = len(trees) + sum(float(p.sum()) for p in probs)  # expected tokens of the candidates
+        self.candidate_expected += full
+        if not self.prune or all(t.n == 1 for t in trees):
+            self._predicted = experts
+            self.kept_expected += full
+            return trees
+        s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True,
+                           patience=self.patience, max_expected_loss=self.max_expected_loss)
+        self._predicted = [e[k] for e, k in zip(experts, s.kept)]
+        self.kept_expected += s.expected_tokens
+        return s.trees
+
+    def learn_prefill(self, tokens: torch.Tensor, routed: torch.Tensor, extend_lens: list[int]) -> None:
+        """Prompt tokens are routed too: learn from a prefill forward (tokens [T] in batch order,
+        routed [T, L, K], extend_lens per request; the pair context restarts per request)."""
+        tokens, routed = tokens.to("cpu").long(), routed.to("cpu").long()
+        start = 0
+        for e in extend_lens:
+            if e > 0:
+                self.predictor.update_sequence(tokens[start:start + e], routed[start:start + e])
+            start += e
+
+    # ---- after it -----------------------------------------------------------------------------
+
+    def observe(self, trees: list[DraftTree], n: int, routed: torch.Tensor | None,
+                accepted_paths: list[list[int]], bonus_tokens: list[int | None], seconds: float) -> None:
+        """One verified round: the trees as verified (each padded to n rows), routed [bs*n, L, K]
+        the experts the target's router picked for every verify row (None: not captured), the
+        accepted node indices per tree, the bonus tokens (None where they do not label the
+        children), the verify forward's wall time."""
+        self.calibrator.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
+        self.rounds += 1
+        self.kept_nodes += sum(t.n for t in trees)
+        self.verify_rows += len(trees) * n
+        self.verify_seconds += seconds
+        if routed is None:
+            return
+        routed = routed.to("cpu").long()
+        if tuple(routed.shape[:2]) != (len(trees) * n, self.L):
+            raise ValueError(f"routed experts shape {tuple(routed.shape)} must be [bs*n = {len(trees) * n}, "
+                             f"L = {self.L}, K]")
+        distinct = _union_counts([routed], self.E)  # every row of the forward pays, padding included
+        self.distinct += distinct
+        self.cost.observe(len(trees) * n, distinct, max(seconds, 1e-6))
+        real = torch.cat([b * n + torch.arange(t.n) for b, t in enumerate(trees)])
+        actual = routed[real]  # [N, L, K]
+        tokens = torch.cat([t.tokens.cpu().long() for t in trees])
+        parents = [torch.where(t.parents >= 0, t.tokens[t.parents.clamp_min(0)], torch.tensor(-1)).cpu().long()
+                   for t in trees]
+        if self._predicted is not None and sum(p.shape[0] for p in self._predicted) == actual.shape[0]:
+            pred = torch.cat(self._predicted)
+            a, p = _incidence(actual, self.E), _incidence(pred, self.E)  # [N, L, E]
+            self.tp += (a & p).sum((0, 2)).double()
+            self.fp += (p & ~a).sum((0, 2)).double()
+            self.fn += (a & ~p).sum((0, 2)).double()
+        self._predicted = None
+        self.predictor.update(tokens, actual, torch.cat(parents))
+
+    def snapshot(self) -> dict:
+        r = max(self.rounds, 1)
+        prec = (self.tp / (self.tp + self.fp).clamp_min(1)).tolist()
+        rec = (self.tp / (self.tp + self.fn).clamp_min(1)).tolist()
+        return {"prune": self.prune, "rounds": self.rounds, "candidate_nodes": self.candidate_nodes,
+                "kept_nodes": self.kept_nodes, "verify_rows": self.verify_rows,
+                "verify_seconds": self.verify_seconds,
+                "distinct_per_layer_sum": self.distinct.tolist(),
+                "candidate_predicted_distinct_sum": self.candidate_distinct.tolist(),
+                "mean_distinct_per_verify": float(self.distinct.sum()) / (r * self.L),
+                "expected_tokens_kept_share": self.kept_expected / self.candidate_expected
+                if self.candidate_expected else None,
+                "precision_per_layer": prec, "recall_per_layer": rec,
+                "cost": self.cost.coefficients}
+
+
+def _incidence(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[m, L, K] ids (-1 = none) -> [m, L, E] bool."""
+    hit = torch.zeros(*ids.shape[:2], num_experts + 1, dtype=torch.bool)
+    hit.scatter_(2, torch.where(ids >= 0, ids, num_experts).long(), True)
+    return hit[..., :num_experts]
+
+
+def _union_counts(expert_ids: list[torch.Tensor], num_experts: int) -> torch.Tensor:
+    """Distinct experts per layer over the rows of all the given [m, L, K] tensors: [L]."""
+    rows = torch.cat([e.to("cpu").long() for e in expert_ids])
+    return _incidence(rows, num_experts).any(0).sum(-1).double()

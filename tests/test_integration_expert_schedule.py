@@ -1,0 +1,95 @@
+"""The worker's expert-aware scheduling component (integration/expert_schedule.py) on synthetic
+rounds: a target whose router sends each token to fixed experts, a draft whose trees the target
+accepts along the best path. Checked: it learns the routing (precision/recall -> 1), prunes
+trees to fewer predicted experts without giving up more than 3% of the expected tokens, keeps
+every kept node's ancestors, counts the verify's real distinct experts, and refuses bad input."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sglang_jetspec.core.tree import build_tree
+from sglang_jetspec.integration.expert_schedule import (
+    ExpertScheduler, check_expert_mode, mode_from_env, moe_shape)
+
+L, E, K, VOCAB = 3, 32, 2, 64
+
+
+def route(tokens: torch.Tensor) -> torch.Tensor:
+    """The synthetic router: token t -> experts (t % E, (t * 3 + l) % E) in layer l (distinct)."""
+    t = tokens.long()
+    out = torch.empty(t.numel(), L, K, dtype=torch.long)
+    for layer in range(L):
+        a, b = t % E, (t * 3 + layer + 1) % E
+        b = torch.where(b == a, (b + 1) % E, b)
+        out[:, layer, 0], out[:, layer, 1] = a, b
+    return out
+
+
+def rounds(sched: ExpertScheduler, n_rounds: int, bs: int = 1, budget: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    for r in range(n_rounds):
+        lps = [torch.log_softmax(2.5 * torch.randn(6, VOCAB, generator=g), -1) for _ in range(bs)]
+        cands = [build_tree(int(torch.randint(VOCAB, (1,), generator=g)), lp, budget, 4) for lp in lps]
+        trees = sched.schedule(cands, [-1] * bs)
+        for t in trees:  # every kept node's parent is kept (the pruned tree is a valid tree)
+            assert all(int(p) < i for i, p in enumerate(t.parents.tolist()) if i > 0)
+        n = max(t.n for t in trees)
+        rows = torch.cat([torch.cat([t.tokens, t.tokens[:1].repeat(n - t.n)]) for t in trees])
+        paths = []
+        for t, lp in zip(trees, lps):  # accept the best child while it is the draft's argmax
+            path, node = [0], 0
+            while True:
+                kids = [i for i in range(t.n) if int(t.parents[i]) == node]
+                want = int(lp[int(t.depths[node])].argmax()) if int(t.depths[node]) < 6 else -1
+                nxt = [i for i in kids if int(t.tokens[i]) == want]
+                if not nxt:
+                    break
+                node = nxt[0]
+                path.append(node)
+            paths.append(path)
+        seconds = 0.002 + 0.0001 * len(rows)  # the verify pays per distinct (layer, expert):
+        seconds += 0.001 * sum(int(torch.unique(route(rows)[:, layer]).numel()) for layer in range(L))
+        sched.observe(trees, n, route(rows), paths, [None] * bs, seconds)
+    return sched
+
+
+def test_learns_routing_prunes_to_fewer_experts_and_keeps_expected_tokens():
+    on = rounds(ExpertScheduler(L, E, K, prune=True, max_expected_loss=None), 60)  # ratio only
+    off = rounds(ExpertScheduler(L, E, K, prune=False), 60)
+    bounded = rounds(ExpertScheduler(L, E, K, prune=True), 60)  # default: give up <= 3%
+    s_on, s_off = on.snapshot(), off.snapshot()
+    assert 0.97 - 1e-9 <= bounded.snapshot()["expected_tokens_kept_share"] < 1.0
+    assert bounded.snapshot()["mean_distinct_per_verify"] < s_off["mean_distinct_per_verify"]
+    assert min(s_off["recall_per_layer"]) > 0.85 and min(s_off["precision_per_layer"]) > 0.85
+    assert s_off["kept_nodes"] == s_off["candidate_nodes"]  # off: verified as built
+    assert s_on["kept_nodes"] < s_on["candidate_nodes"]
+    assert s_on["mean_distinct_per_verify"] < 0.8 * s_off["mean_distinct_per_verify"]
+    assert s_on["expected_tokens_kept_share"] < 0.97 and s_off["expected_tokens_kept_share"] == 1.0
+    assert s_on["rounds"] == 60 and len(s_on["distinct_per_layer_sum"]) == L
+
+
+def test_prefill_routing_teaches_the_predictor_before_any_verify():
+    sched = ExpertScheduler(L, E, K)
+    toks = torch.arange(VOCAB).repeat(3)
+    sched.learn_prefill(toks, route(toks), [VOCAB, 2 * VOCAB])
+    pred = sched.predictor.predict(torch.arange(VOCAB))
+    hit = (pred.sort(-1).values == route(torch.arange(VOCAB)).sort(-1).values).float().mean()
+    assert hit > 0.95
+
+
+def test_bad_shapes_and_settings_are_named():
+    sched = ExpertScheduler(L, E, K)
+    t = build_tree(1, torch.log_softmax(torch.randn(3, VOCAB), -1), 4, 2)
+    sched.schedule([t], [-1])
+    with pytest.raises(ValueError, match=r"routed experts shape \(3, 3, 2\) must be \[bs\*n = 4"):
+        sched.observe([t], 4, torch.zeros(3, L, K, dtype=torch.long), [[0]], [None], 0.01)
+    assert mode_from_env({}) == "on" and mode_from_env({"SGLANG_JETSPEC_EXPERT_AWARE": "OFF"}) == "off"
+    with pytest.raises(ValueError, match=r"SGLANG_JETSPEC_EXPERT_AWARE='yes' must be one of \['on', 'off'\]"):
+        mode_from_env({"SGLANG_JETSPEC_EXPERT_AWARE": "yes"})
+    moe = SimpleNamespace(num_experts=8, num_experts_per_tok=2, num_hidden_layers=6, model_type="qwen3_moe")
+    dense = SimpleNamespace(num_hidden_layers=30, model_type="llama")
+    assert moe_shape(moe) == (6, 8, 2) and moe_shape(dense) is None
+    assert check_expert_mode(dense, {}) == [] and check_expert_mode(moe, {"SGLANG_JETSPEC_EXPERT_AWARE": "on"}) == []
+    assert "needs a Mixture-of-Experts target" in check_expert_mode(dense, {"SGLANG_JETSPEC_EXPERT_AWARE": "on"})[0]
