@@ -38,6 +38,9 @@ def main(argv=None) -> None:
     p.add_argument("--max-total-tokens", type=int, default=None,
                    help="KV pool size (tokens) of every server; small values put the radix cache and the "
                         "speculative KV reserve under pressure (default: roomy, 1024 per request in flight)")
+    p.add_argument("--expert-aware-off", action="store_true",
+                   help="MoE targets: also measure every static jetspec budget with expert-aware tree "
+                        "scheduling off (its own server; SGLANG_JETSPEC_EXPERT_AWARE=off)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -73,7 +76,7 @@ def main(argv=None) -> None:
         if heads:
             cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
             depth = cfg.block_size - 1
-        configs = plan_configs(methods, budgets, depth or 15, autos)
+        configs = plan_configs(methods, budgets, depth or 15, autos, expert_off=args.expert_aware_off)
         workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.bench: {exc}") from None

@@ -155,3 +155,30 @@ def test_server_log_counts_retractions_and_radix_hits():
            "[2026] KV cache pool is full. Retract requests. #retracted_reqs: 1, #new_tokens_gained: 9\n")
     assert log_counts(log) == (4, 127, 200)
     assert log_counts("") == (0, 0, 0)
+
+
+def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts(tmp_path):
+    from sglang_jetspec.bench.report import experts_table
+    from sglang_jetspec.bench.runner import expert_delta
+    from sglang_jetspec.bench.suite import server_env
+
+    configs = plan_configs(["jetspec"], [8, 16], depth=15, expert_off=True)
+    assert [c.label for c in configs] == ["ar", "jetspec@8", "jetspec@16", "jetspec@8-noexpert", "jetspec@16-noexpert"]
+    assert configs[3].custom_params() == {"jetspec": {"budget": 8}}  # same per-request budget
+    assert servers_needed(configs) == ["ar", "jetspec", "jetspec-noexpert"]
+    assert server_env("jetspec-noexpert") == {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_JETSPEC_EXPERT_AWARE": "off"}
+    assert max_budget(configs, "jetspec-noexpert") == 16
+
+    def snap(rounds, distinct, secs, kept, cand):
+        return {"rounds": rounds, "prune": True, "distinct_per_layer_sum": distinct, "verify_seconds": secs,
+                "kept_nodes": kept, "candidate_nodes": cand, "recall_per_layer": [0.5, 0.75],
+                "precision_per_layer": [0.6, 0.7]}
+    d = expert_delta(snap(10, [50.0, 60.0], 1.0, 80, 100), snap(20, [110.0, 120.0], 1.5, 150, 200))
+    assert d["mean_distinct_per_verify"] == pytest.approx(120 / 20) and d["verify_ms_per_round"] == pytest.approx(50.0)
+    assert d["kept_share"] == pytest.approx(0.7) and expert_delta(snap(3, [1.0, 1.0], 0, 1, 1), snap(3, [1.0, 1.0], 0, 1, 1)) == {"rounds": 0}
+    row = {"workload": "math", "batch_size": 1, "phases": None, "label": "jetspec@16", "tokens_per_s": 12.0,
+           "accept_length": 2.5, "experts": d}
+    table = experts_table([row, dict(row, experts=None)])
+    assert "| math | 1 | jetspec@16 | 12.00 | 2.50 | 6.00 | 50.0 | 70% | 0.50 0.75 |" in table
+    assert table.count("\n") == 2  # header, rule, one row
+    assert experts_table([dict(row, experts=None)]) == ""

@@ -23,7 +23,8 @@ NGRAM_DRAFT_TOKENS = 8  # SGLang NGRAM's tree size on its server (its own defaul
 AUTO_SERVER = "jetspec-auto"
 AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
 AUTO_SERVERS = (AUTO_SERVER, AUTO_MAX_RESERVE_SERVER)  # adaptive width
-HEAD_SERVERS = ("jetspec", "bidirectional") + AUTO_SERVERS  # servers with a JETSPEC head
+NO_EXPERT_SERVER = "jetspec-noexpert"  # static widths, expert-aware scheduling off (MoE targets)
+HEAD_SERVERS = ("jetspec", "bidirectional", NO_EXPERT_SERVER) + AUTO_SERVERS  # servers with a head
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,13 @@ class Config:
             return f"{self.method}@auto"
         if self.server == AUTO_MAX_RESERVE_SERVER:
             return f"{self.method}@auto-maxreserve"
+        if self.server == NO_EXPERT_SERVER:
+            return f"{self.method}@{self.budget}-noexpert"
         return self.method if self.budget is None else f"{self.method}@{self.budget}"
 
     def custom_params(self) -> dict | None:
         """The request's `custom_params` (JETSPEC per-request tree settings), or None."""
-        if self.server not in ("jetspec", "bidirectional") or self.budget is None:
+        if self.server not in ("jetspec", "bidirectional", NO_EXPERT_SERVER) or self.budget is None:
             return None
         tree = {"budget": self.budget}
         if self.width is not None:
@@ -93,7 +96,10 @@ def parse_mixed_load(text: str) -> list[int]:
     return [parse_int(b, "mixed-load concurrency", 1) for b in parse_list(text, "mixed-load")]
 
 
-def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=()) -> list[Config]:
+def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
+                 expert_off: bool = False) -> list[Config]:
+    """expert_off: also measure every static jetspec budget with expert-aware scheduling off
+    (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature."""
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -108,6 +114,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=()) ->
             out.append(Config(m, "jetspec", budget=depth + 1, width=1))
         else:
             out.extend(Config(m, m, budget=b) for b in budgets)
+            if m == "jetspec" and expert_off:
+                out.extend(Config(m, NO_EXPERT_SERVER, budget=b) for b in budgets)
             if m == "jetspec":
                 autos = ["auto"] if auto is True else list(auto or [])
                 out += [Config(m, AUTO_SERVER if a == "auto" else AUTO_MAX_RESERVE_SERVER) for a in autos]

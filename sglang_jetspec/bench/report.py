@@ -81,6 +81,22 @@ def kv_table(results: list[dict]) -> str:
     return "\n".join(rows) if len(rows) > 2 else "(no server log read)"
 
 
+def experts_table(results: list[dict]) -> str:
+    """MoE targets: per measurement, what the verify forwards activated (expert_delta)."""
+    rows = ["| workload | batch | method | tok/s | accept length | distinct experts / layer / verify "
+            "| verify ms / round | nodes kept | recall per layer (cumulative) |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        e = r.get("experts")
+        if not e or not e.get("rounds"):
+            continue
+        rec = " ".join(f"{x:.2f}" for x in e["recall_per_layer"])
+        rows.append(f"| {r['workload']} | {_batch(r)} | {r['label']} | {r['tokens_per_s']:.2f} | "
+                    f"{r['accept_length']:.2f} | {e['mean_distinct_per_verify']:.2f} | "
+                    f"{e['verify_ms_per_round']:.1f} | {_fmt(e['kept_share'], '.0%')} | {rec} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def serving_table(serving: list[dict]) -> str:
     if not serving:
         return "(not run: pass --serving-rates)"
@@ -206,6 +222,10 @@ def write_markdown(report: dict, out_dir: Path, command: str, plots: list[str]) 
         lines += ["## Methods that did not run here", ""]
         lines += [f"- `{k}`: {v}" for k, v in report["skipped"].items()]
         lines += [""]
+    moe = experts_table(report["results"])
+    if moe:
+        lines += ["## MoE target: experts activated per verify (expert-aware scheduling on; "
+                  "`-noexpert` = off)", "", moe, ""]
     pool = plan.get("max_total_tokens")
     lines += [f"## KV pool and radix cache (pool: {pool or 'default'} tokens)", "",
               "`jetspec@auto` reserves KV per step for the width it will verify; "

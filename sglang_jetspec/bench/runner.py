@@ -39,6 +39,7 @@ class Measurement:
     retracted: int | None = None     # requests SGLang retracted for lack of KV (server log)
     prefill_tokens: int | None = None   # prompt tokens prefilled (server log: #new-token)
     cached_tokens: int | None = None    # prompt tokens found in the radix cache (#cached-token)
+    experts: dict | None = None      # MoE targets: expert-aware scheduling counters (expert_delta)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -113,11 +114,31 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
         m.accept_length = d["accept_length"] if d["request_rounds"] else m.accept_length
         m.accept_hist = d["accept_hist"]
         m.nodes_per_request = d["nodes_per_request"]
+        after = jetspec_counters(server)
+        if (before or {}).get("experts") and after.get("experts"):
+            m.experts = expert_delta(before["experts"], after["experts"])
         if d["timed"] and d["rounds"]:
             ms = dict(d["ms_per_round"])
             ms["other"] = max(0.0, 1000 * wall / d["rounds"] - sum(ms.values()))
             m.ms_per_round = ms
     return m
+
+
+def expert_delta(before: dict, after: dict) -> dict:
+    """What the expert-aware scheduler saw between two snapshots (expert_schedule.py): mean
+    distinct experts per layer and verify, verify ms per round, kept / candidate nodes, and the
+    prediction's per-layer recall and precision (cumulative: the predictor keeps learning)."""
+    rounds = after["rounds"] - before["rounds"]
+    if rounds <= 0:
+        return {"rounds": 0}
+    layers = len(after["distinct_per_layer_sum"])
+    distinct = sum(after["distinct_per_layer_sum"]) - sum(before["distinct_per_layer_sum"])
+    cand = after["candidate_nodes"] - before["candidate_nodes"]
+    return {"rounds": rounds, "prune": after["prune"],
+            "mean_distinct_per_verify": distinct / (rounds * layers),
+            "verify_ms_per_round": 1000 * (after["verify_seconds"] - before["verify_seconds"]) / rounds,
+            "kept_share": (after["kept_nodes"] - before["kept_nodes"]) / cand if cand else None,
+            "recall_per_layer": after["recall_per_layer"], "precision_per_layer": after["precision_per_layer"]}
 
 
 _RETRACT = re.compile(r"#retracted_reqs: (\d+)")

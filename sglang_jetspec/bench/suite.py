@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, HEAD_SERVERS, Config,
-                                          max_budget, servers_needed)
+from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, HEAD_SERVERS,
+                                          NO_EXPERT_SERVER, Config, max_budget, servers_needed)
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure
 from sglang_jetspec.bench.workloads import WorkItem
 
@@ -57,7 +57,7 @@ def server_spec(plan: BenchPlan, key: str):
             extra += ["--attention-backend", VERIFY_BACKEND]
         return ServerSpec(plan.model, extra=extra, **common)
     if key in HEAD_SERVERS:
-        head = plan.heads["jetspec" if key in AUTO_SERVERS else key]
+        head = plan.heads["jetspec" if key in AUTO_SERVERS + (NO_EXPERT_SERVER,) else key]
         return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key),
                           width=plan.width, depth=plan.depth, **common)
     raise ValueError(f"no server for {key!r}")
@@ -71,6 +71,8 @@ def server_env(key: str) -> dict:
     env = {"SGLANG_JETSPEC_BUDGET": "adaptive" if key in AUTO_SERVERS else "static"}
     if key in AUTO_SERVERS:
         env["SGLANG_JETSPEC_KV_RESERVE"] = "max" if key == AUTO_MAX_RESERVE_SERVER else "follow"
+    if key == NO_EXPERT_SERVER:
+        env["SGLANG_JETSPEC_EXPERT_AWARE"] = "off"
     return env
 
 
