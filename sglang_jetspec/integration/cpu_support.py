@@ -10,7 +10,10 @@ Active only when torch sees no CUDA device (SGLang's CUDA kernels cannot run, an
      PYTHONPATH, because SGLang's spawned scheduler imports `sgl_kernel` while unpickling
      its entry point, before any plugin code runs there; spawn copies the parent's sys.path.
   3. registers `TreeVerifyTorchAttnBackend` as attention backend "jetspec_torch_native":
-     SGLang's torch_native backend ignores the verify tree mask, this one honours it.
+     SGLang's torch_native backend ignores the verify tree mask, this one honours it;
+  4. gives SGLang's host-side capture buffers (the routed-experts capturer behind
+     --enable-return-routed-experts, which expert-aware scheduling reads) plain CPU memory:
+     SGLang pins them with cudaHostRegister, which needs a CUDA driver.
 
 Every stand-in op has the signature of its sgl_kernel namesake (see SGLang's call sites in
 sglang/kernels/ops/...) and the semantics of SGLang's Triton kernel of the same name; each
@@ -55,7 +58,18 @@ def activate() -> bool:
     _put_shadow_first()
     install_standin()
     _register_verify_backend()
+    _plain_host_buffers()
     return True
+
+
+def _plain_host_buffers() -> None:
+    """Host capture buffers on device "cpu" without CUDA pinning (item 4 above)."""
+    from sglang.srt.mem_cache.pool_host import common
+
+    def alloc_plain(dims, dtype, device, pin_memory, allocator, registration_granularity_bytes=None):
+        return allocator.allocate(dims, dtype=dtype, device=device)
+
+    common.ALLOC_MEMORY_FUNCS["cpu"] = alloc_plain
 
 
 def _put_shadow_first() -> None:

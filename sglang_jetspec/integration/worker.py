@@ -112,7 +112,8 @@ class JetSpecWorker(BaseSpecWorker):
         # SGLang's per-step KV reserve follows the adaptive width (kv_reserve.py)
         self.reserve_follows = self.policy.adaptive and kv_reserve.mode_from_env() == "follow"
         kv_reserve.set_width(None)
-        self.experts = self._expert_scheduler(text_cfg, server_args)  # MoE targets only
+        self.experts: ExpertScheduler | None = None  # MoE targets: set in alloc_memory_pool
+        self._text_cfg = text_cfg
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
 
@@ -157,6 +158,8 @@ class JetSpecWorker(BaseSpecWorker):
                                          cfg.head_dim, self.device, self.drafter.embed_weight.dtype)
         logger.info("JETSPEC head context pool: %d slots, %.1f MB", num_slots,
                     self.head_pool.nbytes() / 2**20)
+        # the routed-experts capturer exists once the target's pools do
+        self.experts = self._expert_scheduler(self._text_cfg, self.server_args)
 
     # ---- one scheduler step -------------------------------------------------------------
 
