@@ -92,16 +92,29 @@ def test_round_stats_carry_the_policy_snapshot_and_a_log_line():
     assert "rounds 1" in line and "verify width adaptive" in line and "accept length 1.00" in line
 
 
-def test_the_curve_tail_follows_a_workload_change_within_a_few_explorations():
+def test_the_curve_forgets_per_round_so_a_rarely_seen_tail_takes_new_evidence_at_once():
     """Seen in the benchmark: after a hard workload (small widths win) an easy one kept small
-    widths, because ranks beyond them were updated once per exploration with the per-round
-    weight. Forgetting per round lets a few exploration rounds re-price the tail."""
-    cost = lambda w: 0.010 + 0.0004 * w  # noqa: E731
-    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=8, seed=1)
-    hard = _simulate(pol, 160, 1, 0.15, cost)
-    assert max(hard[80:]) <= 16 and sorted(hard[80:])[len(hard[80:]) // 2] <= 4, hard[80:]
-    easy = _simulate(pol, 80, 1, 0.97, cost, seed=1)
-    assert sorted(easy[40:])[20] >= 8, easy  # the median width after 40 rounds is wide
+    widths, because ranks beyond them, seen only in exploration rounds, moved by the per-round
+    weight 0.1 each time. A rank last seen g rounds ago now moves by 1 - 0.9^g."""
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, curve_alpha=0.1)
+    wide, narrow = _candidates(1, 16), _candidates(1, 3)
+    probs = {16: torch.full((15,), 0.1), 3: torch.full((2,), 0.1)}
+    pol.controller.calibrator.trees_probs = lambda trees: [probs[t.n] for t in trees]
+    pol.rounds = 1
+    pol._update_curve(wide, [16])  # every rank seen once at 0.1
+    probs[16], probs[3] = torch.full((15,), 0.9), torch.full((2,), 0.9)
+    for r in range(2, 42):  # 40 rounds of narrow trees: ranks 1-2 only
+        pol.rounds = r
+        pol._update_curve(narrow, [3])
+    assert pol.marginal[:2].tolist() == pytest.approx([0.9 - 0.8 * 0.9 ** 40] * 2)  # per-round weight
+    assert pol.marginal[2:].tolist() == pytest.approx([0.1] * 13)  # unseen since: unchanged
+    pol.rounds = 42
+    pol._update_curve(wide, [16])  # one exploration round after 41 rounds away
+    assert float(pol.marginal[2:].min()) > 0.1 + 0.98 * 0.8  # takes the new evidence almost whole
+    pol.rounds = 43
+    probs[16] = torch.full((15,), 0.5)
+    pol._update_curve(wide, [16])  # seen again the next round: the per-round weight only
+    assert float(pol.marginal[5]) == pytest.approx(0.9 - 0.1 * 0.4, abs=0.01)
 
 
 def test_the_cost_model_prices_the_draft_apart_once_wide_widths_are_seen():
@@ -142,7 +155,7 @@ def test_kv_reserve_follows_the_width_and_the_plan_never_exceeds_it():
         assert w <= in_effect, (r, w, in_effect)
         trees = _candidates(2, w, seed=r)
         pol.observe(trees, [w, w], [[0], [0]], [None, None], cost(w) + 0.001 * torch.rand(1, generator=g).item())
-        nxt = pol._explore_next
+        nxt = None if pol._explore_next is None else pol._explore_width(pol._explore_next, 2)
         reserves.append(pol.publish_reserve())
         if nxt is not None:
             assert reserves[-1] >= min(nxt, 64 if r < 59 else 5), (r, nxt, reserves[-1])
@@ -163,3 +176,18 @@ def test_kv_reserve_follows_the_width_and_the_plan_never_exceeds_it():
     finally:
         kv_reserve.set_width(None)
     assert kv_reserve.alloc_len(16) == 16
+
+
+def test_exploration_after_the_first_ladder_pass_skips_widths_far_costlier_than_the_one_in_use():
+    """At batch 16 on a CPU a width-64 round cost 8x the width in use: once the cost model has
+    seen the ladder, exploration (and the second warm-up pass) stays within 2x its cost."""
+    cost = lambda w: 0.05 + 0.01 * w  # noqa: E731  width 64 costs 0.69 s, width 2 0.07 s
+    pol = BudgetPolicy(64, "adaptive", warmup_reps=2, explore_every=4, seed=0)
+    widths = _simulate(pol, 120, 2, 0.3, cost)
+    assert widths[:7] == [1, 2, 4, 8, 16, 32, 64]  # the first pass walks the whole ladder
+    chosen = [w for i, w in enumerate(widths[14:], 14) if i % 4]
+    later = [w for i, w in enumerate(widths) if i >= 7 and (i < 14 or i % 4 == 0)]
+    assert max(chosen) <= 4 and max(later) <= 16, (chosen, later)
+    assert set(later) - {1, 2} != set()  # it still explores beyond the width in use
+    with pytest.raises(ValueError, match="explore_cost_factor 0.5 must be >= 1"):
+        BudgetPolicy(8, "adaptive", explore_cost_factor=0.5)

@@ -17,7 +17,11 @@
 
 Exploration: the curve beyond the widths in use and the cost of other widths are only seen by
 trying them, so the first rounds walk the widths 1, 2, 4, ..., max and one round in
-`explore_every` afterwards takes a random one. Any width is lossless (it only chooses which
+`explore_every` afterwards takes a random one. Once the cost model has seen the ladder, an
+exploration round (and any later warm-up pass) only picks among widths predicted to cost at most
+`explore_cost_factor` x the step at the currently chosen width: at batch 16 on a CPU a width-64
+round cost 4 s against 0.5 s for the width in use, so blind exploration there cost more than it
+could ever find. Any width is lossless (it only chooses which
 candidate nodes are verified, never what is committed).
 
 The curve forgets per ROUND, not per observation: a best-first rank seen every round moves by
@@ -62,7 +66,7 @@ def ladder(max_width: int) -> list[int]:
 class BudgetPolicy:
     def __init__(self, max_width: int, mode: str = "adaptive", warmup_reps: int = 2,
                  explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0,
-                 draft_depth: int | None = None):
+                 draft_depth: int | None = None, explore_cost_factor: float = 2.0):
         if mode not in MODES:
             raise ValueError(f"budget mode {mode!r} must be one of {list(MODES)}")
         if max_width < 1:
@@ -71,6 +75,10 @@ class BudgetPolicy:
         self.widths = ladder(max_width)
         self.warmup_rounds = warmup_reps * len(self.widths)
         self.explore_every, self.curve_alpha = explore_every, curve_alpha
+        if not explore_cost_factor >= 1:
+            raise ValueError(f"explore_cost_factor {explore_cost_factor} must be >= 1")
+        self.explore_cost_factor = explore_cost_factor
+        self._chosen = 1  # the width of the last optimised (non-exploration) round
         self.rng = random.Random(seed)
         # draft_depth: the head's depth rows, so the cost model prices the draft separately
         self.controller = BudgetController(max_width, StepCostModel(draft_depth=draft_depth)) \
@@ -99,14 +107,16 @@ class BudgetPolicy:
         hi = cap if kv_bound is None else min(cap, kv_bound)
         explore, self._explore_next = self._explore_next, self._exploration_for(self.rounds)
         if explore is not None:
-            d = Decision(width=min(explore, hi), per_request_budgets=[], expected_tokens=float("nan"),
-                         predicted_seconds=float("nan"), objective=float("nan"), reason="explore")
+            d = Decision(width=min(self._explore_width(explore, bs), hi), per_request_budgets=[],
+                         expected_tokens=float("nan"), predicted_seconds=float("nan"),
+                         objective=float("nan"), reason="explore")
         else:
             known = torch.nan_to_num(self.marginal, nan=0.0).clamp(0, 1).float()  # unseen: worth nothing yet
             d = choose_width([known] * bs, self.controller.cost, cap, kv_free_tokens)
+            self._chosen = d.width
         self.last = d
         self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
-        nxt = max(2 * d.width, self._explore_next or 1)
+        nxt = max(2 * d.width, 1 if self._explore_next is None else self._explore_width(self._explore_next, bs))
         self.next_reserve = max(1, min(self.max_width, nxt if kv_bound is None else min(nxt, kv_bound)))
         return d.width
 
@@ -116,14 +126,27 @@ class BudgetPolicy:
         self.reserve = self.next_reserve
         return self.reserve
 
-    def _exploration_for(self, r: int) -> int | None:
-        """The width exploration imposes on round r (0-based), or None. Drawn one round ahead
-        so that the KV reserve of round r already holds it."""
+    def _exploration_for(self, r: int) -> tuple[str, float] | None:
+        """What exploration imposes on round r (0-based), or None: ("ladder", width) in the first
+        warm-up pass, ("pick", u) with u in [0, 1) later (a ladder position among the widths the
+        cost bound allows, resolved by _explore_width). Drawn one round ahead so that the KV
+        reserve of round r already holds it."""
+        if r < len(self.widths):
+            return ("ladder", float(self.widths[r]))
         if r < self.warmup_rounds:
-            return self.widths[r % len(self.widths)]
+            return ("pick", (r % len(self.widths) + 0.5) / len(self.widths))
         if self.explore_every and r % self.explore_every == 0:
-            return self.rng.choice(self.widths)
+            return ("pick", self.rng.random())
         return None
+
+    def _explore_width(self, explore: tuple[str, float], bs: int) -> int:
+        kind, x = explore
+        if kind == "ladder":
+            return int(x)
+        cost = self.controller.cost
+        limit = self.explore_cost_factor * cost(bs, self._chosen)
+        allowed = [w for w in self.widths if cost(bs, w) <= limit] or [1]
+        return allowed[min(int(x * len(allowed)), len(allowed) - 1)]
 
     # ---- after verifying --------------------------------------------------------------------
 
