@@ -191,3 +191,20 @@ def test_exploration_after_the_first_ladder_pass_skips_widths_far_costlier_than_
     assert set(later) - {1, 2} != set()  # it still explores beyond the width in use
     with pytest.raises(ValueError, match="explore_cost_factor 0.5 must be >= 1"):
         BudgetPolicy(8, "adaptive", explore_cost_factor=0.5)
+
+
+def test_the_curve_is_scaled_by_how_much_the_calibration_under_or_overestimates_acceptance():
+    """Measured on math: the calibrated curve said 2.15 tokens per round at width 8 where budget
+    8 committed 2.58. The policy scales the curve by accepted / predicted draft nodes."""
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0)
+    assert pol.bias_ratio == 1.0
+    pol.controller.calibrator.trees_probs = lambda trees: [torch.full((t.n - 1,), 0.1) for t in trees]
+    for _ in range(60):
+        w = pol.plan(2, None)
+        trees = _candidates(2, 16)
+        path = [0] + [i for i in range(1, trees[0].n) if int(trees[0].parents[i]) == 0][:1]
+        pol.observe(trees, [16, 16], [path, [0]], [None, None], 0.05)  # 0.5 nodes per request
+    predicted = sum(0.1 * (t.n - 1) for t in trees) / 2
+    assert pol.bias_ratio == pytest.approx(min(2.0, max(0.5, 0.5 / predicted)), rel=0.01)
+    curve = pol.snapshot()["expected_tokens_curve"]
+    assert curve[2] == pytest.approx(1 + pol.bias_ratio * float(pol.marginal[:2].sum()))
