@@ -93,3 +93,28 @@ def test_bad_shapes_and_settings_are_named():
     assert moe_shape(moe) == (6, 8, 2) and moe_shape(dense) is None
     assert check_expert_mode(dense, {}) == [] and check_expert_mode(moe, {"SGLANG_JETSPEC_EXPERT_AWARE": "on"}) == []
     assert "needs a Mixture-of-Experts target" in check_expert_mode(dense, {"SGLANG_JETSPEC_EXPERT_AWARE": "on"})[0]
+
+
+def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_rank(tmp_path):
+    """The trace the worker writes (scheduling off) replays offline: the full trees' accepted
+    length equals what was verified, pruning keeps ancestors so its accepted length is the kept
+    path prefix, and under a cost priced by the most loaded EP rank it lowers that rank's load."""
+    from sglang_jetspec.bench.expert_replay import committed, load_trace, markdown, replay
+
+    trace = tmp_path / "trace.jsonl"
+    sched = rounds(ExpertScheduler(L, E, K, prune=False, trace_path=str(trace)), 30, bs=2)
+    sched._trace.close()
+    recs = load_trace(trace)
+    assert len(recs) == 30 and all(len(r.trees) == 2 for r in recs)
+    assert committed([0, 3, 5], {0, 3}) == 2 and committed([0, 3, 5], {0, 1, 3, 5}) == 3
+    cost = {"a": 1e-3, "b": 1e-6, "c": 1e-4, "d": None}
+    full = replay(recs, E, 1, cost, max_expected_loss=None)
+    assert full["nodes_kept"] < 1.0 and full["distinct_per_layer_pruned"] < full["distinct_per_layer_full"]
+    accepted = sum(len(p) for r in recs for p in r.paths) / sum(len(r.trees) for r in recs)
+    assert full["accept_length_full"] == pytest.approx(accepted)
+    assert full["accept_length_pruned"] <= full["accept_length_full"]
+    ep4 = replay(recs, E, 4, cost, max_expected_loss=None)
+    assert ep4["max_rank_per_layer_pruned"] < ep4["max_rank_per_layer_full"] <= E // 4
+    assert "| ep = 4 | 30 |" in markdown([full, ep4])
+    with pytest.raises(FileNotFoundError, match="SGLANG_JETSPEC_EXPERT_TRACE"):
+        load_trace(tmp_path / "missing.jsonl")

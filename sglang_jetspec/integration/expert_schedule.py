@@ -21,11 +21,17 @@ all its ancestors, and acceptance (greedy, or the host walk rule) commits the ta
   SGLANG_JETSPEC_EXPERT_AWARE=on   (default on MoE targets) prune as above
   SGLANG_JETSPEC_EXPERT_AWARE=off  verify the best-first trees as built; routed experts are still
                                    read and counted, so the two settings are compared like for like
+  SGLANG_JETSPEC_EXPERT_TRACE=FILE  also write every verified round (trees, accepted paths, routed
+                                   experts of every node, calibrated probabilities, predicted
+                                   experts) as a JSON line: `launch.replay_experts` replays such a
+                                   trace (taken with scheduling off) offline, e.g. under simulated
+                                   expert-parallel placements
 Dense targets have no experts: the setting is ignored there (`on` is refused at startup).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -37,6 +43,7 @@ from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
 
 ENV = "SGLANG_JETSPEC_EXPERT_AWARE"
+TRACE_ENV = "SGLANG_JETSPEC_EXPERT_TRACE"
 MODES = ("on", "off")
 MAX_EXPECTED_LOSS = 0.03  # at most 3% of the candidates' expected committed tokens given up
 
@@ -71,13 +78,16 @@ def check_expert_mode(hf_config, environ=os.environ) -> list[str]:
 
 class ExpertScheduler:
     def __init__(self, num_layers: int, num_experts: int, top_k: int, prune: bool = True,
-                 max_expected_loss: float = MAX_EXPECTED_LOSS, patience: int | None = 16):
+                 max_expected_loss: float = MAX_EXPECTED_LOSS, patience: int | None = 16,
+                 trace_path: str | None = None):
         self.L, self.E, self.K, self.prune = num_layers, num_experts, top_k, prune
         self.max_expected_loss, self.patience = max_expected_loss, patience
         self.predictor = ExpertPredictor(num_layers, num_experts, top_k)
         self.cost = MoeVerifyCostModel(num_layers, top_k)
         self.calibrator = AcceptanceCalibrator()
         self._predicted: list[torch.Tensor] | None = None  # [n_b, L, K] of the verified trees
+        self._probs: list[torch.Tensor] | None = None  # [n_b - 1] calibrated, of the verified trees
+        self._trace = open(trace_path, "a") if trace_path else None
         self.rounds = 0
         self.candidate_nodes = self.kept_nodes = self.verify_rows = 0
         self.distinct = torch.zeros(num_layers, dtype=torch.float64)  # summed over rounds
@@ -99,12 +109,13 @@ class ExpertScheduler:
         full = len(trees) + sum(float(p.sum()) for p in probs)  # expected tokens of the candidates
         self.candidate_expected += full
         if not self.prune or all(t.n == 1 for t in trees):
-            self._predicted = experts
+            self._predicted, self._probs = experts, probs
             self.kept_expected += full
             return trees
         s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True,
                            patience=self.patience, max_expected_loss=self.max_expected_loss)
         self._predicted = [e[k] for e, k in zip(experts, s.kept)]
+        self._probs = [p[k[1:] - 1] for p, k in zip(probs, s.kept)]
         self.kept_expected += s.expected_tokens
         return s.trees
 
@@ -151,8 +162,20 @@ class ExpertScheduler:
             self.tp += (a & p).sum((0, 2)).double()
             self.fp += (p & ~a).sum((0, 2)).double()
             self.fn += (a & ~p).sum((0, 2)).double()
-        self._predicted = None
+        if self._trace is not None:
+            self._write_trace(trees, n, routed, accepted_paths)
+        self._predicted = self._probs = None
         self.predictor.update(tokens, actual, torch.cat(parents))
+
+    def _write_trace(self, trees, n, routed, accepted_paths) -> None:
+        rec = {"trees": [{"tokens": t.tokens.tolist(), "parents": t.parents.tolist(), "depths": t.depths.tolist(),
+                          "scores": t.scores.tolist(), "ranks": t.ranks.tolist()} for t in trees],
+               "paths": accepted_paths,
+               "routed": [routed[b * n: b * n + t.n].tolist() for b, t in enumerate(trees)],
+               "probs": None if self._probs is None else [p.tolist() for p in self._probs],
+               "predicted": None if self._predicted is None else [e.tolist() for e in self._predicted]}
+        self._trace.write(json.dumps(rec) + "\n")
+        self._trace.flush()
 
     def snapshot(self) -> dict:
         r = max(self.rounds, 1)

@@ -25,6 +25,7 @@ overlap scheduling, no CUDA graphs.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -49,6 +50,7 @@ from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
+from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
 from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
 from sglang_jetspec.integration.drafter import Drafter
@@ -136,7 +138,8 @@ class JetSpecWorker(BaseSpecWorker):
             capturer.device_cache.buffer = torch.zeros((rows, *buf.shape[1:]), dtype=buf.dtype,
                                                        device=buf.device)
         self._capturer = capturer
-        sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on")
+        sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on",
+                                trace_path=os.environ.get(EXPERT_TRACE_ENV) or None)
         self.stats.attach("experts", sched.snapshot)
         logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d)",
                     "on" if sched.prune else "off (measuring only)", *shape)

@@ -1,0 +1,54 @@
+"""Replay an expert trace offline: expert-aware pruning on one device and under simulated
+expert-parallel placements, with the exact accepted length (sglang_jetspec/bench/expert_replay.py).
+
+    SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
+    python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--json OUT]
+
+Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
+experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
+verify dominated by expert weight reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m launch.replay_experts", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", required=True, help="JSONL written with SGLANG_JETSPEC_EXPERT_TRACE")
+    p.add_argument("--num-experts", type=int, required=True, help="experts per MoE layer of the target")
+    p.add_argument("--ep", default="1,2,4,8", help="placements: 1 = one device, R = R expert-parallel ranks")
+    p.add_argument("--a", type=float, default=1e-3, help="fixed seconds per verify")
+    p.add_argument("--b", type=float, default=2e-6, help="seconds per verify token")
+    p.add_argument("--c", type=float, default=1e-4, help="seconds per (layer, distinct expert); under EP "
+                   "per (layer, expert on the most loaded rank) unless --d is given")
+    p.add_argument("--d", type=float, default=None)
+    p.add_argument("--max-expected-loss", type=float, default=0.03,
+                   help="share of the candidates' calibrated expected tokens pruning may give up")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+
+    from sglang_jetspec.bench.expert_replay import load_trace, markdown, replay
+
+    try:
+        eps = [int(x) for x in args.ep.split(",") if x.strip()]
+        bad = [e for e in eps if e < 1 or args.num_experts % e]
+        if bad or not eps:
+            raise ValueError(f"--ep {args.ep}: each placement must divide --num-experts {args.num_experts}")
+        rounds = load_trace(args.trace)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"launch.replay_experts: {exc}") from None
+    cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
+    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss) for ep in eps]
+    print(markdown(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"trace": args.trace, "cost": cost, "max_expected_loss": args.max_expected_loss,
+                       "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Replay a JETSPEC expert trace (SGLANG_JETSPEC_EXPERT_TRACE, taken with expert-aware
+scheduling OFF) to measure expert-aware pruning offline, exactly, under simulated placements.
+
+Why exact: pruning only drops candidate nodes, and a kept node keeps all its ancestors, so its
+verify context, its routing and its greedy outcome are the same as in the full tree the trace
+recorded. Hence, for any kept subset:
+  - the experts the verify activates are the union of the kept nodes' recorded routing (padding
+    rows repeat the root, whose experts are already in);
+  - the committed tokens are 1 + the kept prefix of the recorded accepted path (the bonus token
+    is the target's pick at the last kept path node, which the full tree's next path node was).
+What is simulated is only the COST the scheduler optimises: `a + b tokens + c distinct + d
+max-rank` with coefficients given here (an EP deployment, not this CPU), and the placement
+(SGLang's contiguous one: rank r holds experts [r E/R, (r+1) E/R)). The scheduler sees what it
+sees in the server: calibrated probabilities and PREDICTED experts from the trace, never the
+recorded routing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sglang_jetspec.core import expert_load as el
+from sglang_jetspec.core.expert_aware_tree import schedule_batch
+from sglang_jetspec.core.tree import DraftTree
+
+
+@dataclass
+class Round:
+    trees: list[DraftTree]
+    paths: list[list[int]]
+    routed: list[torch.Tensor]     # [n_b, L, K] the experts each node was routed to
+    probs: list[torch.Tensor]      # [n_b - 1] calibrated P(accept) the scheduler saw
+    predicted: list[torch.Tensor]  # [n_b, L, K] predicted experts the scheduler saw
+
+
+def load_trace(path: str | Path) -> list[Round]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"expert trace {path} does not exist (write one with SGLANG_JETSPEC_EXPERT_TRACE)")
+    out = []
+    with open(path) as f:
+        for k, line in enumerate(f, 1):
+            rec = json.loads(line)
+            if rec.get("probs") is None or rec.get("predicted") is None:
+                raise ValueError(f"{path}:{k}: round without probs/predicted experts")
+            trees = [DraftTree(torch.tensor(t["tokens"]), torch.tensor(t["parents"]), torch.tensor(t["depths"]),
+                               torch.tensor(t["scores"], dtype=torch.float32), torch.tensor(t["ranks"]))
+                     for t in rec["trees"]]
+            out.append(Round(trees, rec["paths"], [torch.tensor(r) for r in rec["routed"]],
+                             [torch.tensor(p, dtype=torch.float64) for p in rec["probs"]],
+                             [torch.tensor(e) for e in rec["predicted"]]))
+    if not out:
+        raise ValueError(f"expert trace {path} holds no rounds")
+    return out
+
+
+def committed(path: list[int], kept: set[int]) -> int:
+    """Tokens a round commits when only `kept` nodes are verified: the kept prefix of the
+    accepted path (root included) plus the bonus token, i.e. its length."""
+    n = 0
+    for v in path:
+        if v not in kept:
+            break
+        n += 1
+    return n
+
+
+def _loads(routed: list[torch.Tensor], keeps: list[set[int]], num_experts: int, e2r, ranks: int):
+    """(distinct experts summed over layers, most-loaded-rank distinct experts summed over layers)."""
+    rows = torch.cat([r[sorted(k)] for r, k in zip(routed, keeps)])  # [N, L, K]
+    union = el.expert_union_mask(rows[None], torch.ones(1, rows.shape[0], dtype=torch.bool),
+                                 num_experts, batch=True)  # [L, E]
+    distinct = float(union.sum())
+    max_rank = float(el.max_rank_load(union.long(), e2r, ranks).sum()) if e2r is not None else distinct
+    return distinct, max_rank
+
+
+def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None):
+    """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep."""
+    e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
+    if ep > 1:  # under EP the slowest rank prices the experts
+        k = {"a": cost["a"], "b": cost["b"], "c": 0.0, "d": cost.get("d") or cost["c"]}
+    else:
+        k = {"a": cost["a"], "b": cost["b"], "c": cost["c"], "d": 0.0}
+    tot = {"rounds": 0, "requests": 0, "full_tokens": 0, "pruned_tokens": 0, "full_distinct": 0.0,
+           "pruned_distinct": 0.0, "full_max_rank": 0.0, "pruned_max_rank": 0.0, "full_nodes": 0,
+           "pruned_nodes": 0}
+    layers = rounds[0].routed[0].shape[1]
+    for r in rounds:
+        s = schedule_batch(r.trees, [p.float().clamp(0, 1).double() for p in r.probs], r.predicted, k,
+                           expert_to_rank=e2r, max_expected_loss=max_expected_loss)
+        full = [set(range(t.n)) for t in r.trees]
+        kept = [set(x.tolist()) for x in s.kept]
+        fd, fm = _loads(r.routed, full, num_experts, e2r, ep)
+        pd, pm = _loads(r.routed, kept, num_experts, e2r, ep)
+        tot["rounds"] += 1
+        tot["requests"] += len(r.trees)
+        tot["full_tokens"] += sum(committed(p, f) for p, f in zip(r.paths, full))
+        tot["pruned_tokens"] += sum(committed(p, kk) for p, kk in zip(r.paths, kept))
+        tot["full_distinct"] += fd
+        tot["pruned_distinct"] += pd
+        tot["full_max_rank"] += fm
+        tot["pruned_max_rank"] += pm
+        tot["full_nodes"] += sum(t.n for t in r.trees)
+        tot["pruned_nodes"] += sum(len(kk) for kk in kept)
+    n, req = tot["rounds"], tot["requests"]
+    return {"ep": ep, "rounds": n,
+            "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
+            "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
+            "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
+            "max_rank_per_layer_full": tot["full_max_rank"] / (n * layers),
+            "max_rank_per_layer_pruned": tot["pruned_max_rank"] / (n * layers),
+            "nodes_kept": tot["pruned_nodes"] / tot["full_nodes"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    out = ["| placement | rounds | accept length full -> pruned | distinct experts / layer full -> pruned "
+           "| most-loaded rank experts / layer full -> pruned | nodes kept |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        place = "one device" if r["ep"] == 1 else f"ep = {r['ep']}"
+
+        def ch(a, b):
+            return f"{a:.2f} -> {b:.2f} ({100 * (b / a - 1):+.0f}%)" if a else "-"
+        out.append(f"| {place} | {r['rounds']} | {ch(r['accept_length_full'], r['accept_length_pruned'])} | "
+                   f"{ch(r['distinct_per_layer_full'], r['distinct_per_layer_pruned'])} | "
+                   f"{ch(r['max_rank_per_layer_full'], r['max_rank_per_layer_pruned'])} | {r['nodes_kept']:.0%} |")
+    return "\n".join(out)
