@@ -41,6 +41,9 @@ def main(argv=None) -> None:
     p.add_argument("--expert-aware-off", action="store_true",
                    help="MoE targets: also measure every static jetspec budget with expert-aware tree "
                         "scheduling off (its own server; SGLANG_JETSPEC_EXPERT_AWARE=off)")
+    p.add_argument("--expert-trace", default=None, metavar="FILE",
+                   help="with --expert-aware-off: that server writes its verified rounds here "
+                        "(python -m launch.replay_experts replays them under simulated EP placements)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -61,6 +64,8 @@ def main(argv=None) -> None:
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
         if args.max_new_tokens < 1 or args.num_prompts < 1:
             raise ValueError("--max-new-tokens and --num-prompts must be >= 1")
+        if args.expert_trace and not args.expert_aware_off:
+            raise ValueError("--expert-trace needs --expert-aware-off (the trace holds the full trees)")
         if args.max_total_tokens is not None and args.max_total_tokens < 256:
             raise ValueError(f"--max-total-tokens {args.max_total_tokens} must be >= 256 (KV slots of the pool)")
         model = str(args.model or model_path("smollm2"))
@@ -86,7 +91,8 @@ def main(argv=None) -> None:
     plan = BenchPlan(model=model, heads=heads, configs=configs, workloads=workloads, batch_sizes=batch_sizes,
                      max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts, width=args.width,
                      depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, mixed_load=mixed, serving_rates=rates,
-                     serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens)
+                     serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens,
+                     expert_trace=str(Path(args.expert_trace).resolve()) if args.expert_trace else None)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)
     report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))

@@ -167,6 +167,8 @@ def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts
     assert configs[3].custom_params() == {"jetspec": {"budget": 8}}  # same per-request budget
     assert servers_needed(configs) == ["ar", "jetspec", "jetspec-noexpert"]
     assert server_env("jetspec-noexpert") == {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_JETSPEC_EXPERT_AWARE": "off"}
+    assert server_env("jetspec-noexpert", "t.jsonl")["SGLANG_JETSPEC_EXPERT_TRACE"] == "t.jsonl"
+    assert "SGLANG_JETSPEC_EXPERT_TRACE" not in server_env("jetspec", "t.jsonl")
     assert max_budget(configs, "jetspec-noexpert") == 16
 
     def snap(rounds, distinct, secs, kept, cand):

@@ -40,6 +40,7 @@ class BenchPlan:
     serving_rates: list[float] = field(default_factory=list)
     serving_prompts: int = 8
     max_total_tokens: int | None = None  # KV pool size of every server (None: roomy)
+    expert_trace: str | None = None      # the expert-aware-off server writes its expert trace here
 
 
 def server_spec(plan: BenchPlan, key: str):
@@ -63,7 +64,7 @@ def server_spec(plan: BenchPlan, key: str):
     raise ValueError(f"no server for {key!r}")
 
 
-def server_env(key: str) -> dict:
+def server_env(key: str, expert_trace: str | None = None) -> dict:
     """Head servers run static widths, except the `auto` ones (budget_policy.py), whose KV
     reserve follows the width or stays at the budget (kv_reserve.py)."""
     if key not in HEAD_SERVERS:
@@ -73,6 +74,8 @@ def server_env(key: str) -> dict:
         env["SGLANG_JETSPEC_KV_RESERVE"] = "max" if key == AUTO_MAX_RESERVE_SERVER else "follow"
     if key == NO_EXPERT_SERVER:
         env["SGLANG_JETSPEC_EXPERT_AWARE"] = "off"
+        if expert_trace:  # full trees with their routing, for launch.replay_experts
+            env["SGLANG_JETSPEC_EXPERT_TRACE"] = expert_trace
     return env
 
 
@@ -92,7 +95,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
     for key in servers_needed(plan.configs):
         configs = [c for c in plan.configs if c.server == key]
         progress(f"[bench] starting the {key} server ({', '.join(c.label for c in configs)})")
-        server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log", env=server_env(key))
+        server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log", env=server_env(key, plan.expert_trace))
         try:
             server.start().wait_ready()
         except (RuntimeError, TimeoutError) as exc:
