@@ -33,8 +33,9 @@ def parse_args(argv=None):
                    help="comma-separated tapped target layers (default: published rule)")
     p.add_argument("--init-from-target", action=argparse.BooleanOptionalAction, default=True,
                    help="start the head's layers from the target's last decoder layers")
-    p.add_argument("--recency-init", action=argparse.BooleanOptionalAction, default=True,
-                   help="layer 0 starts with a latest-context head group and an anchor head group")
+    p.add_argument("--recency-init", action=argparse.BooleanOptionalAction, default=None,
+                   help="layer 0 starts with a latest-context head group and an anchor head group "
+                        "(default: on when the head has >= 2 kv heads, the two groups it needs)")
     p.add_argument("--qk-scale-init", action=argparse.BooleanOptionalAction, default=False,
                    help="copied layers start with q_norm/k_norm gains equal to the target layer's q/k RMS "
                         "(its attention logit scale) instead of 1")
@@ -168,6 +169,13 @@ def main(argv=None) -> None:
     if args.train_seqs is not None:
         train_seqs = train_seqs[: args.train_seqs]
 
+    recency_init = args.recency_init
+    if recency_init is None:  # the head copies the target's kv head count (head_config_for_target)
+        recency_init = hf.model.config.num_key_value_heads >= 2
+        if not recency_init and info.is_main:
+            print(f"[init] no recency init: the target has {hf.model.config.num_key_value_heads} kv head(s), "
+                  "the init needs 2 groups")
+
     def new_head(out, causal):
         if resume:
             return DraftHead(HeadConfig.load(out)).to(device)
@@ -182,7 +190,7 @@ def main(argv=None) -> None:
         return build_head(hf.model, args.num_layers, args.block_size, causal=causal,
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
                           seed=args.seed, target_layer_ids=args.target_layer_ids,
-                          recency_init=args.recency_init, calib_ids=train_seqs[0].ids.to(device),
+                          recency_init=recency_init, calib_ids=train_seqs[0].ids.to(device),
                           qk_scale_init=args.qk_scale_init).to(device)
 
     head = new_head(args.out, not args.bidirectional)

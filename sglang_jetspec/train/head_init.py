@@ -57,12 +57,55 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
     dst.copy_(src.detach().to(dst.dtype))
 
 
+def _expert_weights(experts, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate [I, d], up [I, d], down [d, I]) of expert e: fused 3D parameters (transformers >= 5:
+    gate_up_proj [E, 2I, d] with gate first, down_proj [E, d, I]) or a list of dense MLPs."""
+    if hasattr(experts, "gate_up_proj"):
+        gate, up = experts.gate_up_proj[e].chunk(2, dim=0)
+        return gate, up, experts.down_proj[e]
+    mlp = experts[e]
+    return mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+
+
+def dense_mlp_weights(mlp, intermediate_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate [I, d], up [I, d], down [d, I]) of a dense SwiGLU MLP with I = intermediate_size that
+    starts as the target layer's MLP.
+
+    A dense target MLP is returned as is. A sparse MoE block (a router over `experts`, e.g.
+    Qwen3-MoE) has no single dense MLP: the head's MLP then starts as the AVERAGE of the first
+    n = intermediate_size // expert width experts (their channels side by side, down_proj / n),
+    about the size of a routed output (top-k weights sum to 1); channels left over start with
+    output 0 (down_proj columns 0) and small random gate/up.
+    Which experts does not matter much for a load-balanced router. Shapes are checked by _copy.
+    """
+    if not hasattr(mlp, "experts"):
+        return mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+    experts = mlp.experts
+    num = experts.gate_up_proj.shape[0] if hasattr(experts, "gate_up_proj") else len(experts)
+    width = _expert_weights(experts, 0)[0].shape[0]
+    n = min(num, intermediate_size // width)
+    if n < 1:
+        raise ValueError(f"cannot initialise a head MLP of intermediate_size {intermediate_size} from "
+                         f"MoE experts of width {width}; use a wider head MLP or --no-init-from-target")
+    gate0, _, down0 = _expert_weights(experts, 0)
+    # leftover channels: small random gate/up (so they get gradients), zero down (no output yet)
+    gate = gate0.new_empty(intermediate_size, gate0.shape[1]).normal_(0.0, 0.02)  # [I, d]
+    up = torch.empty_like(gate).normal_(0.0, 0.02)
+    down = down0.new_zeros(down0.shape[0], intermediate_size)  # [d, I]
+    for e in range(n):
+        g, u, d = _expert_weights(experts, e)
+        sl = slice(e * width, (e + 1) * width)
+        gate[sl], up[sl], down[:, sl] = g, u, d / n
+    return gate, up, down
+
+
 @torch.no_grad()
 def init_head_from_target(head: DraftHead, model, source_layers: list[int] | None = None) -> list[int]:
     """Copy target decoder layers into the head (default: the target's last num_layers layers).
 
-    Copies q/k/v/o, the MLP and both layer norms (q_norm/k_norm too when the target has them,
-    else they stay 1), the final norm; `fc` = identity on the deepest tapped layer's slice,
+    Copies q/k/v/o, the MLP (an average of experts for a sparse MoE layer: dense_mlp_weights)
+    and both layer norms (q_norm/k_norm too when the target has them, else they stay 1), the
+    final norm; `fc` = identity on the deepest tapped layer's slice,
     `hidden_norm` = the first copied layer's input norm. Returns the copied target layer ids.
     WARNING: overwrites the head's weights in place.
     """
@@ -84,8 +127,8 @@ def init_head_from_target(head: DraftHead, model, source_layers: list[int] | Non
             t_norm = getattr(tl.self_attn, nm, None)
             getattr(hl.self_attn, nm).weight.fill_(1.0) if t_norm is None else \
                 _copy(getattr(hl.self_attn, nm).weight, t_norm.weight, f"layers.{j}.self_attn.{nm}")
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            _copy(getattr(hl.mlp, proj).weight, getattr(tl.mlp, proj).weight, f"layers.{j}.mlp.{proj}")
+        for proj, w in zip(("gate_proj", "up_proj", "down_proj"), dense_mlp_weights(tl.mlp, cfg.intermediate_size)):
+            _copy(getattr(hl.mlp, proj).weight, w, f"layers.{j}.mlp.{proj}")
         _copy(hl.input_layernorm.weight, tl.input_layernorm.weight, f"layers.{j}.input_layernorm")
         _copy(hl.post_attention_layernorm.weight, tl.post_attention_layernorm.weight,
               f"layers.{j}.post_attention_layernorm")
