@@ -22,6 +22,7 @@ from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure
 from sglang_jetspec.bench.workloads import WorkItem
 
 SCHEMA_VERSION = 1
+WARMUP_REQUESTS = 3  # full-length requests each server answers before its first measurement
 
 
 @dataclass
@@ -105,7 +106,10 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
             server.stop()
             continue
         try:
-            server.generate(encoded[next(iter(encoded))][0], 4, temperature=0.0)  # warm-up
+            # warm-up, not measured: a few full-length requests, so that one-off costs (first
+            # shapes, the adaptive width's warm-up ladder over every width) stay out of the numbers
+            for ids in encoded[next(iter(encoded))][:WARMUP_REQUESTS]:
+                server.generate(ids, plan.max_new_tokens, temperature=0.0)
             for w, ids in encoded.items():
                 for bs in plan.batch_sizes:
                     prompts = ids[: max(plan.num_prompts, bs)]  # enough to fill the batch
