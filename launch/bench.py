@@ -44,6 +44,9 @@ def main(argv=None) -> None:
     p.add_argument("--expert-trace", default=None, metavar="FILE",
                    help="with --expert-aware-off: that server writes its verified rounds here "
                         "(python -m launch.replay_experts replays them under simulated EP placements)")
+    p.add_argument("--auto-max-width", type=int, default=None,
+                   help="largest verify width of the adaptive servers (default: the largest static budget; "
+                        "needed when --budgets lists only auto variants)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -58,7 +61,9 @@ def main(argv=None) -> None:
 
     try:
         methods = parse_list(args.methods, "methods")
-        budgets, autos = parse_budgets(args.budgets)
+        if args.auto_max_width is not None and args.auto_max_width < 2:
+            raise ValueError(f"--auto-max-width {args.auto_max_width} must be >= 2")
+        budgets, autos = parse_budgets(args.budgets, args.auto_max_width)
         batch_sizes = parse_batch_sizes(args.batch_sizes)
         mixed = parse_mixed_load(args.mixed_load) if args.mixed_load else []
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
@@ -92,7 +97,8 @@ def main(argv=None) -> None:
                      max_new_tokens=args.max_new_tokens, num_prompts=args.num_prompts, width=args.width,
                      depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, mixed_load=mixed, serving_rates=rates,
                      serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens,
-                     expert_trace=str(Path(args.expert_trace).resolve()) if args.expert_trace else None)
+                     expert_trace=str(Path(args.expert_trace).resolve()) if args.expert_trace else None,
+                     auto_max_width=args.auto_max_width)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)
     report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))

@@ -87,8 +87,11 @@ def test_plans_put_ar_first_and_share_one_server_per_head():
 
 
 def test_bad_settings_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match="auto needs at least one static budget"):
+    with pytest.raises(ValueError, match="auto needs a static budget as well or --auto-max-width"):
         parse_budgets("auto")
+    assert parse_budgets("auto,auto-maxreserve", auto_max_width=64) == ([], ["auto", "auto-maxreserve"])
+    only_auto = plan_configs(["jetspec"], [], depth=15, auto=["auto"])
+    assert [c.label for c in only_auto] == ["ar", "jetspec@auto"] and max_budget(only_auto, "jetspec-auto", 64) == 64
     assert parse_budgets("8,auto") == ([8], ["auto"])
     assert parse_budgets("auto-maxreserve,8,auto") == ([8], ["auto", "auto-maxreserve"])
     with pytest.raises(ValueError, match="budget 1 must be >= 2"):

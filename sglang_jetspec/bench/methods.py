@@ -75,15 +75,15 @@ def parse_int(item: str, name: str, minimum: int, hint: str = "", why: str = "")
 AUTO_TOKENS = ("auto", "auto-maxreserve")
 
 
-def parse_budgets(text: str) -> tuple[list[int], list[str]]:
+def parse_budgets(text: str, auto_max_width: int | None = None) -> tuple[list[int], list[str]]:
     """(static budgets, the adaptive variants asked for: `auto`, `auto-maxreserve`)."""
     items = parse_list(text, "budgets")
     autos = [a for a in AUTO_TOKENS if a in items]
     out = [parse_int(b, "budget", 2, " (expected e.g. 8,16,32,64,auto)", " (1 is plain decoding: use method ar)")
            for b in items if b not in AUTO_TOKENS]
-    if autos and not out:
-        raise ValueError(f"--budgets {','.join(autos)} needs at least one static budget as well: the "
-                         "adaptive server's largest width is the largest static budget")
+    if autos and not out and auto_max_width is None:
+        raise ValueError(f"--budgets {','.join(autos)} needs a static budget as well or --auto-max-width: the "
+                         "adaptive server's largest width is the largest static budget by default")
     return sorted(set(out)), autos
 
 
@@ -126,8 +126,10 @@ def servers_needed(configs: list[Config]) -> list[str]:
     return list(dict.fromkeys(c.server for c in configs))
 
 
-def max_budget(configs: list[Config], server: str) -> int | None:
+def max_budget(configs: list[Config], server: str, auto_max_width: int | None = None) -> int | None:
     if server in AUTO_SERVERS:  # the adaptive servers may go up to the largest static budget
+        if auto_max_width is not None:
+            return auto_max_width
         server = "jetspec"
     vals = [c.budget for c in configs if c.server == server and c.budget is not None]
     return max(vals) if vals else None

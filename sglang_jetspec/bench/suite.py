@@ -42,6 +42,7 @@ class BenchPlan:
     serving_prompts: int = 8
     max_total_tokens: int | None = None  # KV pool size of every server (None: roomy)
     expert_trace: str | None = None      # the expert-aware-off server writes its expert trace here
+    auto_max_width: int | None = None    # adaptive servers' largest width (default: largest static budget)
 
 
 def server_spec(plan: BenchPlan, key: str):
@@ -60,7 +61,7 @@ def server_spec(plan: BenchPlan, key: str):
         return ServerSpec(plan.model, extra=extra, **common)
     if key in HEAD_SERVERS:
         head = plan.heads["jetspec" if key in AUTO_SERVERS + (NO_EXPERT_SERVER,) else key]
-        return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key),
+        return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key, plan.auto_max_width),
                           width=plan.width, depth=plan.depth, **common)
     raise ValueError(f"no server for {key!r}")
 
