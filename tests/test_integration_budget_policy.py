@@ -208,3 +208,18 @@ def test_the_curve_is_scaled_by_how_much_the_calibration_under_or_overestimates_
     assert pol.bias_ratio == pytest.approx(min(2.0, max(0.5, 0.5 / predicted)), rel=0.01)
     curve = pol.snapshot()["expected_tokens_curve"]
     assert curve[2] == pytest.approx(1 + pol.bias_ratio * float(pol.marginal[:2].sum()))
+
+
+def test_measured_round_times_overrule_a_linear_model_that_underprices_wide_rounds():
+    """Seen at batch 16 on a CPU: the linear cost model, fitted mostly on cheap batch-1 rounds,
+    priced width 4 at half its real time, and the policy kept speculating where plain decoding
+    was faster. The measured mean per (batch size, width) now prices widths it has run: here
+    the model says rows are free, the rounds say otherwise."""
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=10, seed=0)
+    pol.controller.cost = lambda bs, w: 0.01 + 1e-5 * bs * w  # noqa: E731  wrong, and never refitted
+    true = lambda w: 0.05 + 0.1 * w  # noqa: E731
+    widths = _simulate(pol, 100, 8, 0.6, cost=true)
+    chosen = [w for i, w in enumerate(widths[30:], 30) if i % 10]
+    assert sorted(chosen)[len(chosen) // 2] <= 2, widths
+    assert pol.step_cost(8, 1) == pytest.approx(true(1))
+    assert pol.step_cost(3, 5) == pytest.approx(0.01 + 1e-5 * 15)  # never run: the model prices it

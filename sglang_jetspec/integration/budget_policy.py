@@ -31,6 +31,14 @@ the accepted draft nodes per request-round and of what the calibrator predicted 
 verified trees (before learning from them), and scales the curve by their ratio (within
 [0.5, 2]).
 
+Measured step times: the cost model is linear, and on a CPU the real step time is not (a
+verify row costs more once the batch's rows make the matmuls compute-bound): fitted mostly on
+batch-1 rounds it priced width 4 at batch 16 at about half of what it took, and the policy kept
+speculating where plain decoding was faster. So the policy also keeps a running mean of the
+measured round time per (batch size, width) it has run, and prices a width by that mean once it
+has `measured_min` rounds there (the model prices the rest). Width 1 stays among the widths
+exploration tries, so "no speculation" is measured at every batch size in use.
+
 The curve forgets per ROUND, not per observation: a best-first rank seen every round moves by
 `curve_alpha` each round, a rank beyond the widths in use (seen only when exploring) takes the
 weight 1 - (1 - curve_alpha)^(rounds since it was last seen). Forgetting per observation left
@@ -86,6 +94,8 @@ class BudgetPolicy:
             raise ValueError(f"explore_cost_factor {explore_cost_factor} must be >= 1")
         self.explore_cost_factor = explore_cost_factor
         self._chosen = 1  # the width of the last optimised (non-exploration) round
+        self.measured: dict[tuple[int, int], list[float]] = {}  # (bs, width) -> [mean s, rounds]
+        self.measured_min, self.measured_alpha = 2, 0.2
         self.rng = random.Random(seed)
         # draft_depth: the head's depth rows, so the cost model prices the draft separately
         self.controller = BudgetController(max_width, StepCostModel(draft_depth=draft_depth)) \
@@ -120,7 +130,7 @@ class BudgetPolicy:
                          objective=float("nan"), reason="explore")
         else:
             known = (torch.nan_to_num(self.marginal, nan=0.0) * self.bias_ratio).clamp(0, 1).float()  # unseen: 0
-            d = choose_width([known] * bs, self.controller.cost, cap, kv_free_tokens)
+            d = choose_width([known] * bs, self.step_cost, cap, kv_free_tokens)
             self._chosen = d.width
         self.last = d
         self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
@@ -151,7 +161,7 @@ class BudgetPolicy:
         kind, x = explore
         if kind == "ladder":
             return int(x)
-        cost = self.controller.cost
+        cost = self.step_cost
         limit = self.explore_cost_factor * cost(bs, self._chosen)
         allowed = [w for w in self.widths if cost(bs, w) <= limit] or [1]
         return allowed[min(int(x * len(allowed)), len(allowed) - 1)]
@@ -170,8 +180,19 @@ class BudgetPolicy:
         self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees))
         d.per_request_budgets = [t.n for t in trees]
         d.width = max(d.per_request_budgets)  # the rows actually verified (trees may be cut short)
+        m = self.measured.setdefault((len(trees), d.width), [seconds, 0])
+        m[0] += (seconds - m[0]) * (1.0 if m[1] == 0 else self.measured_alpha)
+        m[1] += 1
         self.controller.observe(trees, d, accepted_paths, bonus_tokens, seconds)
         self._update_curve(trees, built_budgets)
+
+    def step_cost(self, bs: int, width: int) -> float:
+        """Seconds of a step: the measured mean at (bs, width) once seen often enough, else the
+        fitted model's prediction."""
+        m = self.measured.get((bs, width))
+        if m is not None and m[1] >= self.measured_min:
+            return m[0]
+        return self.controller.cost(bs, width)
 
     def _track_bias(self, predicted: float, actual: int, requests: int) -> None:
         a, p = actual / requests, predicted / requests
