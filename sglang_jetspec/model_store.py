@@ -103,8 +103,8 @@ def _prepare_smollm2(folder: Path) -> None:
     tmp.rename(folder)
 
 
-# Heads the repository ships, by the prepared target folder they were trained for.
-_SHIPPED_HEADS = {"smollm2": "smollm2-135m-jetspec"}
+# Heads the repository ships under models/, by the embedded target they were trained for.
+_SHIPPED_HEADS = {"smollm2": "smollm2-135m-jetspec", "qwen3moe": "qwen3moe-tiny-jetspec"}
 
 
 def shipped_heads_dir() -> Path:
@@ -112,11 +112,27 @@ def shipped_heads_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def shipped_head_dir(name: str) -> Path:
+    """The head the repository ships for the embedded target ``name`` (``python -m launch.models
+    head NAME``); FileNotFoundError when the checkout lacks it."""
+    if name not in _SHIPPED_HEADS:
+        raise ValueError(f"no shipped head for {name!r}; heads ship for {sorted(_SHIPPED_HEADS)}")
+    folder = shipped_heads_dir() / _SHIPPED_HEADS[name]
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"the shipped head for {name!r} is not in the checkout at {folder}")
+    return folder
+
+
+def _embedded_target_dir(name: str) -> Path:
+    """Where the embedded target ``name`` lives (prepared into the cache, or shipped in models/)."""
+    return shipped_heads_dir() / _SHIPPED_MODELS[name] if name in _SHIPPED_MODELS else cache_dir() / name
+
+
 def default_head_dir(target_dir: str | Path) -> Path | None:
     """The shipped head for an embedded target folder, or None when there is none (yet)."""
     target_dir = Path(target_dir).resolve()
     for name, head in _SHIPPED_HEADS.items():
-        if target_dir == (cache_dir() / name).resolve():
+        if target_dir == _embedded_target_dir(name).resolve():
             folder = shipped_heads_dir() / head
             return folder if (folder / "config.json").exists() else None
     return None

@@ -1,0 +1,72 @@
+"""The shipped JetSpec head for the embedded MoE target, models/qwen3moe-tiny-jetspec.
+
+Fast: the launchers find it (`python -m launch.models head qwen3moe`, and as the default head of
+the qwen3moe target), it loads strictly in the published layout, fits the target (hidden size,
+depth, vocabulary, MASK token, taps SGLang can capture), and drafts usefully and losslessly on a
+held-out prompt through the reference decoder.
+"""
+
+import json
+
+import pytest
+import torch
+
+from sglang_jetspec.model_store import default_head_dir, model_path, shipped_head_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def moe_dir():
+    return model_path("qwen3moe")
+
+
+@pytest.fixture(scope="module")
+def head_dir():
+    return shipped_head_dir("qwen3moe")
+
+
+def test_launchers_find_the_head(moe_dir, head_dir, capsys):
+    from launch.models import main
+
+    assert head_dir.name == "qwen3moe-tiny-jetspec" and head_dir.parent == moe_dir.parent
+    main(["head", "qwen3moe"])
+    assert capsys.readouterr().out.strip() == str(head_dir)
+    assert default_head_dir(moe_dir) == head_dir  # launch.generate/eval use it without --head
+    assert default_head_dir(moe_dir.parent) is None  # any other folder: no default head
+
+
+def test_head_loads_and_fits_the_moe_target(moe_dir, head_dir):
+    from transformers import AutoTokenizer
+
+    from sglang_jetspec.core.checkpoint import load_head
+    from sglang_jetspec.integration.server_args import TargetDims, check_head
+    from sglang_jetspec.reference.runner import default_mask_token_id
+
+    target = json.loads((moe_dir / "config.json").read_text())
+    head = load_head(str(head_dir))  # strict: a missing, extra or misshapen tensor fails here
+    cfg = head.config
+    assert cfg.target_hidden_size == cfg.hidden_size == target["hidden_size"] == 192
+    assert cfg.vocab_size == target["vocab_size"] and cfg.num_target_layers == target["num_hidden_layers"]
+    assert cfg.causal_head and cfg.block_size == 16 and cfg.num_hidden_layers == 2
+    assert cfg.mask_token_id == default_mask_token_id(AutoTokenizer.from_pretrained(moe_dir))
+    assert check_head(cfg, TargetDims(target["hidden_size"], target["num_hidden_layers"], target["vocab_size"])) == []
+    assert {p.dtype for p in load_head(str(head_dir), dtype=None).parameters()} <= {torch.bfloat16, torch.float32}
+
+
+@torch.no_grad()
+def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir):
+    from sglang_jetspec.core.checkpoint import load_head
+    from sglang_jetspec.reference.ar import generate_ar
+    from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
+    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
+    from sglang_jetspec.reference.target import HFTarget
+
+    target = HFTarget(moe_dir)
+    head = load_head(str(head_dir), device=str(target.device), dtype=target.dtype)
+    prompt = read_prompts(moe_dir.parent.parent / "data" / "prompts" / "math.heldout.jsonl")[0]
+    ids = encode_prompts(target.tokenizer, [prompt])[0]
+    ar = generate_ar(target, ids, 32)
+    res = ReferenceDecoder(target, head, TreeSettings(budget=16, width=7)).generate(ids, 32)
+    assert res.output_ids == ar.output_ids
+    assert sum(res.accepted) / res.rounds > 1.5, res.accepted  # a trained head, not a random one
