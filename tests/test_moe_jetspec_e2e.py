@@ -22,10 +22,8 @@ NEW_TOKENS = 40
 
 def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_experts(tmp_path):
     from server_harness import STARTUP_TIMEOUT_S, Server, run_all
-    from test_moe_target import _prompts
+    from test_moe_target import _prompts, greedy_mismatches
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sglang_jetspec.reference.parity import check_parity
 
     moe_dir, head = model_path("qwen3moe"), shipped_head_dir("qwen3moe")
     model = AutoModelForCausalLM.from_pretrained(moe_dir, dtype=torch.float32).eval()
@@ -41,16 +39,7 @@ def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_expe
     finally:
         server.kill()
 
-    problems = []
-    for ids, g in zip(prompts, got):
-        with torch.no_grad():
-            ref = model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                 eos_token_id=model.config.eos_token_id)[0, len(ids):].tolist()
-        if g["output_ids"] != ref:
-            rep = check_parity(model, ids, ref, g["output_ids"])
-            print(f"prompt of {len(ids)} tokens: {rep}")
-            if not rep.near_tie:
-                problems.append(str(rep))
+    problems = greedy_mismatches(model, prompts, got, NEW_TOKENS)
     assert not problems, problems
 
     rounds = sum(int(g["meta_info"].get("spec_verify_ct", 0)) for g in got)
