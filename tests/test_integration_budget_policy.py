@@ -205,7 +205,12 @@ def test_the_curve_is_scaled_by_how_much_the_calibration_under_or_overestimates_
         path = [0] + [i for i in range(1, trees[0].n) if int(trees[0].parents[i]) == 0][:1]
         pol.observe(trees, [16, 16], [path, [0]], [None, None], 0.05)  # 0.5 nodes per request
     predicted = sum(0.1 * (t.n - 1) for t in trees) / 2
-    assert pol.bias_ratio == pytest.approx(min(2.0, max(0.5, 0.5 / predicted)), rel=0.01)
+    assert 0.5 / predicted < 0.8 and pol.bias_ratio == pytest.approx(0.8)  # clamped at 1 / 1.25
+    before = (pol._actual, pol._predicted)
+    roots = [build_tree(b, torch.zeros(1, 40), 1, 1) for b in range(2)]
+    pol.plan(2, None)
+    pol.observe(roots, [1, 1], [[0], [0]], [None, None], 0.05)  # width 1: nothing drafted
+    assert (pol._actual, pol._predicted) == before  # such rounds do not drag both means to 0
     curve = pol.snapshot()["expected_tokens_curve"]
     assert curve[2] == pytest.approx(1 + pol.bias_ratio * float(pol.marginal[:2].sum()))
 

@@ -29,7 +29,7 @@ seen, so on the current workload it can be off as a whole (measured: the curve s
 per round at width 8 where budget 8 committed 2.58 on math). The policy keeps running means of
 the accepted draft nodes per request-round and of what the calibrator predicted for the same
 verified trees (before learning from them), and scales the curve by their ratio (within
-[0.5, 2]).
+[0.8, 1.25]; rounds without drafted nodes do not count).
 
 Measured step times: the cost model is linear, and on a CPU the real step time is not (a
 verify row costs more once the batch's rows make the matmuls compute-bound): fitted mostly on
@@ -59,6 +59,10 @@ from sglang_jetspec.core.step_cost import StepCostModel
 from sglang_jetspec.core.tree import DraftTree
 
 ENV = "SGLANG_JETSPEC_BUDGET"
+# the bias correction stays within [1/BIAS_MAX, BIAS_MAX]: it corrects a calibration that is off
+# by tens of percent; a wider range let an early, overconfident calibration push the ratio to its
+# floor, the width to 1, and (no drafted nodes, nothing learned) keep it there
+BIAS_MAX = 1.25
 MODES = ("adaptive", "static")
 
 
@@ -177,7 +181,8 @@ class BudgetPolicy:
             return
         d = self.last
         pre = self.controller.calibrator.trees_probs(trees)  # before learning from this round
-        self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees))
+        self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees),
+                         sum(t.n for t in trees))
         d.per_request_budgets = [t.n for t in trees]
         d.width = max(d.per_request_budgets)  # the rows actually verified (trees may be cut short)
         m = self.measured.setdefault((len(trees), d.width), [seconds, 0])
@@ -194,7 +199,9 @@ class BudgetPolicy:
             return m[0]
         return self.controller.cost(bs, width)
 
-    def _track_bias(self, predicted: float, actual: int, requests: int) -> None:
+    def _track_bias(self, predicted: float, actual: int, requests: int, nodes: int) -> None:
+        if nodes <= requests:  # roots only (width 1): nothing predicted, nothing to learn
+            return
         a, p = actual / requests, predicted / requests
         if self._actual is None:
             self._actual, self._predicted = a, p
@@ -207,7 +214,7 @@ class BudgetPolicy:
         """Accepted / calibrated-predicted draft nodes over recent rounds (1 until known)."""
         if self._actual is None or self._predicted is None or self._predicted < 1e-3:
             return 1.0
-        return min(2.0, max(0.5, self._actual / self._predicted))
+        return min(BIAS_MAX, max(1.0 / BIAS_MAX, self._actual / self._predicted))
 
     def _update_curve(self, trees: list[DraftTree], built_budgets: list[int]) -> None:
         """Running mean of the calibrated node probabilities by best-first rank. A rank only

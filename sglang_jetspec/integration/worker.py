@@ -115,6 +115,7 @@ class JetSpecWorker(BaseSpecWorker):
         self.reserve_follows = self.policy.adaptive and kv_reserve.mode_from_env() == "follow"
         kv_reserve.set_width(None)
         self.experts: ExpertScheduler | None = None  # MoE targets: set in alloc_memory_pool
+        self._gap: float | None = None  # mean scheduler time between decode rounds (_track_gap)
         self._text_cfg = text_cfg
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
@@ -175,6 +176,7 @@ class JetSpecWorker(BaseSpecWorker):
         return self._extend(batch, on_publish)
 
     def _extend(self, batch, on_publish) -> GenerationBatchResult:
+        self._after_extend = True  # the next decode round's gap includes this prefill: not overhead
         result = self._target_worker.forward_batch_generation(
             batch, capture_hidden_mode=CaptureHiddenMode.FULL)
         prefix, extend = list(batch.prefix_lens), list(batch.extend_lens)
@@ -201,6 +203,7 @@ class JetSpecWorker(BaseSpecWorker):
 
     def _verify_round(self, batch, on_publish, grammar_barrier=None) -> GenerationBatchResult:
         t_round = time.perf_counter()
+        self._track_gap(t_round)
         bs = len(batch.reqs)
         seq_lens_cpu = batch.seq_lens_cpu if batch.seq_lens_cpu is not None else batch.seq_lens.cpu()
         prefix = [int(x) for x in seq_lens_cpu.tolist()]  # tokens already in the target KV
@@ -296,9 +299,9 @@ class JetSpecWorker(BaseSpecWorker):
             bonus = [int(flat_tokens[b, lens[b] - 1]) if greedy_labels else None for b in range(bs)]
             if self.experts is not None:
                 self.experts.observe(trees, n, self._routed_experts(bs * n), paths, bonus, t_verify)
-            if self.policy.adaptive:
+            if self.policy.adaptive:  # a step costs its round plus the scheduler's time around it
                 self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
-                                    time.perf_counter() - t_round)
+                                    time.perf_counter() - t_round + (self._gap or 0.0))
         if self.metrics is not None:
             self.metrics.update(width, sizes, lens, stats.rounds, self.policy.calibration_error())
         if self.reserve_follows:  # read by SGLang's next check_decode_mem / prepare_for_decode
@@ -308,6 +311,7 @@ class JetSpecWorker(BaseSpecWorker):
         if on_publish is not None:
             on_publish(new_seq_lens)
         batch.forward_mode = ForwardMode.DECODE
+        self._round_end = time.perf_counter()
 
         flat = accept_tokens.flatten()
         return GenerationBatchResult(
@@ -320,6 +324,18 @@ class JetSpecWorker(BaseSpecWorker):
                                               accept_tokens=flat, accept_lens=accept_lens),
             speculative_num_draft_tokens=n,
         )
+
+    def _track_gap(self, now: float) -> None:
+        """Running mean of the time between one decode round's end and the next one's start
+        (the scheduler's result processing, streaming, batch preparation): it is paid once per
+        round whatever the width, so the width policy must count it, or one-token rounds look
+        cheaper per token than they are. Gaps with a prefill in between are skipped."""
+        end, self._round_end = getattr(self, "_round_end", None), None
+        after_extend, self._after_extend = getattr(self, "_after_extend", False), False
+        if end is None or after_extend:
+            return
+        gap = now - end
+        self._gap = gap if getattr(self, "_gap", None) is None else self._gap + 0.1 * (gap - self._gap)
 
     def _kv_free(self, batch) -> int | None:
         """Free KV slots plus what the radix cache could evict: the cache-pressure signal."""
