@@ -57,6 +57,7 @@ import torch
 from sglang_jetspec.core.budget_controller import BudgetController, Decision, choose_width
 from sglang_jetspec.core.step_cost import StepCostModel
 from sglang_jetspec.core.tree import DraftTree
+from sglang_jetspec.integration.env_setting import env_choice
 
 ENV = "SGLANG_JETSPEC_BUDGET"
 # the bias correction stays within [1/BIAS_MAX, BIAS_MAX]: it corrects a calibration that is off
@@ -67,10 +68,7 @@ MODES = ("adaptive", "static")
 
 
 def mode_from_env(environ=os.environ) -> str:
-    mode = environ.get(ENV, "adaptive").strip().lower()
-    if mode not in MODES:
-        raise ValueError(f"{ENV}={mode!r} must be one of {list(MODES)}")
-    return mode
+    return env_choice(environ, ENV, MODES)
 
 
 def ladder(max_width: int) -> list[int]:

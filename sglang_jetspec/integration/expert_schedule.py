@@ -41,6 +41,7 @@ from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.expert_predictor import ExpertPredictor
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
+from sglang_jetspec.integration.env_setting import env_choice
 
 ENV = "SGLANG_JETSPEC_EXPERT_AWARE"
 TRACE_ENV = "SGLANG_JETSPEC_EXPERT_TRACE"
@@ -49,10 +50,7 @@ MAX_EXPECTED_LOSS = 0.03  # at most 3% of the candidates' expected committed tok
 
 
 def mode_from_env(environ=os.environ) -> str:
-    mode = environ.get(ENV, "on").strip().lower()
-    if mode not in MODES:
-        raise ValueError(f"{ENV}={mode!r} must be one of {list(MODES)}")
-    return mode
+    return env_choice(environ, ENV, MODES)
 
 
 def moe_shape(hf_config) -> tuple[int, int, int] | None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 
+from sglang_jetspec.integration.env_setting import env_choice
+
 ENV = "SGLANG_JETSPEC_KV_RESERVE"
 MODES = ("follow", "max")
 
@@ -34,10 +36,7 @@ _width: int | None = None  # None: not set (startup, static widths, `max`): the 
 
 
 def mode_from_env(environ=os.environ) -> str:
-    mode = environ.get(ENV, "follow").strip().lower()
-    if mode not in MODES:
-        raise ValueError(f"{ENV}={mode!r} must be one of {list(MODES)}")
-    return mode
+    return env_choice(environ, ENV, MODES)
 
 
 def set_width(width: int | None) -> None:
