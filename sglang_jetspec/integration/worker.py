@@ -116,6 +116,8 @@ class JetSpecWorker(BaseSpecWorker):
         kv_reserve.set_width(None)
         self.experts: ExpertScheduler | None = None  # MoE targets: set in alloc_memory_pool
         self._gap: float | None = None  # mean scheduler time between decode rounds (_track_gap)
+        self._round_end: float | None = None  # when the last decode round returned
+        self._after_extend = False  # a prefill ran since then
         self._text_cfg = text_cfg
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
@@ -330,12 +332,12 @@ class JetSpecWorker(BaseSpecWorker):
         (the scheduler's result processing, streaming, batch preparation): it is paid once per
         round whatever the width, so the width policy must count it, or one-token rounds look
         cheaper per token than they are. Gaps with a prefill in between are skipped."""
-        end, self._round_end = getattr(self, "_round_end", None), None
-        after_extend, self._after_extend = getattr(self, "_after_extend", False), False
+        end, self._round_end = self._round_end, None
+        after_extend, self._after_extend = self._after_extend, False
         if end is None or after_extend:
             return
         gap = now - end
-        self._gap = gap if getattr(self, "_gap", None) is None else self._gap + 0.1 * (gap - self._gap)
+        self._gap = gap if self._gap is None else self._gap + 0.1 * (gap - self._gap)
 
     def _kv_free(self, batch) -> int | None:
         """Free KV slots plus what the radix cache could evict: the cache-pressure signal."""
