@@ -237,7 +237,7 @@ def _check_ids(ids: torch.Tensor, name: str, allow_unknown: bool = False) -> int
     return int(ids.numel())
 
 
-def _sets(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+def expert_sets(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
     """[..., K] ids (-1 = none) -> [..., E] bool membership."""
     ids = ids.long()
     hit = torch.zeros(*ids.shape[:-1], num_experts + 1, dtype=torch.bool, device=ids.device)
@@ -253,7 +253,7 @@ def expert_set_metrics(pred: torch.Tensor, actual: torch.Tensor) -> tuple[float,
         raise ValueError(f"pred {tuple(pred.shape)} and actual {tuple(actual.shape)} must be [n, L, K] "
                          "with the same n and L")
     E = int(max(int(pred.max()) if pred.numel() else 0, int(actual.max()) if actual.numel() else 0)) + 1
-    return _precision_recall(_sets(pred, E), _sets(actual, E))
+    return _precision_recall(expert_sets(pred, E), expert_sets(actual, E))
 
 
 def expert_union_metrics(pred: torch.Tensor, actual: torch.Tensor) -> tuple[float, float]:
@@ -263,7 +263,7 @@ def expert_union_metrics(pred: torch.Tensor, actual: torch.Tensor) -> tuple[floa
         raise ValueError(f"pred {tuple(pred.shape)} and actual {tuple(actual.shape)} must be [n, L, K] "
                          "with the same n and L")
     E = int(max(int(pred.max()) if pred.numel() else 0, int(actual.max()) if actual.numel() else 0)) + 1
-    return _precision_recall(_sets(pred, E).any(0), _sets(actual, E).any(0))
+    return _precision_recall(expert_sets(pred, E).any(0), expert_sets(actual, E).any(0))
 
 
 def _precision_recall(p: torch.Tensor, a: torch.Tensor) -> tuple[float, float]:

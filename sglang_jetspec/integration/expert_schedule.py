@@ -38,7 +38,8 @@ import torch
 
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
-from sglang_jetspec.core.expert_predictor import ExpertPredictor
+from sglang_jetspec.core.expert_load import expert_union_counts
+from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
 from sglang_jetspec.integration.env_setting import env_choice
@@ -156,7 +157,7 @@ class ExpertScheduler:
                    for t in trees]
         if self._predicted is not None and sum(p.shape[0] for p in self._predicted) == actual.shape[0]:
             pred = torch.cat(self._predicted)
-            a, p = _incidence(actual, self.E), _incidence(pred, self.E)  # [N, L, E]
+            a, p = expert_sets(actual, self.E), expert_sets(pred, self.E)  # [N, L, E]
             self.tp += (a & p).sum((0, 2)).double()
             self.fp += (p & ~a).sum((0, 2)).double()
             self.fn += (a & ~p).sum((0, 2)).double()
@@ -191,14 +192,8 @@ class ExpertScheduler:
                 "cost": self.cost.coefficients}
 
 
-def _incidence(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """[m, L, K] ids (-1 = none) -> [m, L, E] bool."""
-    hit = torch.zeros(*ids.shape[:2], num_experts + 1, dtype=torch.bool)
-    hit.scatter_(2, torch.where(ids >= 0, ids, num_experts).long(), True)
-    return hit[..., :num_experts]
-
-
 def _union_counts(expert_ids: list[torch.Tensor], num_experts: int) -> torch.Tensor:
     """Distinct experts per layer over the rows of all the given [m, L, K] tensors: [L]."""
-    rows = torch.cat([e.to("cpu").long() for e in expert_ids])
-    return _incidence(rows, num_experts).any(0).sum(-1).double()
+    rows = torch.cat([e.to("cpu").long() for e in expert_ids])[None]  # [1, N, L, K]
+    valid = torch.ones(rows.shape[:2], dtype=torch.bool)
+    return expert_union_counts(rows, valid, num_experts, batch=True).double()
