@@ -17,12 +17,12 @@ recorded routing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sglang_jetspec.bench.jsonl import read_jsonl
 from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.tree import DraftTree
@@ -38,21 +38,16 @@ class Round:
 
 
 def load_trace(path: str | Path) -> list[Round]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"expert trace {path} does not exist (write one with SGLANG_JETSPEC_EXPERT_TRACE)")
     out = []
-    with open(path) as f:
-        for k, line in enumerate(f, 1):
-            rec = json.loads(line)
-            if rec.get("probs") is None or rec.get("predicted") is None:
-                raise ValueError(f"{path}:{k}: round without probs/predicted experts")
-            trees = [DraftTree(torch.tensor(t["tokens"]), torch.tensor(t["parents"]), torch.tensor(t["depths"]),
-                               torch.tensor(t["scores"], dtype=torch.float32), torch.tensor(t["ranks"]))
-                     for t in rec["trees"]]
-            out.append(Round(trees, rec["paths"], [torch.tensor(r) for r in rec["routed"]],
-                             [torch.tensor(p, dtype=torch.float64) for p in rec["probs"]],
-                             [torch.tensor(e) for e in rec["predicted"]]))
+    for where, rec in read_jsonl(path, "expert trace", " (write one with SGLANG_JETSPEC_EXPERT_TRACE)"):
+        if rec.get("probs") is None or rec.get("predicted") is None:
+            raise ValueError(f"{where}: round without probs/predicted experts")
+        trees = [DraftTree(torch.tensor(t["tokens"]), torch.tensor(t["parents"]), torch.tensor(t["depths"]),
+                           torch.tensor(t["scores"], dtype=torch.float32), torch.tensor(t["ranks"]))
+                 for t in rec["trees"]]
+        out.append(Round(trees, rec["paths"], [torch.tensor(r) for r in rec["routed"]],
+                         [torch.tensor(p, dtype=torch.float64) for p in rec["probs"]],
+                         [torch.tensor(e) for e in rec["predicted"]]))
     if not out:
         raise ValueError(f"expert trace {path} holds no rounds")
     return out

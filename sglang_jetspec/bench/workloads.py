@@ -16,9 +16,10 @@ prompt prefix and the radix cache holds it).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from sglang_jetspec.bench.jsonl import read_jsonl
 
 BUNDLED = ("code", "math", "chat", "shared-prefix")
 _PROMPTS_DIR = Path(__file__).resolve().parents[2] / "data" / "prompts"
@@ -61,23 +62,12 @@ def parse_line(obj: dict, where: str) -> WorkItem:
 
 
 def read_workload_file(path: str | Path) -> list[WorkItem]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"workload file {path} does not exist")
     items = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg})") from None
-            item = parse_line(obj, where)
-            if not item.prompt.strip():
-                raise ValueError(f"{where}: empty prompt")
-            items.append(item)
+    for where, obj in read_jsonl(path, "workload file"):
+        item = parse_line(obj, where)
+        if not item.prompt.strip():
+            raise ValueError(f"{where}: empty prompt")
+        items.append(item)
     if not items:
         raise ValueError(f"workload file {path} holds no prompts")
     return items
