@@ -266,16 +266,21 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir):
     return folder
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
+def write_random_regen(folder) -> None:
+    """Six regenerated-answer records of random token ids (8-token prompts, 24-token answers)."""
     from sglang_jetspec.train.regen_store import ShardWriter
 
-    folder = tmp_path_factory.mktemp("regen")
     g = torch.Generator().manual_seed(0)
     with ShardWriter(folder) as w:
         w.write([{"prompt": f"question {i}", "prompt_ids": torch.randint(20, 900, (8,), generator=g).tolist(),
                   "output_ids": torch.randint(20, 900, (24,), generator=g).tolist(), "finish": "length"}
                  for i in range(6)])
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("regen")
+    write_random_regen(folder)
     prompts = folder / "heldout.jsonl"
     prompts.write_text('{"prompt": "What is 2 + 2?"}\n{"prompt": "Say hi."}\n')
     return folder, prompts

@@ -83,14 +83,10 @@ def test_train_export_and_eval_command_lines_on_a_moe_target(moe_model_dir, tmp_
     from launch.eval_head import main as eval_main
     from launch.export_head import main as export_main
     from launch.train_head import main as train_main
-    from sglang_jetspec.train.regen_store import ShardWriter
+    from test_train import write_random_regen
 
     data = tmp_path / "regen"
-    g = torch.Generator().manual_seed(0)
-    with ShardWriter(data) as w:
-        w.write([{"prompt": f"question {i}", "prompt_ids": torch.randint(20, 900, (8,), generator=g).tolist(),
-                  "output_ids": torch.randint(20, 900, (24,), generator=g).tolist(), "finish": "length"}
-                 for i in range(6)])
+    write_random_regen(data)
     prompts = tmp_path / "heldout.jsonl"
     prompts.write_text('{"prompt": "What is 2 + 2?"}\n')
     train_main(["--model", str(moe_model_dir), "--data", str(data), "--out", str(tmp_path / "run"),
