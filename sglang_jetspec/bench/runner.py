@@ -110,12 +110,12 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
     if log_at is not None:
         m.retracted, m.prefill_tokens, m.cached_tokens = log_counts(_log_since(server, log_at))
     if before is not None:
-        d = stats_delta(before, jetspec_counters(server))
+        after = jetspec_counters(server)
+        d = stats_delta(before, after)
         m.accept_length = d["accept_length"] if d["request_rounds"] else m.accept_length
         m.accept_hist = d["accept_hist"]
         m.nodes_per_request = d["nodes_per_request"]
-        after = jetspec_counters(server)
-        if (before or {}).get("experts") and after.get("experts"):
+        if before.get("experts") and after.get("experts"):
             m.experts = expert_delta(before["experts"], after["experts"])
         if d["timed"] and d["rounds"]:
             ms = dict(d["ms_per_round"])
