@@ -47,6 +47,8 @@
 
 from __future__ import annotations
 
+from sglang_jetspec.integration import kv_reserve
+
 ALGORITHM = "JETSPEC"
 ALLOC_LEN_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode"
 VERIFY_TARGET = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
@@ -72,8 +74,6 @@ def jetspec_alloc_len(algorithm: str | None, max_draft_tokens: int | None) -> in
 
 def _alloc_len_per_decode(original, *args, **kwargs):
     from sglang.srt.runtime_context import get_spec, max_speculative_num_draft_tokens
-
-    from sglang_jetspec.integration import kv_reserve
 
     spec = get_spec()
     if not is_jetspec(spec.speculative_algorithm):
