@@ -49,8 +49,13 @@ def test_best_first_tree_of_budget_b_is_a_prefix_of_any_larger_one(seed, depth, 
     k = min(small, big.n)
     assert part.n == k
     pre = tree_prefix(big, k)
+    # the worker's rounds: only the small - 1 depth rows a budget-`small` tree can reach are
+    # drafted, a curve probe drafts them all and verifies the prefix; both must be one tree
+    rows = max(1, min(depth, small - 1))
+    short = build_tree(7, lp[:rows], small, width, rows)
     for name in ("tokens", "parents", "depths", "scores", "ranks"):
         assert torch.equal(getattr(part, name), getattr(pre, name)), name
+        assert torch.equal(getattr(short, name), getattr(pre, name)), name
     # and the scores of the larger tree never increase: best-first pop order
     assert bool((big.scores[1:].diff() <= 1e-6).all()) if big.n > 2 else True
 

@@ -228,3 +228,100 @@ def test_measured_round_times_overrule_a_linear_model_that_underprices_wide_roun
     assert sorted(chosen)[len(chosen) // 2] <= 2, widths
     assert pol.step_cost(8, 1) == pytest.approx(true(1))
     assert pol.step_cost(3, 5) == pytest.approx(0.01 + 1e-5 * 15)  # never run: the model prices it
+
+
+def _peaked_rows(g, depth, vocab, p_top):
+    """Draft log-probs whose top token has probability p_top at every depth."""
+    rows = torch.full((depth, vocab), (1 - p_top) / (vocab - 1))
+    top = torch.randint(vocab, (depth,), generator=g)
+    rows[torch.arange(depth), top] = p_top
+    return rows.log()
+
+
+def _simulate_calibrated(pol, rounds, bs, p_top, cost, g, depth=6, vocab=40):
+    """Rounds the way the worker runs them, probes included: the target's token at each depth
+    is drawn from the draft's own distribution (a calibrated draft), so acceptance follows the
+    draft's confidence p_top; the head costs 2 ms per row."""
+    from sglang_jetspec.core.budget_controller import tree_prefix
+
+    widths = []
+    for _ in range(rounds):
+        w = pol.plan(bs, None)
+        widths.append(w)
+        rows = min(depth, pol.max_width - 1) if pol.probe else min(depth, w - 1)
+        if rows:
+            pol.note_draft(bs, rows, 0.002 * bs * rows)
+        lps = [_peaked_rows(g, depth, vocab, p_top) for _ in range(bs)]
+        full = [build_tree(b, lp, pol.max_width, 4, max(rows, 1)) for b, lp in enumerate(lps)]
+        trees = [tree_prefix(t, min(t.n, w)) for t in full]
+        paths = []
+        for t, lp in zip(trees, lps):
+            truth = torch.multinomial(lp.exp(), 1, generator=g).flatten().tolist()
+            path, node = [0], 0
+            while True:
+                kids = [i for i in range(t.n) if int(t.parents[i]) == node
+                        and int(t.tokens[i]) == truth[int(t.depths[i]) - 1]]
+                if not kids:
+                    break
+                node = kids[0]
+                path.append(node)
+            paths.append(path)
+        probe = (full, [pol.max_width] * bs) if pol.probe else (None, None)
+        pol.observe(trees, [w] * bs, paths, [None] * bs, cost(w), *probe)
+    return widths
+
+
+def test_curve_probes_re_widen_after_a_phase_at_width_one_without_exploration():
+    """Seen in the benchmark: after batch-16 code (width 1) batch-1 math re-widened one ladder
+    step per exploration round (1 in 40) and committed 2.00 tokens per round where budget 8
+    committed 2.43. A probe drafts the full rows and builds the full-budget trees for the
+    curve only, paid from 5% of the step time: here the draft turns confident after 80 rounds
+    at width 1 and, with exploration off, only probes can show it."""
+    cost = lambda w: 0.010 + 0.004 * w  # noqa: E731  poor draft: width 1; confident: width >= 8
+    runs = {}
+    for share in (0.05, 0.0):
+        g = torch.Generator().manual_seed(1)
+        pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=6, probe_share=share)
+        hard = _simulate_calibrated(pol, 80, 1, 0.2, cost, g)
+        probes = pol.probes
+        easy = _simulate_calibrated(pol, 80, 1, 0.95, cost, g)
+        runs[share] = (hard, easy, probes, pol.probes - probes)
+    hard, easy, hard_probes, easy_probes = runs[0.05]
+    assert set(hard[30:]) == {1}, hard  # the poor draft: plain decoding
+    assert sorted(easy[40:])[20] >= 6 and min(easy[60:]) >= 4, easy  # re-widened
+    assert 3 <= hard_probes <= 8, hard_probes  # a probe at width 1 costs 6 head rows: ~1 in 17 rounds
+    assert easy_probes <= 80 // 8  # at most one round in 8
+    assert set(runs[0.0][1]) == {1} and runs[0.0][2] + runs[0.0][3] == 0  # no probes: stuck at width 1
+
+
+def test_probes_are_paid_from_a_share_of_the_step_time_and_do_not_price_widths():
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=15)
+    pol.plan(1, None)
+    assert not pol.probe  # the head has not run yet: no price for a probe
+    pol.note_draft(1, 15, 0.015)  # 1 ms per head row
+    pol.measured[(1, 1)] = [0.1, 5]  # a step at width 1 costs 0.1 s
+    assert pol.full_rows == 15
+    due = []
+    for _ in range(20):
+        pol.rounds += 1
+        due.append(pol._probe_due(1, 1))
+    # 15 extra rows = 15 ms; 5% of 0.1 s = 5 ms of credit per round: one probe every 3 rounds,
+    # but never two within PROBE_MIN_GAP = 8 rounds
+    assert [i for i, d in enumerate(due) if d] == [2, 10, 18]
+    assert not pol._probe_due(1, 16)  # the full budget already: nothing to probe
+    # priced by the measured head forwards once both are timed: 3 rows took 12 ms, 15 rows 15 ms
+    assert pol._probe_price(1, 4) == pytest.approx(pol._row_s * 12)  # 15-row time known, 3-row not
+    pol.note_draft(1, 3, 0.012)
+    assert pol._probe_price(1, 4) == pytest.approx(0.003)
+    assert pol._probe_price(2, 4) == pytest.approx(pol._row_s * 2 * 12)  # batch 2 never timed
+    with pytest.raises(ValueError, match=r"probe_share 1.5 must be in \[0, 1\)"):
+        BudgetPolicy(8, "adaptive", probe_share=1.5)
+    # a probe round's time is not the price of its width
+    w = pol.plan(1, None)
+    trees = _candidates(1, w)
+    full = _candidates(1, 16)
+    pol.observe(trees, [w], [[0]], [None], 9.0, full, [16])
+    assert (1, w) not in pol.measured or pol.measured[(1, w)][0] != 9.0
+    with pytest.raises(ValueError, match="one tree and budget per request"):
+        pol.plan(1, None)
+        pol.observe(trees, [w], [[0]], [None], 0.1, full, [16, 16])

@@ -39,6 +39,19 @@ measured round time per (batch size, width) it has run, and prices a width by th
 has `measured_min` rounds there (the model prices the rest). Width 1 stays among the widths
 exploration tries, so "no speculation" is measured at every batch size in use.
 
+Curve probes: a width w only shows the curve at ranks below w, and exploration (one round in
+`explore_every`) was the only view beyond it, so after a phase at width 1 (batch 16) a batch-1
+math phase took ~40 rounds per ladder step to re-widen (measured: 2.00 tokens per round where
+budget 8 committed 2.43). A probe round drafts every depth row the server budget can reach and
+builds each request's tree at its full budget for the curve only; the round verifies the
+best-first prefix of the width chosen (`tree_prefix`: exactly the tree that budget builds), so
+a probe changes nothing that is verified or committed. Probes are paid from a credit of
+`probe_share` of each step's predicted time, priced at the measured head forward of the full rows
+minus that of the width's rows (before both are timed: seconds per row times the extra rows; at
+least one row per request: the bigger trees are built too), and their step time
+is not taught to the cost model (it would price the width with a probe's extra rows); at most
+one round in PROBE_MIN_GAP probes.
+
 The curve forgets per ROUND, not per observation: a best-first rank seen every round moves by
 `curve_alpha` each round, a rank beyond the widths in use (seen only when exploring) takes the
 weight 1 - (1 - curve_alpha)^(rounds since it was last seen). Forgetting per observation left
@@ -65,6 +78,10 @@ ENV = "SGLANG_JETSPEC_BUDGET"
 # floor, the width to 1, and (no drafted nodes, nothing learned) keep it there
 BIAS_MAX = 1.25
 MODES = ("adaptive", "static")
+# at most one curve probe in this many rounds: a probe's time is not learned as its width's price
+# (its extra rows would inflate it), and where a probe costs no extra head rows (width beyond the
+# head's depth) the credit alone would make every round one
+PROBE_MIN_GAP = 8
 
 
 def mode_from_env(environ=os.environ) -> str:
@@ -83,7 +100,8 @@ def ladder(max_width: int) -> list[int]:
 class BudgetPolicy:
     def __init__(self, max_width: int, mode: str = "adaptive", warmup_reps: int = 2,
                  explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0,
-                 draft_depth: int | None = None, explore_cost_factor: float = 2.0):
+                 draft_depth: int | None = None, explore_cost_factor: float = 2.0,
+                 probe_share: float = 0.05):
         if mode not in MODES:
             raise ValueError(f"budget mode {mode!r} must be one of {list(MODES)}")
         if max_width < 1:
@@ -95,6 +113,14 @@ class BudgetPolicy:
         if not explore_cost_factor >= 1:
             raise ValueError(f"explore_cost_factor {explore_cost_factor} must be >= 1")
         self.explore_cost_factor = explore_cost_factor
+        if not 0 <= probe_share < 1:
+            raise ValueError(f"probe_share {probe_share} must be in [0, 1)")
+        # curve probes: the depth rows a full-budget tree reaches; credit in seconds; the head's
+        # measured seconds per drafted row (None until it has run)
+        self.probe_share, self.probe, self.probes = probe_share, False, 0
+        self.full_rows = max(0, max_width - 1 if draft_depth is None else min(draft_depth, max_width - 1))
+        self._probe_credit, self._row_s, self._last_probe = 0.0, None, -PROBE_MIN_GAP
+        self._draft_s: dict[tuple[int, int], float] = {}  # (bs, rows) -> mean head forward seconds
         self._chosen = 1  # the width of the last optimised (non-exploration) round
         self.measured: dict[tuple[int, int], list[float]] = {}  # (bs, width) -> [mean s, rounds]
         self.measured_min, self.measured_alpha = 2, 0.2
@@ -136,9 +162,46 @@ class BudgetPolicy:
             self._chosen = d.width
         self.last = d
         self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
+        self.probe = self._probe_due(bs, d.width)
+        self.probes += self.probe
         nxt = max(2 * d.width, 1 if self._explore_next is None else self._explore_width(self._explore_next, bs))
         self.next_reserve = max(1, min(self.max_width, nxt if kv_bound is None else min(nxt, kv_bound)))
         return d.width
+
+    def _probe_due(self, bs: int, width: int) -> bool:
+        """Whether this round is a curve probe: the credit (probe_share of each step's predicted
+        time, capped at one probe's price) covers the probe's extra head rows."""
+        if not self.probe_share or width >= self.max_width or self._row_s is None:
+            return False
+        price = self._probe_price(bs, width)
+        self._probe_credit = min(self._probe_credit + self.probe_share * self.step_cost(bs, width), price)
+        if self._probe_credit < price or self.rounds - self._last_probe < PROBE_MIN_GAP:
+            return False  # (the gap: most rounds must price their own width)
+        self._probe_credit, self._last_probe = 0.0, self.rounds
+        return True
+
+    def _probe_price(self, bs: int, width: int) -> float:
+        """Seconds a probe adds to a round at (bs, width): the measured head forward at the full
+        rows minus the one at this width's rows (0 at width 1: no head forward), once both were
+        timed at this batch size; else the mean seconds per head row times the extra rows. At
+        least one head row per request either way (the full-budget trees are built too)."""
+        rows = min(self.full_rows, width - 1)
+        full, now = self._draft_s.get((bs, self.full_rows)), 0.0 if rows == 0 else self._draft_s.get((bs, rows))
+        if full is not None and now is not None:
+            extra = full - now
+        else:
+            extra = self._row_s * bs * (self.full_rows - rows)
+        return max(extra, self._row_s * bs)
+
+    def note_draft(self, bs: int, rows: int, seconds: float) -> None:
+        """The head's forward of this round: bs requests x rows depth rows in `seconds`. Kept per
+        (bs, rows) and as a mean per row (fixed costs included: it errs on the dear side)."""
+        if rows < 1 or bs < 1 or not seconds > 0:
+            return
+        per_row = seconds / (bs * rows)
+        self._row_s = per_row if self._row_s is None else self._row_s + 0.2 * (per_row - self._row_s)
+        old = self._draft_s.get((bs, rows))
+        self._draft_s[(bs, rows)] = seconds if old is None else old + 0.2 * (seconds - old)
 
     def publish_reserve(self) -> int:
         """The KV width to reserve for the next step (the worker hands it to kv_reserve.py
@@ -171,10 +234,13 @@ class BudgetPolicy:
     # ---- after verifying --------------------------------------------------------------------
 
     def observe(self, trees: list[DraftTree], built_budgets: list[int], accepted_paths: list[list[int]],
-                bonus_tokens: list[int | None] | None, seconds: float) -> None:
+                bonus_tokens: list[int | None] | None, seconds: float,
+                probe_trees: list[DraftTree] | None = None, probe_budgets: list[int] | None = None) -> None:
         """One verified step: the trees (each of budget built_budgets[r], all verified), the
         accepted node indices from the root, the bonus tokens (None where they do not label the
-        children: sampled requests on SGLang's GPU tree sampling) and the round's wall time."""
+        children: sampled requests on SGLang's GPU tree sampling) and the round's wall time.
+        A probe round also passes each request's tree at its full budget (probe_budgets): the
+        curve learns from those, and the round's time is not a price of its width."""
         if self.controller is None or self.last is None:
             return
         d = self.last
@@ -183,11 +249,18 @@ class BudgetPolicy:
                          sum(t.n for t in trees))
         d.per_request_budgets = [t.n for t in trees]
         d.width = max(d.per_request_budgets)  # the rows actually verified (trees may be cut short)
-        m = self.measured.setdefault((len(trees), d.width), [seconds, 0])
-        m[0] += (seconds - m[0]) * (1.0 if m[1] == 0 else self.measured_alpha)
-        m[1] += 1
-        self.controller.observe(trees, d, accepted_paths, bonus_tokens, seconds)
-        self._update_curve(trees, built_budgets)
+        probe = probe_trees is not None
+        if not probe:
+            m = self.measured.setdefault((len(trees), d.width), [seconds, 0])
+            m[0] += (seconds - m[0]) * (1.0 if m[1] == 0 else self.measured_alpha)
+            m[1] += 1
+        self.controller.observe(trees, d, accepted_paths, bonus_tokens, None if probe else seconds)
+        if probe:
+            if probe_budgets is None or len(probe_budgets) != len(probe_trees) or len(probe_trees) != len(trees):
+                raise ValueError("probe_trees and probe_budgets must give one tree and budget per request")
+            self._update_curve(probe_trees, probe_budgets)
+        else:
+            self._update_curve(trees, built_budgets)
 
     def step_cost(self, bs: int, width: int) -> float:
         """Seconds of a step: the measured mean at (bs, width) once seen often enough, else the
@@ -257,6 +330,7 @@ class BudgetPolicy:
             out["last_width"] = self.last.width if self.last else None
             out["last_reason"] = self.last.reason if self.last else None
             out["reserve_width"] = self.reserve
+            out["probes"] = self.probes
             out["calibration_error"] = self.calibration_error()
             out["draft_calibration_error"] = self.calibration_error("draft")
             out["cost"] = c.cost.coefficients

@@ -45,6 +45,7 @@ from sglang.srt.speculative.spec_utils import (
     move_accept_tokens_to_target_kvcache,
 )
 
+from sglang_jetspec.core.budget_controller import tree_prefix
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
@@ -216,22 +217,33 @@ class JetSpecWorker(BaseSpecWorker):
         # this step's width (budget_policy.py), decided before drafting so a small one also
         # saves head rows; each request's tree is its best-first tree of budget <= the width
         width = self.policy.plan(bs, self._kv_free(batch) if self.policy.adaptive else None)
-        settings = [TreeSettings(min(t.budget, width), t.width, t.depth)
-                    for t in self._tree_settings(batch.reqs)]
-        # depth rows the batch's trees can reach: a tree of budget B is at most B - 1 deep
-        rows = max(min(t.depth, t.budget - 1) for t in settings)
+        full = self._tree_settings(batch.reqs)
+        settings = [TreeSettings(min(t.budget, width), t.width, t.depth) for t in full]
+        # depth rows the batch's trees can reach: a tree of budget B is at most B - 1 deep; a
+        # curve probe (budget_policy.py) drafts the rows of the full budgets and builds those
+        # trees for the policy, then verifies their best-first prefixes of this width
+        probe = self.policy.probe
+        rows = max(min(t.depth, t.budget - 1) for t in (full if probe else settings))
         with stats.phase("draft"):
             if rows >= 1:
+                t_draft = time.perf_counter()
                 slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
                                                   batch.req_pool_indices, prefix)
                 logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
                                                        self.head_pool.gather(slots), valid, rows=rows).cpu()
+                self.policy.note_draft(bs, rows, time.perf_counter() - t_draft)
             else:  # every tree is its root alone: plain decoding, no head forward
                 logprobs, rows = torch.zeros(bs, 1, 1), 1
         dev = self.device
         with stats.phase("tree"):
-            trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
-                     for root, lp, t in zip(anchors.tolist(), logprobs, settings)]
+            probe_trees = None
+            if probe:
+                probe_trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
+                               for root, lp, t in zip(anchors.tolist(), logprobs, full)]
+                trees = [tree_prefix(p, min(p.n, t.budget)) for p, t in zip(probe_trees, settings)]
+            else:
+                trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
+                         for root, lp, t in zip(anchors.tolist(), logprobs, settings)]
             if self.experts is not None:  # MoE: keep the nodes worth their expert reads
                 prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1])
                         for r in batch.reqs]
@@ -303,7 +315,8 @@ class JetSpecWorker(BaseSpecWorker):
                 self.experts.observe(trees, n, self._routed_experts(bs * n), paths, bonus, t_verify)
             if self.policy.adaptive:  # a step costs its round plus the scheduler's time around it
                 self.policy.observe(trees, [t.budget for t in settings], paths, bonus,
-                                    time.perf_counter() - t_round + (self._gap or 0.0))
+                                    time.perf_counter() - t_round + (self._gap or 0.0),
+                                    probe_trees, [t.budget for t in full] if probe else None)
         if self.metrics is not None:
             self.metrics.update(width, sizes, lens, stats.rounds, self.policy.calibration_error())
         if self.reserve_follows:  # read by SGLang's next check_decode_mem / prepare_for_decode
