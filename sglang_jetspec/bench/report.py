@@ -97,6 +97,20 @@ def experts_table(results: list[dict]) -> str:
     return "\n".join(rows) if len(rows) > 2 else ""
 
 
+def widths_table(results: list[dict]) -> str:
+    """Adaptive servers: how many rounds verified each width, per measurement."""
+    rows = ["| workload | batch | method | tok/s | accept length | rounds per verify width | curve probes |",
+            "|---|---:|---|---:|---:|---|---:|"]
+    for r in results:
+        w = r.get("widths")
+        if not w:
+            continue
+        hist = ", ".join(f"{k}: {v}" for k, v in w.items() if k != "probes")
+        rows.append(f"| {r['workload']} | {_batch(r)} | {r['label']} | {r['tokens_per_s']:.2f} | "
+                    f"{r['accept_length']:.2f} | {hist} | {w.get('probes', '-')} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def serving_table(serving: list[dict]) -> str:
     if not serving:
         return "(not run: pass --serving-rates)"
@@ -226,6 +240,9 @@ def write_markdown(report: dict, out_dir: Path, command: str, plots: list[str]) 
     if moe:
         lines += ["## MoE target: experts activated per verify (expert-aware scheduling on; "
                   "`-noexpert` = off)", "", moe, ""]
+    widths = widths_table(report["results"])
+    if widths:
+        lines += ["## Adaptive width: rounds per verify width (budget_policy.py)", "", widths, ""]
     pool = plan.get("max_total_tokens")
     lines += [f"## KV pool and radix cache (pool: {pool or 'default'} tokens)", "",
               "`jetspec@auto` reserves KV per step for the width it will verify; "

@@ -40,6 +40,7 @@ class Measurement:
     prefill_tokens: int | None = None   # prompt tokens prefilled (server log: #new-token)
     cached_tokens: int | None = None    # prompt tokens found in the radix cache (#cached-token)
     experts: dict | None = None      # MoE targets: expert-aware scheduling counters (expert_delta)
+    widths: dict | None = None       # adaptive width: rounds per verify width (and curve probes)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -115,6 +116,7 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
         m.accept_length = d["accept_length"] if d["request_rounds"] else m.accept_length
         m.accept_hist = d["accept_hist"]
         m.nodes_per_request = d["nodes_per_request"]
+        m.widths = width_delta(before.get("budget"), after.get("budget"))
         if before.get("experts") and after.get("experts"):
             m.experts = expert_delta(before["experts"], after["experts"])
         if d["timed"] and d["rounds"]:
@@ -122,6 +124,19 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
             ms["other"] = max(0.0, 1000 * wall / d["rounds"] - sum(ms.values()))
             m.ms_per_round = ms
     return m
+
+
+def width_delta(before: dict | None, after: dict | None) -> dict | None:
+    """Rounds per verify width between two budget-policy snapshots, plus the curve probes among
+    them; None for static widths."""
+    if not before or not after or after.get("mode") != "adaptive":
+        return None
+    b, a = before.get("width_hist", {}), after.get("width_hist", {})
+    out = {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
+    out = dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+    if "probes" in after:
+        out["probes"] = after["probes"] - before.get("probes", 0)
+    return out
 
 
 def expert_delta(before: dict, after: dict) -> dict:
