@@ -275,21 +275,21 @@ def test_curve_probes_re_widen_after_a_phase_at_width_one_without_exploration():
     """Seen in the benchmark: after batch-16 code (width 1) batch-1 math re-widened one ladder
     step per exploration round (1 in 40) and committed 2.00 tokens per round where budget 8
     committed 2.43. A probe drafts the full rows and builds the full-budget trees for the
-    curve only, paid from 5% of the step time: here the draft turns confident after 80 rounds
+    curve only, paid from 3% of the step time: here the draft turns confident after 80 rounds
     at width 1 and, with exploration off, only probes can show it."""
     cost = lambda w: 0.010 + 0.004 * w  # noqa: E731  poor draft: width 1; confident: width >= 8
     runs = {}
-    for share in (0.05, 0.0):
+    for share in (0.03, 0.0):  # the default share, and none
         g = torch.Generator().manual_seed(1)
         pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=6, probe_share=share)
         hard = _simulate_calibrated(pol, 80, 1, 0.2, cost, g)
         probes = pol.probes
         easy = _simulate_calibrated(pol, 80, 1, 0.95, cost, g)
         runs[share] = (hard, easy, probes, pol.probes - probes)
-    hard, easy, hard_probes, easy_probes = runs[0.05]
+    hard, easy, hard_probes, easy_probes = runs[0.03]
     assert set(hard[30:]) == {1}, hard  # the poor draft: plain decoding
     assert sorted(easy[40:])[20] >= 6 and min(easy[60:]) >= 4, easy  # re-widened
-    assert 3 <= hard_probes <= 8, hard_probes  # a probe at width 1 costs 6 head rows: ~1 in 17 rounds
+    assert 1 <= hard_probes <= 5, hard_probes  # a probe at width 1 costs 6 head rows: ~1 in 29 rounds
     assert easy_probes <= 80 // 8  # at most one round in 8
     assert set(runs[0.0][1]) == {1} and runs[0.0][2] + runs[0.0][3] == 0  # no probes: stuck at width 1
 
@@ -305,9 +305,9 @@ def test_probes_are_paid_from_a_share_of_the_step_time_and_do_not_price_widths()
     for _ in range(20):
         pol.rounds += 1
         due.append(pol._probe_due(1, 1))
-    # 15 extra rows = 15 ms; 5% of 0.1 s = 5 ms of credit per round: one probe every 3 rounds,
+    # 15 extra rows = 15 ms; 3% of 0.1 s = 3 ms of credit per round: one probe every 5 rounds,
     # but never two within PROBE_MIN_GAP = 8 rounds
-    assert [i for i, d in enumerate(due) if d] == [2, 10, 18]
+    assert [i for i, d in enumerate(due) if d] == [4, 12]
     assert not pol._probe_due(1, 16)  # the full budget already: nothing to probe
     # priced by the measured head forwards once both are timed: 3 rows took 12 ms, 15 rows 15 ms
     assert pol._probe_price(1, 4) == pytest.approx(pol._row_s * 12)  # 15-row time known, 3-row not

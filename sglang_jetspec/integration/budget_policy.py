@@ -101,7 +101,7 @@ class BudgetPolicy:
     def __init__(self, max_width: int, mode: str = "adaptive", warmup_reps: int = 2,
                  explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0,
                  draft_depth: int | None = None, explore_cost_factor: float = 2.0,
-                 probe_share: float = 0.05):
+                 probe_share: float = 0.03):
         if mode not in MODES:
             raise ValueError(f"budget mode {mode!r} must be one of {list(MODES)}")
         if max_width < 1:
