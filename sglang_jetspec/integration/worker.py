@@ -232,8 +232,8 @@ class JetSpecWorker(BaseSpecWorker):
                 logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
                                                        self.head_pool.gather(slots), valid, rows=rows).cpu()
                 self.policy.note_draft(bs, rows, time.perf_counter() - t_draft)
-            else:  # every tree is its root alone: plain decoding, no head forward
-                logprobs, rows = torch.zeros(bs, 1, 1), 1
+            else:  # every tree is its root alone: plain decoding, no head forward (no probe)
+                logprobs, rows, probe = torch.zeros(bs, 1, 1), 1, False
         dev = self.device
         with stats.phase("tree"):
             probe_trees = None
