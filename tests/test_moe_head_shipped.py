@@ -3,7 +3,10 @@
 Fast: the launchers find it (`python -m launch.models head qwen3moe`, and as the default head of
 the qwen3moe target), it loads strictly in the published layout, fits the target (hidden size,
 depth, vocabulary, MASK token, taps SGLang can capture), and drafts usefully and losslessly on a
-held-out prompt through the reference decoder.
+held-out prompt through the reference decoder. Its bidirectional twin
+(models/qwen3moe-tiny-jetspec-bidir, the baseline of `launch.bench --methods bidirectional`) loads
+strictly, is marked bidirectional, differs from the default head in nothing else and drafts
+losslessly too.
 """
 
 import json
@@ -24,6 +27,11 @@ def moe_dir():
 @pytest.fixture(scope="module")
 def head_dir():
     return shipped_head_dir("qwen3moe")
+
+
+@pytest.fixture(scope="module")
+def bidir_dir(head_dir):
+    return head_dir.parent / "qwen3moe-tiny-jetspec-bidir"
 
 
 def test_launchers_find_the_head(moe_dir, head_dir, capsys):
@@ -55,7 +63,8 @@ def test_head_loads_and_fits_the_moe_target(moe_dir, head_dir):
 
 
 @torch.no_grad()
-def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir):
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir, bidir_dir, kind):
     from sglang_jetspec.core.checkpoint import load_head
     from sglang_jetspec.reference.ar import generate_ar
     from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
@@ -63,10 +72,29 @@ def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir):
     from sglang_jetspec.reference.target import HFTarget
 
     target = HFTarget(moe_dir)
-    head = load_head(str(head_dir), device=str(target.device), dtype=target.dtype)
+    folder = head_dir if kind == "causal" else bidir_dir
+    head = load_head(str(folder), device=str(target.device), dtype=target.dtype)
+    assert head.config.causal_head == (kind == "causal")
     prompt = read_prompts(moe_dir.parent.parent / "data" / "prompts" / "math.heldout.jsonl")[0]
     ids = encode_prompts(target.tokenizer, [prompt])[0]
     ar = generate_ar(target, ids, 32)
     res = ReferenceDecoder(target, head, TreeSettings(budget=16, width=7)).generate(ids, 32)
     assert res.output_ids == ar.output_ids
     assert sum(res.accepted) / res.rounds > 1.5, res.accepted  # a trained head, not a random one
+
+
+def test_bidirectional_twin_loads_and_fits_the_moe_target(moe_dir, head_dir, bidir_dir):
+    from sglang_jetspec.core.checkpoint import load_head
+    from sglang_jetspec.integration.server_args import TargetDims, check_head
+
+    target = json.loads((moe_dir / "config.json").read_text())
+    assert json.loads((bidir_dir / "config.json").read_text())["dflash_config"]["causal_head"] is False
+    twin = load_head(str(bidir_dir))  # strict, like the default head
+    cfg = twin.config
+    assert not cfg.causal_head
+    assert check_head(cfg, TargetDims(target["hidden_size"], target["num_hidden_layers"], target["vocab_size"])) == []
+    causal = load_head(str(head_dir)).config.to_dict()
+    twin_dict = cfg.to_dict()
+    twin_dict["dflash_config"]["causal_head"] = True
+    assert twin_dict == causal  # identical but for the in-block mask
+    assert default_head_dir(moe_dir) == head_dir  # never picked as the default head
