@@ -2,7 +2,8 @@
 
     python -m launch.bench [--model DIR] [--head DIR] [--bidir-head DIR]
         [--workload code,math,chat,shared-prefix,FILE.jsonl] [--batch-sizes 1,4,16]
-        [--budgets 8,16,32,64,auto,auto-maxreserve] [--max-total-tokens N] [--methods ar,jetspec,chain,bidirectional,ngram]
+        [--budgets 8,16,32,64,auto,auto-maxreserve] [--max-total-tokens N]
+        [--methods ar,jetspec,chain,bidirectional,ngram,standalone] [--standalone-draft DIR]
         [--max-new-tokens N] [--num-prompts N] [--serving-rates 0.5,1] --out DIR
 
 Leaves DIR/results.json, DIR/report.md and PNG plots; server logs in DIR/logs/. Defaults: the
@@ -31,6 +32,9 @@ def main(argv=None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-prompts", type=int, default=4, help="prompts per workload (at least the batch size)")
     p.add_argument("--ngram-draft-tokens", type=int, default=8)
+    p.add_argument("--standalone-draft", default=None, metavar="DIR",
+                   help="draft model of method standalone (SGLang STANDALONE; same vocabulary as the target)")
+    p.add_argument("--standalone-steps", type=int, default=4, help="tokens the standalone draft chains per round")
     p.add_argument("--mixed-load", default="", help="concurrency phases of a mixed load, e.g. 1,16,4 "
                    "(each workload's prompts sent in consecutive parts at these concurrencies)")
     p.add_argument("--serving-rates", default="", help="request rates for sglang.bench_serving, e.g. 0.5,1")
@@ -74,6 +78,11 @@ def main(argv=None) -> None:
         if args.max_total_tokens is not None and args.max_total_tokens < 256:
             raise ValueError(f"--max-total-tokens {args.max_total_tokens} must be >= 256 (KV slots of the pool)")
         model = str(args.model or model_path("smollm2"))
+        if "standalone" in methods and not args.standalone_draft:
+            raise ValueError("method standalone needs --standalone-draft DIR (a small model with the target's "
+                             "vocabulary; e.g. smollm2 for the qwen3moe target: python -m launch.models path smollm2)")
+        if args.standalone_steps < 1:
+            raise ValueError(f"--standalone-steps {args.standalone_steps} must be >= 1")
         heads = {}
         if any(m in methods for m in ("jetspec", "chain")):
             heads["jetspec"] = str(head_folder(args.head, model))
@@ -98,7 +107,8 @@ def main(argv=None) -> None:
                      depth=depth, ngram_draft_tokens=args.ngram_draft_tokens, mixed_load=mixed, serving_rates=rates,
                      serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens,
                      expert_trace=str(Path(args.expert_trace).resolve()) if args.expert_trace else None,
-                     auto_max_width=args.auto_max_width)
+                     auto_max_width=args.auto_max_width, standalone_draft=args.standalone_draft,
+                     standalone_steps=args.standalone_steps)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)
     report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))

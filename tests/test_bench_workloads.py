@@ -86,6 +86,28 @@ def test_plans_put_ar_first_and_share_one_server_per_head():
     assert max_budget(auto, "jetspec-auto") == 32
 
 
+def test_standalone_runs_sglangs_own_algorithm_with_the_given_draft_model():
+    from sglang_jetspec.bench.suite import BenchPlan, server_spec, server_env
+
+    configs = plan_configs(["jetspec", "standalone"], [8], depth=15)
+    assert [c.label for c in configs] == ["ar", "jetspec@8", "standalone"]
+    assert servers_needed(configs) == ["ar", "jetspec", "standalone"] and configs[-1].custom_params() is None
+    plan = BenchPlan(model="target", heads={"jetspec": "head"}, configs=configs, workloads={}, batch_sizes=[1, 4],
+                     max_new_tokens=8, num_prompts=4, standalone_draft="draft", standalone_steps=3)
+    extra = server_spec(plan, "standalone").extra
+    at = extra.index("--speculative-algorithm")
+    assert extra[at:at + 10] == ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "draft",
+                                 "--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
+                                 "--speculative-num-draft-tokens", "4"]
+    assert server_env("standalone") == {}
+    plan.standalone_draft = None
+    with pytest.raises(ValueError, match="method standalone needs a draft model"):
+        server_spec(plan, "standalone")
+    from launch.bench import main
+    with pytest.raises(SystemExit, match="method standalone needs --standalone-draft DIR"):
+        main(["--methods", "ar,standalone", "--out", "unused"])
+
+
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="auto needs a static budget as well or --auto-max-width"):
         parse_budgets("auto")

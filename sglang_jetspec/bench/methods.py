@@ -7,6 +7,8 @@ Methods:
   chain          the same head and server as a chain of its full depth (width 1)
   bidirectional  the bidirectional (DFlash-style) head as a tree, per budget: its own server
   ngram          SGLang's built-in NGRAM speculation (no head)
+  standalone     SGLang's built-in STANDALONE speculation: a small draft model of the target's
+                 vocabulary (--standalone-draft) drafts a chain of --standalone-steps tokens
 Budget `auto`: jetspec on a server whose verify width is chosen per batch by the adaptive
 controller (SGLANG_JETSPEC_BUDGET=adaptive, at most the largest static budget); the static
 budgets run on a server pinned to static widths. `auto-maxreserve`: the same adaptive server,
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("ar", "jetspec", "chain", "bidirectional", "ngram")
+METHODS = ("ar", "jetspec", "chain", "bidirectional", "ngram", "standalone")
+PLAIN_SERVERS = ("ar", "ngram", "standalone")  # one configuration each, no JetSpec head
 NGRAM_DRAFT_TOKENS = 8  # SGLang NGRAM's tree size on its server (its own default is larger)
 AUTO_SERVER = "jetspec-auto"
 AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
@@ -98,9 +101,9 @@ def parse_mixed_load(text: str) -> list[int]:
 
 def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
                  expert_off: bool = False) -> list[Config]:
-    """expert_off: also measure every static jetspec budget with expert-aware scheduling off
+    """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1).
+    expert_off: also measure every static jetspec budget with expert-aware scheduling off
     (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature."""
-    """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
@@ -108,7 +111,7 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
         methods = ["ar"] + list(methods)  # speedups and output checks are taken against ar
     out = []
     for m in methods:
-        if m in ("ar", "ngram"):
+        if m in PLAIN_SERVERS:
             out.append(Config(m, m))
         elif m == "chain":
             out.append(Config(m, "jetspec", budget=depth + 1, width=1))

@@ -43,6 +43,8 @@ class BenchPlan:
     max_total_tokens: int | None = None  # KV pool size of every server (None: roomy)
     expert_trace: str | None = None      # the expert-aware-off server writes its expert trace here
     auto_max_width: int | None = None    # adaptive servers' largest width (default: largest static budget)
+    standalone_draft: str | None = None  # draft model of method standalone (SGLang STANDALONE)
+    standalone_steps: int = 4            # its chain length (num-draft-tokens = steps + 1)
 
 
 def server_spec(plan: BenchPlan, key: str):
@@ -53,8 +55,16 @@ def server_spec(plan: BenchPlan, key: str):
                   max_total_tokens=plan.max_total_tokens or max(8192, bs * 1024))
     if key == "ar":
         return ServerSpec(plan.model, **common)
-    if key == "ngram":
-        extra = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(plan.ngram_draft_tokens)]
+    if key in ("ngram", "standalone"):
+        if key == "ngram":
+            extra = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(plan.ngram_draft_tokens)]
+        else:
+            if not plan.standalone_draft:
+                raise ValueError("method standalone needs a draft model (--standalone-draft DIR)")
+            k = plan.standalone_steps
+            extra = ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", plan.standalone_draft,
+                     "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
+                     "--speculative-num-draft-tokens", str(k + 1)]
         if not torch.cuda.is_available():  # SGLang's torch_native attention ignores tree masks
             from sglang_jetspec.integration.cpu_support import VERIFY_BACKEND
             extra += ["--attention-backend", VERIFY_BACKEND]
@@ -138,7 +148,9 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
                  "configs": [c.label for c in plan.configs], "workloads": {w: len(v) for w, v in plan.workloads.items()},
                  "batch_sizes": plan.batch_sizes, "mixed_load": plan.mixed_load, "max_new_tokens": plan.max_new_tokens,
                  "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth,
-                 "max_total_tokens": plan.max_total_tokens},
+                 "max_total_tokens": plan.max_total_tokens,
+                 "standalone_draft": _shown(plan.standalone_draft) if plan.standalone_draft else None,
+                 "standalone_steps": plan.standalone_steps if plan.standalone_draft else None},
         "results": [m.to_json() for m in results],
         "skipped": skipped,
         "serving": serving,
