@@ -325,3 +325,24 @@ def test_probes_are_paid_from_a_share_of_the_step_time_and_do_not_price_widths()
     with pytest.raises(ValueError, match="one tree and budget per request"):
         pol.plan(1, None)
         pol.observe(trees, [w], [[0]], [None], 0.1, full, [16, 16])
+
+
+def test_the_kv_reserve_holds_the_width_the_policy_wants_so_a_head_fixed_cost_is_no_trap():
+    """Measured on the MoE target at batch 1: width 1 cost 29 ms a round, width 2 49 ms (a head
+    forward), width 8 59 ms for ~3 tokens. With the reserve at twice the last width, a policy at
+    width 1 could only reach width 2, which is worse per token, and stayed at 1 (math, budget 16
+    1.3x faster). The next reserve now also holds the width it would choose uncapped."""
+    costs = {1: 0.029, 2: 0.049, 4: 0.055, 8: 0.059, 16: 0.070}
+    step = lambda w: costs.get(w, 0.059 + 0.001 * (w - 8))  # noqa: E731
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=15, probe_share=0.0)
+    pol.measured = {(1, w): [step(w), 5] for w in range(1, 17)}
+    pol.marginal[:] = torch.tensor([0.6, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1] + [0.05] * 8, dtype=torch.float64)
+    pol.rounds = 100  # past the warm-up ladder
+    pol._explore_next = None
+    pol.reserve = 2  # what width-1 rounds published
+    widths = []
+    for _ in range(3):
+        widths.append(pol.plan(1, None))
+        pol.publish_reserve()
+    assert widths[0] == 1  # capped: width 2 is dearer per token than width 1
+    assert widths[1] >= 8 and widths[2] == widths[1], widths  # the reserve held the wanted width

@@ -137,7 +137,11 @@ class BudgetPolicy:
         self.width_hist: dict[int, int] = {}
         # KV reserve (kv_reserve.py): `reserve` is what SGLang reserved for the step being
         # planned (the server budget until the worker publishes one), `next_reserve` what the
-        # step after it needs: twice the last width, the width exploration tries next, what fits
+        # step after it needs: twice the last width, the width the policy wants with no reserve
+        # cap, the width exploration tries next, within what fits. Without the wanted width the
+        # cap was a trap: after width-1 rounds only widths 1-2 were in reach, and where a head
+        # forward's fixed cost makes width 2 worse than 1 (on the MoE target: 49 vs 29 ms a
+        # round) the policy never saw that width 8 pays (59 ms for 3 tokens)
         self.reserve = self.next_reserve = max_width
         self._explore_next = self._exploration_for(0)
 
@@ -152,19 +156,22 @@ class BudgetPolicy:
         kv_bound = None if kv_free_tokens is None else max(1, kv_free_tokens // (2 * bs))
         hi = cap if kv_bound is None else min(cap, kv_bound)
         explore, self._explore_next = self._explore_next, self._exploration_for(self.rounds)
+        known = (torch.nan_to_num(self.marginal, nan=0.0) * self.bias_ratio).clamp(0, 1).float()  # unseen: 0
+        # the width wanted with KV reserved for any: the next step's reserve holds it (below)
+        want = choose_width([known] * bs, self.step_cost, self.max_width, kv_free_tokens)
         if explore is not None:
             d = Decision(width=min(self._explore_width(explore, bs), hi), per_request_budgets=[],
                          expected_tokens=float("nan"), predicted_seconds=float("nan"),
                          objective=float("nan"), reason="explore")
         else:
-            known = (torch.nan_to_num(self.marginal, nan=0.0) * self.bias_ratio).clamp(0, 1).float()  # unseen: 0
-            d = choose_width([known] * bs, self.step_cost, cap, kv_free_tokens)
+            d = want if want.width <= cap else choose_width([known] * bs, self.step_cost, cap, kv_free_tokens)
             self._chosen = d.width
         self.last = d
         self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
         self.probe = self._probe_due(bs, d.width)
         self.probes += self.probe
-        nxt = max(2 * d.width, 1 if self._explore_next is None else self._explore_width(self._explore_next, bs))
+        nxt = max(2 * d.width, want.width,
+                  1 if self._explore_next is None else self._explore_width(self._explore_next, bs))
         self.next_reserve = max(1, min(self.max_width, nxt if kv_bound is None else min(nxt, kv_bound)))
         return d.width
 
@@ -331,6 +338,9 @@ class BudgetPolicy:
             out["last_reason"] = self.last.reason if self.last else None
             out["reserve_width"] = self.reserve
             out["probes"] = self.probes
+            # the measured step times that price widths (step_cost): "bs x width" -> [ms, rounds]
+            out["measured_ms"] = {f"{bs}x{w}": [round(1000 * m[0], 2), m[1]]
+                                  for (bs, w), m in sorted(self.measured.items()) if m[1] >= self.measured_min}
             out["calibration_error"] = self.calibration_error()
             out["draft_calibration_error"] = self.calibration_error("draft")
             out["cost"] = c.cost.coefficients

@@ -10,9 +10,10 @@ that. With alloc_len = the server budget, a batch whose adaptive width is 3 stil
 have reused, and then retracts requests that had room for the trees actually verified.
 
   SGLANG_JETSPEC_KV_RESERVE=follow  (default) alloc_len = the policy's `reserve_width` for the
-      next step (budget_policy.py): at most twice the last width, at least the width
-      exploration will try next, and what fits in free + evictable KV; the step then never
-      verifies more rows than that (the plan is capped by it).
+      next step (budget_policy.py): twice the last width or the width the policy would choose
+      with no reserve cap, whichever is larger, at least the width exploration will try next,
+      within what fits in free + evictable KV; the step then never verifies more rows than
+      that (the plan is capped by it).
   SGLANG_JETSPEC_KV_RESERVE=max     alloc_len = the server budget (SGLang's own sizing).
 
 Static widths always reserve the server budget. Memory pool sizing at startup and the
