@@ -250,21 +250,21 @@ class BudgetPolicy:
         curve learns from those, and the round's time is not a price of its width."""
         if self.controller is None or self.last is None:
             return
+        probe = probe_trees is not None
+        if probe and (probe_budgets is None or len(probe_budgets) != len(probe_trees) or len(probe_trees) != len(trees)):
+            raise ValueError("probe_trees and probe_budgets must give one tree and budget per request")
         d = self.last
         pre = self.controller.calibrator.trees_probs(trees)  # before learning from this round
         self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees),
                          sum(t.n for t in trees))
         d.per_request_budgets = [t.n for t in trees]
         d.width = max(d.per_request_budgets)  # the rows actually verified (trees may be cut short)
-        probe = probe_trees is not None
         if not probe:
             m = self.measured.setdefault((len(trees), d.width), [seconds, 0])
             m[0] += (seconds - m[0]) * (1.0 if m[1] == 0 else self.measured_alpha)
             m[1] += 1
         self.controller.observe(trees, d, accepted_paths, bonus_tokens, None if probe else seconds)
-        if probe:
-            if probe_budgets is None or len(probe_budgets) != len(probe_trees) or len(probe_trees) != len(trees):
-                raise ValueError("probe_trees and probe_budgets must give one tree and budget per request")
+        if probe:  # the curve learns from the full-budget trees
             self._update_curve(probe_trees, probe_budgets)
         else:
             self._update_curve(trees, built_budgets)

@@ -236,14 +236,11 @@ class JetSpecWorker(BaseSpecWorker):
                 logprobs, rows, probe = torch.zeros(bs, 1, 1), 1, False
         dev = self.device
         with stats.phase("tree"):
-            probe_trees = None
-            if probe:
-                probe_trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
-                               for root, lp, t in zip(anchors.tolist(), logprobs, full)]
+            trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
+                     for root, lp, t in zip(anchors.tolist(), logprobs, full if probe else settings)]
+            probe_trees = trees if probe else None
+            if probe:  # verify the prefix of this width: the tree its budget builds
                 trees = [tree_prefix(p, min(p.n, t.budget)) for p, t in zip(probe_trees, settings)]
-            else:
-                trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
-                         for root, lp, t in zip(anchors.tolist(), logprobs, settings)]
             if self.experts is not None:  # MoE: keep the nodes worth their expert reads
                 prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1])
                         for r in batch.reqs]
