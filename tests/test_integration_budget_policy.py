@@ -346,3 +346,24 @@ def test_the_kv_reserve_holds_the_width_the_policy_wants_so_a_head_fixed_cost_is
         pol.publish_reserve()
     assert widths[0] == 1  # capped: width 2 is dearer per token than width 1
     assert widths[1] >= 8 and widths[2] == widths[1], widths  # the reserve held the wanted width
+
+
+def test_a_width_whose_trees_come_out_smaller_is_still_priced_by_its_measured_rounds():
+    """Seen on the MoE target: the plan chose width 64, the trees came out 45-59 nodes (the
+    head's top-k and the requests' remaining length cut them), the measured means were kept
+    under 45 and 59, and width 64 kept the linear model's price (58 ms, measured 83-91 ms), so
+    the policy chose it round after round. Step times are now kept under the planned width."""
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, seed=0)
+    pol.controller.cost = lambda bs, w: 0.01 + 1e-4 * w  # noqa: E731  cheap wide rounds, never refitted
+    true = lambda w: 0.01 if w == 1 else 0.2  # noqa: E731  every drafted round is dear
+    planned = []
+    for _ in range(60):  # every width 2..16 is tried twice before its measured price counts
+        w = pol.plan(1, None)
+        planned.append(w)
+        tree = _candidates(1, min(w, 6))[0]  # trees never exceed 6 nodes, whatever the width
+        path = [0]
+        while kids := [i for i in range(tree.n) if int(tree.parents[i]) == path[-1]]:
+            path.append(kids[0])  # the target agrees with the best child all the way down
+        pol.observe([tree], [w], [path], [None], true(w))
+    assert pol.step_cost(1, 16) == pytest.approx(0.2), planned  # the planned width's real price
+    assert planned[-10:] == [1] * 10, planned
