@@ -267,3 +267,16 @@ def test_a_few_small_width_steps_overrule_the_placeholder_prior():
             m.observe(2, 2 * w, 0.01 + 0.01 * w)
     k = m.coefficients
     assert k["c"] == pytest.approx(0.005, rel=0.01) and m.predict(2, 2) == pytest.approx(0.02, rel=0.01)
+
+
+def test_the_cost_table_of_every_width_equals_one_prediction_per_width():
+    g = torch.Generator().manual_seed(3)
+    for quadratic in (False, True):
+        m = StepCostModel(quadratic=quadratic, draft_depth=15)
+        for _ in range(40):
+            bs, w = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 33, (1,), generator=g))
+            m.observe(bs, bs * w, 0.01 + 0.002 * bs + 0.0005 * bs * w + 0.01 * float(torch.rand(1, generator=g)))
+        for bs in (1, 3, 16):
+            assert m.costs(bs, 40) == pytest.approx([m.cost(bs, w) for w in range(1, 41)], rel=1e-12)
+    with pytest.raises(ValueError, match="max_width 0"):
+        m.costs(1, 0)

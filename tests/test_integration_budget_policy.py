@@ -226,7 +226,7 @@ def test_measured_round_times_overrule_a_linear_model_that_underprices_wide_roun
     widths = _simulate(pol, 100, 8, 0.6, cost=true)
     chosen = [w for i, w in enumerate(widths[30:], 30) if i % 10]
     assert sorted(chosen)[len(chosen) // 2] <= 2, widths
-    assert pol.step_cost(8, 1) == pytest.approx(true(1))
+    assert pol.step_cost(8, 1) == pytest.approx(true(1), rel=0.05)  # shrunk a little toward the model
     assert pol.step_cost(3, 5) == pytest.approx(0.01 + 1e-5 * 15)  # never run: the model prices it
 
 
@@ -299,7 +299,7 @@ def test_probes_are_paid_from_a_share_of_the_step_time_and_do_not_price_widths()
     pol.plan(1, None)
     assert not pol.probe  # the head has not run yet: no price for a probe
     pol.note_draft(1, 15, 0.015)  # 1 ms per head row
-    pol.measured[(1, 1)] = [0.1, 5]  # a step at width 1 costs 0.1 s
+    pol.measured[(1, 1)] = [0.101, 10_000]  # a step at width 1 costs ~0.1 s (measured many times)
     assert pol.full_rows == 15
     due = []
     for _ in range(20):
@@ -365,5 +365,6 @@ def test_a_width_whose_trees_come_out_smaller_is_still_priced_by_its_measured_ro
         while kids := [i for i in range(tree.n) if int(tree.parents[i]) == path[-1]]:
             path.append(kids[0])  # the target agrees with the best child all the way down
         pol.observe([tree], [w], [path], [None], true(w))
-    assert pol.step_cost(1, 16) == pytest.approx(0.2), planned  # the planned width's real price
+    assert pol.measured[(1, 16)][0] == pytest.approx(0.2)  # kept under the planned width
+    assert pol.step_cost(1, 16) > 5 * pol.controller.cost(1, 16), planned  # not the model's price
     assert planned[-10:] == [1] * 10, planned

@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from .isotonic import isotonic
 from .tree import DraftTree
 
 _VERSION = 1
@@ -221,14 +222,7 @@ class AcceptanceCalibrator:
 
 def _isotonic(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Weighted least-squares non-decreasing fit of y [K] (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, weight, length]
-    for yi, wi in zip(y.tolist(), w.tolist()):
-        blocks.append([yi, wi, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2, n2 = blocks.pop()
-            m1, w1, n1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
-    return torch.tensor([m for m, _, n in blocks for _ in range(n)], dtype=y.dtype)
+    return torch.tensor(isotonic(y.tolist(), w.tolist()), dtype=y.dtype)
 
 
 def labelled_nodes(tree: DraftTree, accepted_nodes: list[int], verified_n: int | None = None,

@@ -38,6 +38,7 @@ class ForgettingNNLS:
         self._prior_gram = torch.zeros_like(self._gram)
         self._prior_xty = torch.zeros_like(self._xty)
         self._theta: list[float] | None = None
+        self._support: list[int] | None = None  # positive coefficients of the last solution
 
     def ridge_prior(self, theta0: list[float]) -> None:
         """Weak pull toward placeholder coefficients theta0 (in the scaled feature space)."""
@@ -66,7 +67,13 @@ class ForgettingNNLS:
         if self._theta is None:
             gram = self._prior_gram + self._gram
             gram = gram + 1e-9 * gram.diagonal().mean() * torch.eye(self.p, dtype=torch.float64)
-            self._theta = nnls_gram(gram, self._prior_xty + self._xty)
+            xty = self._prior_xty + self._xty
+            # warm start: the data move a little per round, so the last solution's support is
+            # usually still the optimal one (measured: the unconstrained shortcut failed in 87
+            # of 100 rounds of a batch-1 policy, and the support search cost 0.7 ms a round)
+            theta = None if self._support is None else kkt_on_support(gram, xty, self._support)
+            self._theta = theta if theta is not None else nnls_gram(gram, xty)
+            self._support = [i for i, v in enumerate(self._theta) if v > 0]
         return self._theta
 
 
@@ -82,6 +89,27 @@ def nnls_gram(gram: torch.Tensor, xty: torch.Tensor) -> list[float]:
     except RuntimeError:  # singular: the support search below
         pass
     return nnls_by_supports(gram, xty)
+
+
+def kkt_on_support(gram: torch.Tensor, xty: torch.Tensor, support: list[int]) -> list[float] | None:
+    """The NNLS optimum if it has exactly this support (the support's unconstrained optimum is
+    positive and no coefficient off the support wants to grow: the KKT conditions of the convex
+    problem, so the answer is exact), else None."""
+    p = gram.shape[0]
+    theta = torch.zeros(p, dtype=torch.float64)
+    if support:
+        try:
+            sol = torch.linalg.solve(gram[support][:, support], xty[support])
+        except RuntimeError:
+            return None
+        if not (bool((sol > 0).all()) and bool(torch.isfinite(sol).all())):
+            return None
+        theta[support] = sol
+    grad = gram @ theta - xty  # half the gradient of theta' G theta - 2 theta' h
+    off = [i for i in range(p) if i not in support]
+    if off and bool((grad[off] < -1e-12 * (1 + float(xty.abs().max()))).any()):
+        return None
+    return theta.tolist()
 
 
 def nnls_by_supports(gram: torch.Tensor, xty: torch.Tensor) -> list[float]:

@@ -119,6 +119,19 @@ class StepCostModel:
 
     __call__ = cost
 
+    def costs(self, bs: int, max_width: int) -> list[float]:
+        """cost(bs, w) for w = 1..max_width with one solve of the fit (the width policy
+        prices every width each round)."""
+        if bs < 1 or max_width < 1:
+            raise ValueError(f"bs {bs} and max_width {max_width} must be >= 1")
+        k = self.coefficients
+        out = []
+        for w in range(1, max_width + 1):
+            rows = bs * w
+            draft = self.draft_rows(bs, rows) if self.draft_depth is not None else 0
+            out.append(k["a"] + k["b"] * bs + k["c"] * rows + k["d"] * draft + k["q"] * rows * rows)
+        return out
+
     def state_dict(self) -> dict:
         """JSON-able: the fitted coefficients and the number of observations, for logs."""
         return {"coefficients": self.coefficients, "observations": self.observations,

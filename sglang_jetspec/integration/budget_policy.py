@@ -35,8 +35,11 @@ Measured step times: the cost model is linear, and on a CPU the real step time i
 verify row costs more once the batch's rows make the matmuls compute-bound): fitted mostly on
 batch-1 rounds it priced width 4 at batch 16 at about half of what it took, and the policy kept
 speculating where plain decoding was faster. So the policy also keeps a running mean of the
-measured round time per (batch size, width) it has run, and prices a width by that mean once it
-has `measured_min` rounds there (the model prices the rest). Width 1 stays among the widths
+measured round time per (batch size, width) it has run, and prices widths by those means,
+shrunk toward the model by their round counts and made non-decreasing in width
+(core/width_costs.py: single means moved by 10-20% between neighbouring widths and decided
+between widths whose true times differ by 3%); widths not yet run take the model's price,
+clamped between their measured neighbours. Width 1 stays among the widths
 exploration tries, so "no speculation" is measured at every batch size in use.
 
 Curve probes: a width w only shows the curve at ranks below w, and exploration (one round in
@@ -70,13 +73,17 @@ import torch
 from sglang_jetspec.core.budget_controller import BudgetController, Decision, choose_width
 from sglang_jetspec.core.step_cost import StepCostModel
 from sglang_jetspec.core.tree import DraftTree
+from sglang_jetspec.core.width_costs import width_costs
 from sglang_jetspec.integration.env_setting import env_choice
 
 ENV = "SGLANG_JETSPEC_BUDGET"
-# the bias correction stays within [1/BIAS_MAX, BIAS_MAX]: it corrects a calibration that is off
-# by tens of percent; a wider range let an early, overconfident calibration push the ratio to its
-# floor, the width to 1, and (no drafted nodes, nothing learned) keep it there
-BIAS_MAX = 1.25
+# the bias correction stays within [BIAS_MIN, BIAS_MAX]: it corrects a calibration that is off by
+# tens of percent. A lower floor let an early, overconfident calibration push the ratio down, the
+# width to 1, and (no drafted nodes, nothing learned) keep it there. The ceiling has no such trap
+# (a higher ratio widens the trees, and wider trees teach more) and 1.25 was too low: on MoE math
+# the ratio sat at 1.25 while the policy's widths 5-11 committed 3.3 tokens a round where budget
+# 16 committed 3.66 at 2.5% more time per round
+BIAS_MIN, BIAS_MAX = 0.8, 2.0
 MODES = ("adaptive", "static")
 # at most one curve probe in this many rounds: a probe's time is not learned as its width's price
 # (its extra rows would inflate it), and where a probe costs no extra head rows (width beyond the
@@ -123,7 +130,9 @@ class BudgetPolicy:
         self._draft_s: dict[tuple[int, int], float] = {}  # (bs, rows) -> mean head forward seconds
         self._chosen = 1  # the width of the last optimised (non-exploration) round
         self.measured: dict[tuple[int, int], list[float]] = {}  # (bs, width) -> [mean s, rounds]
-        self.measured_min, self.measured_alpha = 2, 0.2
+        self.measured_min, self.measured_alpha = 2, 0.2  # (measured_min: shown in the snapshot)
+        self.cost_prior_rounds = 2.0  # the model's price counts as this many measured rounds
+        self._costs: dict[int, list[float]] | None = None  # bs -> width_costs table, within plan()
         self.rng = random.Random(seed)
         # draft_depth: the head's depth rows, so the cost model prices the draft separately
         self.controller = BudgetController(max_width, StepCostModel(draft_depth=draft_depth)) \
@@ -152,6 +161,13 @@ class BudgetPolicy:
         self.rounds += 1
         if self.controller is None:
             return self.max_width
+        self._costs = {}  # cost tables built for this plan only
+        try:
+            return self._plan(bs, kv_free_tokens)
+        finally:
+            self._costs = None
+
+    def _plan(self, bs: int, kv_free_tokens: int | None) -> int:
         cap = min(self.max_width, self.reserve)  # never more rows than SGLang reserved KV for
         kv_bound = None if kv_free_tokens is None else max(1, kv_free_tokens // (2 * bs))
         hi = cap if kv_bound is None else min(cap, kv_bound)
@@ -276,12 +292,22 @@ class BudgetPolicy:
             self._update_curve(trees, built_budgets)
 
     def step_cost(self, bs: int, width: int) -> float:
-        """Seconds of a step: the measured mean at (bs, width) once seen often enough, else the
-        fitted model's prediction."""
-        m = self.measured.get((bs, width))
-        if m is not None and m[1] >= self.measured_min:
-            return m[0]
-        return self.controller.cost(bs, width)
+        """Seconds of a step at (bs, width): the width cost table of this batch size (measured
+        means shrunk toward the fitted model and made non-decreasing in width; the model where
+        nothing was measured), built once per plan()."""
+        if not 1 <= width <= self.max_width:
+            return self.controller.cost(bs, width)
+        table = None if self._costs is None else self._costs.get(bs)
+        if table is None:
+            measured = {w: (m[0], m[1]) for (b, w), m in self.measured.items() if b == bs}
+            cost = self.controller.cost
+            model = cost.costs(bs, self.max_width) if hasattr(cost, "costs") else None
+            table = width_costs(self.max_width, measured,
+                                (lambda w: model[w - 1]) if model else (lambda w: cost(bs, w)),
+                                self.cost_prior_rounds)
+            if self._costs is not None:
+                self._costs[bs] = table
+        return table[width - 1]
 
     def _track_bias(self, predicted: float, actual: int, requests: int, nodes: int) -> None:
         if nodes <= requests:  # roots only (width 1): nothing predicted, nothing to learn
@@ -298,7 +324,7 @@ class BudgetPolicy:
         """Accepted / calibrated-predicted draft nodes over recent rounds (1 until known)."""
         if self._actual is None or self._predicted is None or self._predicted < 1e-3:
             return 1.0
-        return min(BIAS_MAX, max(1.0 / BIAS_MAX, self._actual / self._predicted))
+        return min(BIAS_MAX, max(BIAS_MIN, self._actual / self._predicted))
 
     def _update_curve(self, trees: list[DraftTree], built_budgets: list[int]) -> None:
         """Running mean of the calibrated node probabilities by best-first rank. A rank only
