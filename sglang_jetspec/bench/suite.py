@@ -1,9 +1,14 @@
 """A whole benchmark run: every server, every configuration, workload and batch size.
 
-Servers run ONE AT A TIME (an idle SGLang scheduler still polls, and on a small CPU a second
-server would slow the one being measured); each serves all of its configurations before it
-stops, `ar` first. A server that cannot start on this machine (e.g. an algorithm that needs a
-GPU) is recorded as skipped with the reason, and the run goes on.
+Every server starts first (with SGLang's --sleep-on-idle: an idle scheduler otherwise spins a
+whole core, measured 5 cpu-seconds in 5 s, which on a 2-core machine would slow the server being
+measured), then the measurements run CELL BY CELL: for each workload and batch size, every
+configuration of every server back to back, `ar` first. A cell's numbers are thus taken within
+a minute or two of each other, not half an hour apart: on this shared CPU the same static
+budget measured 0.89x and 1.11x `ar` in two runs of the server-by-server order. A server that
+cannot start on this machine (e.g. an algorithm that needs a GPU) is recorded as skipped with
+the reason, and the run goes on. Each server keeps its own state across cells (the adaptive
+width's statistics see the workloads in the same order as before).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from sglang_jetspec.bench.workloads import WorkItem
 
 SCHEMA_VERSION = 1
 WARMUP_REQUESTS = 3  # full-length requests each server answers before its first measurement
+# every server is up for the whole run: an idle one must sleep in a poll, not spin a core
+SLEEP_ON_IDLE = ["--sleep-on-idle"]
 
 
 @dataclass
@@ -54,7 +61,7 @@ def server_spec(plan: BenchPlan, key: str):
     common = dict(max_running_requests=max(bs, 1),
                   max_total_tokens=plan.max_total_tokens or max(8192, bs * 1024))
     if key == "ar":
-        return ServerSpec(plan.model, **common)
+        return ServerSpec(plan.model, extra=SLEEP_ON_IDLE, **common)
     if key in ("ngram", "standalone"):
         if key == "ngram":
             extra = ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", str(plan.ngram_draft_tokens)]
@@ -68,11 +75,11 @@ def server_spec(plan: BenchPlan, key: str):
         if not torch.cuda.is_available():  # SGLang's torch_native attention ignores tree masks
             from sglang_jetspec.integration.cpu_support import VERIFY_BACKEND
             extra += ["--attention-backend", VERIFY_BACKEND]
-        return ServerSpec(plan.model, extra=extra, **common)
+        return ServerSpec(plan.model, extra=extra + SLEEP_ON_IDLE, **common)
     if key in HEAD_SERVERS:
         head = plan.heads["jetspec" if key in AUTO_SERVERS + (NO_EXPERT_SERVER,) else key]
         return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key, plan.auto_max_width),
-                          width=plan.width, depth=plan.depth, **common)
+                          width=plan.width, depth=plan.depth, extra=SLEEP_ON_IDLE, **common)
     raise ValueError(f"no server for {key!r}")
 
 
@@ -104,41 +111,47 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
     skipped: dict[str, str] = {}
     serving: list[dict] = []
     t_start = time.time()
-    for key in servers_needed(plan.configs):
-        configs = [c for c in plan.configs if c.server == key]
-        progress(f"[bench] starting the {key} server ({', '.join(c.label for c in configs)})")
-        server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log", env=server_env(key, plan.expert_trace))
-        try:
-            server.start().wait_ready()
-        except (RuntimeError, TimeoutError) as exc:
-            reason = str(exc).strip().splitlines()
-            skipped[key] = _startup_reason(reason)
-            progress(f"[bench] {key} server did not start: {skipped[key]}")
-            server.stop()
-            continue
-        try:
+    servers: dict[str, LocalServer] = {}
+    try:
+        for key in servers_needed(plan.configs):
+            labels = ", ".join(c.label for c in plan.configs if c.server == key)
+            progress(f"[bench] starting the {key} server ({labels})")
+            server = LocalServer(server_spec(plan, key), log_dir / f"server_{key}.log",
+                                 env=server_env(key, plan.expert_trace))
+            try:
+                server.start().wait_ready()
+            except (RuntimeError, TimeoutError) as exc:
+                skipped[key] = _startup_reason(str(exc).strip().splitlines())
+                progress(f"[bench] {key} server did not start: {skipped[key]}")
+                server.stop()
+                continue
+            servers[key] = server
             # warm-up, not measured: a few full-length requests, so that one-off costs (first
             # shapes, the adaptive width's warm-up ladder over every width) stay out of the numbers
             for ids in encoded[next(iter(encoded))][:WARMUP_REQUESTS]:
                 server.generate(ids, plan.max_new_tokens, temperature=0.0)
-            for w, ids in encoded.items():
-                for bs in plan.batch_sizes:
-                    prompts = ids[: max(plan.num_prompts, bs)]  # enough to fill the batch
-                    for c in configs:
-                        m = measure(server, c, w, prompts, bs, plan.max_new_tokens)
-                        results.append(m)
-                        progress(f"[bench] {w:14} bs {bs:3} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
-                                 f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
-                if plan.mixed_load:  # concurrency changing over time: phases back to back
-                    prompts = ids[: max(plan.num_prompts, 2 * sum(plan.mixed_load))]
-                    for c in configs:
-                        m = measure(server, c, w, prompts, 0, plan.max_new_tokens, phases=plan.mixed_load)
-                        results.append(m)
-                        progress(f"[bench] {w:14} mixed {'/'.join(map(str, plan.mixed_load))} {c.label:18} "
-                                 f"{m.tokens_per_s:7.2f} tok/s  accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
-            if plan.serving_rates and key in ("ar", "jetspec", AUTO_SERVER):
-                serving += run_serving_sweep(server, key, plan, log_dir, progress)
-        finally:
+        configs = [c for c in plan.configs if c.server in servers]  # plan order: ar first
+        for w, ids in encoded.items():
+            for bs in plan.batch_sizes:
+                prompts = ids[: max(plan.num_prompts, bs)]  # enough to fill the batch
+                for c in configs:
+                    m = measure(servers[c.server], c, w, prompts, bs, plan.max_new_tokens)
+                    results.append(m)
+                    progress(f"[bench] {w:14} bs {bs:3} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
+                             f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
+            if plan.mixed_load:  # concurrency changing over time: phases back to back
+                prompts = ids[: max(plan.num_prompts, 2 * sum(plan.mixed_load))]
+                for c in configs:
+                    m = measure(servers[c.server], c, w, prompts, 0, plan.max_new_tokens, phases=plan.mixed_load)
+                    results.append(m)
+                    progress(f"[bench] {w:14} mixed {'/'.join(map(str, plan.mixed_load))} {c.label:18} "
+                             f"{m.tokens_per_s:7.2f} tok/s  accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
+        if plan.serving_rates:
+            for key in ("ar", "jetspec", AUTO_SERVER):
+                if key in servers:
+                    serving += run_serving_sweep(servers[key], key, plan, log_dir, progress)
+    finally:
+        for server in servers.values():
             server.stop()
     compare_to_ar(results)
     return {

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import torch
 
@@ -141,6 +142,7 @@ class BudgetPolicy:
         self.marginal = torch.full((max(max_width - 1, 0),), float("nan"), dtype=torch.float64)
         self.marginal_round = torch.zeros(len(self.marginal), dtype=torch.float64)  # last seen
         self.rounds = 0
+        self.own_seconds = 0.0  # the policy's own work (plan + observe), for the snapshot
         self._actual = self._predicted = None  # running means: accepted / predicted draft nodes
         self.last: Decision | None = None
         self.width_hist: dict[int, int] = {}
@@ -162,10 +164,12 @@ class BudgetPolicy:
         if self.controller is None:
             return self.max_width
         self._costs = {}  # cost tables built for this plan only
+        t0 = time.perf_counter()
         try:
             return self._plan(bs, kv_free_tokens)
         finally:
             self._costs = None
+            self.own_seconds += time.perf_counter() - t0
 
     def _plan(self, bs: int, kv_free_tokens: int | None) -> int:
         cap = min(self.max_width, self.reserve)  # never more rows than SGLang reserved KV for
@@ -266,6 +270,13 @@ class BudgetPolicy:
         curve learns from those, and the round's time is not a price of its width."""
         if self.controller is None or self.last is None:
             return
+        t0 = time.perf_counter()
+        try:
+            self._observe(trees, built_budgets, accepted_paths, bonus_tokens, seconds, probe_trees, probe_budgets)
+        finally:
+            self.own_seconds += time.perf_counter() - t0
+
+    def _observe(self, trees, built_budgets, accepted_paths, bonus_tokens, seconds, probe_trees, probe_budgets):
         probe = probe_trees is not None
         if probe and (probe_budgets is None or len(probe_budgets) != len(probe_trees) or len(probe_trees) != len(trees)):
             raise ValueError("probe_trees and probe_budgets must give one tree and budget per request")
@@ -370,6 +381,7 @@ class BudgetPolicy:
             out["last_reason"] = self.last.reason if self.last else None
             out["reserve_width"] = self.reserve
             out["probes"] = self.probes
+            out["own_ms_per_round"] = 1000 * self.own_seconds / max(self.rounds, 1)
             # the measured step times that price widths (step_cost): "bs x width" -> [ms, rounds]
             out["measured_ms"] = {f"{bs}x{w}": [round(1000 * m[0], 2), m[1]]
                                   for (bs, w), m in sorted(self.measured.items()) if m[1] >= self.measured_min}
