@@ -282,6 +282,13 @@ class BudgetPolicy:
             raise ValueError("probe_trees and probe_budgets must give one tree and budget per request")
         d = self.last
         planned = d.width  # what plan() chose: the width this round's time prices
+        if not probe and all(t.n == 1 for t in trees):  # plain decoding: only the time to learn
+            d.per_request_budgets, d.width = [1] * len(trees), 1
+            self._note_time(len(trees), planned, seconds)
+            self.controller.acceptance.observe([len(p) for p in accepted_paths], d.expected_tokens)
+            if hasattr(self.controller.cost, "observe"):
+                self.controller.cost.observe(len(trees), len(trees), seconds)
+            return
         pre = self.controller.calibrator.trees_probs(trees)  # before learning from this round
         self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees),
                          sum(t.n for t in trees))
@@ -293,14 +300,17 @@ class BudgetPolicy:
             # length, expert pruning) would otherwise never be measured: seen on the MoE target,
             # width 64 planned 19 rounds in a row, verified 45-59 rows at 83-91 ms each, and kept
             # its 58 ms price from the linear model
-            m = self.measured.setdefault((len(trees), planned), [seconds, 0])
-            m[0] += (seconds - m[0]) * (1.0 if m[1] == 0 else self.measured_alpha)
-            m[1] += 1
+            self._note_time(len(trees), planned, seconds)
         self.controller.observe(trees, d, accepted_paths, bonus_tokens, None if probe else seconds)
         if probe:  # the curve learns from the full-budget trees
             self._update_curve(probe_trees, probe_budgets)
-        else:
-            self._update_curve(trees, built_budgets)
+        else:  # the probabilities from before this round's update: one calibration pass less
+            self._update_curve(trees, built_budgets, pre)
+
+    def _note_time(self, bs: int, width: int, seconds: float) -> None:
+        m = self.measured.setdefault((bs, width), [seconds, 0])
+        m[0] += (seconds - m[0]) * (1.0 if m[1] == 0 else self.measured_alpha)
+        m[1] += 1
 
     def step_cost(self, bs: int, width: int) -> float:
         """Seconds of a step at (bs, width): the width cost table of this batch size (measured
@@ -337,13 +347,15 @@ class BudgetPolicy:
             return 1.0
         return min(BIAS_MAX, max(BIAS_MIN, self._actual / self._predicted))
 
-    def _update_curve(self, trees: list[DraftTree], built_budgets: list[int]) -> None:
+    def _update_curve(self, trees: list[DraftTree], built_budgets: list[int],
+                      probs: list[torch.Tensor] | None = None) -> None:
         """Running mean of the calibrated node probabilities by best-first rank. A rank only
         counts for trees that were built with room for it and filled it (a tree cut short by
         its request's own depth or remaining length says nothing about other requests)."""
         if not len(self.marginal):
             return
-        probs = self.controller.calibrator.trees_probs(trees)  # list of [n_r - 1]
+        if probs is None:
+            probs = self.controller.calibrator.trees_probs(trees)  # list of [n_r - 1]
         k = len(self.marginal)
         total = torch.zeros(k, dtype=torch.float64)
         count = torch.zeros(k, dtype=torch.float64)

@@ -13,7 +13,10 @@ After the verify forward the experts SGLang's router picked for every verify row
 experts capturer, `--enable-return-routed-experts`, which the plugin turns on for MoE targets)
 update the predictor, the cost model and the counters (/get_server_info
 `internal_states[0]["jetspec"]["experts"]`): distinct experts per verify, kept vs candidate nodes,
-per-layer precision and recall of the prediction.
+per-layer precision and recall of the prediction. A round of plain decoding (every tree its root,
+the adaptive width's width 1) has nothing to prune: it skips prediction (precision, recall and
+the predicted candidate experts count rounds with drafted nodes only; the routed experts still
+teach the predictor and the cost model).
 
 Lossless: pruning only chooses WHICH candidate nodes are verified; a kept node keeps its token and
 all its ancestors, and acceptance (greedy, or the host walk rule) commits the target's own picks.
@@ -101,6 +104,12 @@ class ExpertScheduler:
 
     def schedule(self, trees: list[DraftTree], prev_tokens: list[int]) -> list[DraftTree]:
         """The trees to verify: pruned (prune=True) or as built; predictions kept for metrics."""
+        if all(t.n == 1 for t in trees):  # plain decoding: nothing to prune, nothing to predict
+            self.candidate_nodes += len(trees)
+            self.candidate_expected += len(trees)
+            self.kept_expected += len(trees)
+            self._predicted = self._probs = None
+            return trees
         experts = [self.predictor.predict_tree(t, p) for t, p in zip(trees, prev_tokens)]
         self.candidate_nodes += sum(t.n for t in trees)
         self.candidate_distinct += _union_counts(experts, self.E)
@@ -136,7 +145,8 @@ class ExpertScheduler:
         the experts the target's router picked for every verify row (None: not captured), the
         accepted node indices per tree, the bonus tokens (None where they do not label the
         children), the verify forward's wall time."""
-        self.calibrator.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
+        if any(t.n > 1 for t in trees):  # roots alone label no node
+            self.calibrator.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
         self.rounds += 1
         self.kept_nodes += sum(t.n for t in trees)
         self.verify_rows += len(trees) * n

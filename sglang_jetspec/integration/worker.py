@@ -291,8 +291,9 @@ class JetSpecWorker(BaseSpecWorker):
                                                               logits_output, n, grammar_mask)
             new_seq_lens = batch.seq_lens + accept_lens
             accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
-            move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
-                                                 self.token_to_kv_pool_allocator)
+            if n > 1:  # at width 1 the one accepted row already sits in its final slot
+                move_accept_tokens_to_target_kvcache(batch, accept_index, accept_lens - 1,
+                                                     self.token_to_kv_pool_allocator)
             self._store_accepted_context(batch, accept_index, accept_lens,
                                          logits_output.hidden_states, n)
             if batch.return_logprob:
