@@ -61,12 +61,12 @@ def _simulate(pol, rounds, bs, p_accept, cost, seed=0):
 
 def test_adaptive_warms_up_over_the_ladder_then_follows_cost_and_acceptance():
     # rows nearly free and a good draft: wide trees pay
-    pol = BudgetPolicy(16, "adaptive", warmup_reps=2, explore_every=0)
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=2, explore_every=0, close_share=0.0)
     widths = _simulate(pol, 40, 2, 0.9, cost=lambda w: 0.010 + 0.0001 * w)
     assert widths[:10] == [1, 2, 4, 8, 16] * 2  # warm-up: every width of the ladder
     assert min(widths[20:]) >= 8, widths
     # rows expensive and a poor draft: plain decoding (width 1) wins
-    pol = BudgetPolicy(16, "adaptive", warmup_reps=2, explore_every=0)
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=2, explore_every=0, close_share=0.0)
     widths = _simulate(pol, 40, 2, 0.2, cost=lambda w: 0.010 + 0.010 * w)
     assert set(widths[20:]) == {1}, widths
     snap = pol.snapshot()
@@ -182,7 +182,7 @@ def test_exploration_after_the_first_ladder_pass_skips_widths_far_costlier_than_
     """At batch 16 on a CPU a width-64 round cost 8x the width in use: once the cost model has
     seen the ladder, exploration (and the second warm-up pass) stays within 2x its cost."""
     cost = lambda w: 0.05 + 0.01 * w  # noqa: E731  width 64 costs 0.69 s, width 2 0.07 s
-    pol = BudgetPolicy(64, "adaptive", warmup_reps=2, explore_every=4, seed=0)
+    pol = BudgetPolicy(64, "adaptive", warmup_reps=2, explore_every=4, seed=0, close_share=0.0)
     widths = _simulate(pol, 120, 2, 0.3, cost)
     assert widths[:7] == [1, 2, 4, 8, 16, 32, 64]  # the first pass walks the whole ladder
     chosen = [w for i, w in enumerate(widths[14:], 14) if i % 4]
@@ -281,7 +281,8 @@ def test_curve_probes_re_widen_after_a_phase_at_width_one_without_exploration():
     runs = {}
     for share in (0.03, 0.0):  # the default share, and none
         g = torch.Generator().manual_seed(1)
-        pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=6, probe_share=share)
+        pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=6, probe_share=share,
+                           close_share=0.0)
         hard = _simulate_calibrated(pol, 80, 1, 0.2, cost, g)
         probes = pol.probes
         easy = _simulate_calibrated(pol, 80, 1, 0.95, cost, g)
@@ -334,7 +335,8 @@ def test_the_kv_reserve_holds_the_width_the_policy_wants_so_a_head_fixed_cost_is
     1.3x faster). The next reserve now also holds the width it would choose uncapped."""
     costs = {1: 0.029, 2: 0.049, 4: 0.055, 8: 0.059, 16: 0.070}
     step = lambda w: costs.get(w, 0.059 + 0.001 * (w - 8))  # noqa: E731
-    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=15, probe_share=0.0)
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=15, probe_share=0.0,
+                       close_share=0.0)
     pol.measured = {(1, w): [step(w), 5] for w in range(1, 17)}
     pol.marginal[:] = torch.tensor([0.6, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1] + [0.05] * 8, dtype=torch.float64)
     pol.rounds = 100  # past the warm-up ladder
@@ -368,3 +370,59 @@ def test_a_width_whose_trees_come_out_smaller_is_still_priced_by_its_measured_ro
     assert pol.measured[(1, 16)][0] == pytest.approx(0.2)  # kept under the planned width
     assert pol.step_cost(1, 16) > 5 * pol.controller.cost(1, 16), planned  # not the model's price
     assert planned[-10:] == [1] * 10, planned
+
+
+def _simulate_agreement(pol, rounds, bs, p_top, agree, cost, g, depth=6, vocab=40):
+    """Rounds whose draft is equally confident (top probability p_top at every depth) whatever
+    the target does; the target takes the draft's top token with probability `agree` per depth
+    (a workload the head ranks alike but the target follows more or less often)."""
+    from sglang_jetspec.core.budget_controller import tree_prefix
+
+    widths = []
+    for _ in range(rounds):
+        w = pol.plan(bs, None)
+        widths.append(w)
+        rows = min(depth, pol.max_width - 1) if pol.probe else min(depth, w - 1)
+        if rows:
+            pol.note_draft(bs, rows, 0.002 * bs * rows)
+        lps = [_peaked_rows(g, depth, vocab, p_top) for _ in range(bs)]
+        full = [build_tree(b, lp, pol.max_width, 4, max(rows, 1)) for b, lp in enumerate(lps)]
+        trees = [tree_prefix(t, min(t.n, w)) for t in full]
+        paths = []
+        for t, lp in zip(trees, lps):
+            top = lp.argmax(-1)
+            other = (top + 1 + torch.randint(vocab - 1, (depth,), generator=g)) % vocab
+            truth = torch.where(torch.rand(depth, generator=g) < agree, top, other).tolist()
+            path, node = [0], 0
+            while kids := [i for i in range(t.n) if int(t.parents[i]) == node
+                           and int(t.tokens[i]) == truth[int(t.depths[i]) - 1]]:
+                node = kids[0]
+                path.append(node)
+            paths.append(path)
+        probe = (full, [pol.max_width] * bs) if pol.probe else (None, None)
+        pol.observe(trees, [w] * bs, paths, [None] * bs, cost(w), *probe)
+    return widths
+
+
+def test_close_calls_leave_width_one_when_the_calibration_underrates_the_head():
+    """The trap: after a workload where the target rarely follows the head, the calibration
+    maps the head's scores to low acceptance and the bias correction sits at its floor; on a
+    workload the head scores alike but the target follows, width 1 verifies nothing, so
+    neither can learn, and curve probes only re-read the same low calibration. Close calls try
+    the best width at least twice the chosen one when its predicted loss is covered by 3% of
+    each step, and the verified nodes correct the calibration."""
+    cost = lambda w: 0.010 + 0.004 * w  # noqa: E731
+    runs = {}
+    for share in (0.03, 0.0):
+        g = torch.Generator().manual_seed(1)
+        pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0, draft_depth=6, close_share=share)
+        hard = _simulate_agreement(pol, 80, 1, 0.5, 0.1, cost, g)
+        calls = pol.close_calls
+        easy = _simulate_agreement(pol, 120, 1, 0.5, 0.95, cost, g)
+        runs[share] = (hard, easy, calls, pol.close_calls, pol.bias_ratio)
+    hard, easy, hard_calls, calls, bias = runs[0.03]
+    assert hard[40:].count(1) >= 30 and hard_calls <= 80 // 8, hard  # mostly plain decoding
+    assert min(easy[80:]) >= 2 and sorted(easy[80:])[20] >= 4 and bias > 1, easy  # re-widened
+    assert set(runs[0.0][1]) == {1} and runs[0.0][3] == 0 and runs[0.0][4] == 0.8  # stuck at width 1
+    with pytest.raises(ValueError, match=r"close_share -0.1 must be in \[0, 1\)"):
+        BudgetPolicy(8, "adaptive", close_share=-0.1)
