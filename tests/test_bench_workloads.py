@@ -176,14 +176,14 @@ def test_width_counts_are_the_policy_histogram_delta_and_the_report_lists_them()
     from sglang_jetspec.bench.report import widths_table
     from sglang_jetspec.bench.runner import width_delta
 
-    before = {"mode": "adaptive", "width_hist": {"1": 5, "8": 2}, "probes": 1}
-    after = {"mode": "adaptive", "width_hist": {"1": 9, "8": 2, "16": 3, "2": 1}, "probes": 4}
-    assert width_delta(before, after) == {"1": 4, "2": 1, "16": 3, "probes": 3}
+    before = {"mode": "adaptive", "width_hist": {"1": 5, "8": 2}, "probes": 1, "close_calls": 2}
+    after = {"mode": "adaptive", "width_hist": {"1": 9, "8": 2, "16": 3, "2": 1}, "probes": 4, "close_calls": 3}
+    assert width_delta(before, after) == {"1": 4, "2": 1, "16": 3, "probes": 3, "close_calls": 1}
     assert width_delta({"mode": "static"}, {"mode": "static", "width_hist": {"8": 3}}) is None
     assert width_delta(None, after) is None
     r = {"workload": "math", "batch_size": 1, "label": "jetspec@auto", "tokens_per_s": 12.5,
          "accept_length": 2.4, "widths": width_delta(before, after)}
-    assert widths_table([r]).splitlines()[-1] == "| math | 1 | jetspec@auto | 12.50 | 2.40 | 1: 4, 2: 1, 16: 3 | 3 |"
+    assert widths_table([r]).splitlines()[-1] == "| math | 1 | jetspec@auto | 12.50 | 2.40 | 1: 4, 2: 1, 16: 3 | 3 | 1 |"
     assert widths_table([dict(r, widths=None)]) == ""
 
 

@@ -99,15 +99,15 @@ def experts_table(results: list[dict]) -> str:
 
 def widths_table(results: list[dict]) -> str:
     """Adaptive servers: how many rounds verified each width, per measurement."""
-    rows = ["| workload | batch | method | tok/s | accept length | rounds per verify width | curve probes |",
-            "|---|---:|---|---:|---:|---|---:|"]
+    rows = ["| workload | batch | method | tok/s | accept length | rounds per verify width | curve probes "
+            "| close calls |", "|---|---:|---|---:|---:|---|---:|---:|"]
     for r in results:
         w = r.get("widths")
         if not w:
             continue
-        hist = ", ".join(f"{k}: {v}" for k, v in w.items() if k != "probes")
+        hist = ", ".join(f"{k}: {v}" for k, v in w.items() if k not in ("probes", "close_calls"))
         rows.append(f"| {r['workload']} | {_batch(r)} | {r['label']} | {r['tokens_per_s']:.2f} | "
-                    f"{r['accept_length']:.2f} | {hist} | {w.get('probes', '-')} |")
+                    f"{r['accept_length']:.2f} | {hist} | {w.get('probes', '-')} | {w.get('close_calls', '-')} |")
     return "\n".join(rows) if len(rows) > 2 else ""
 
 

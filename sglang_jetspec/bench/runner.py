@@ -127,15 +127,16 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
 
 
 def width_delta(before: dict | None, after: dict | None) -> dict | None:
-    """Rounds per verify width between two budget-policy snapshots, plus the curve probes among
-    them; None for static widths."""
+    """Rounds per verify width between two budget-policy snapshots, plus the curve probes and
+    close calls among them; None for static widths."""
     if not before or not after or after.get("mode") != "adaptive":
         return None
     b, a = before.get("width_hist", {}), after.get("width_hist", {})
     out = {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0)}
     out = dict(sorted(out.items(), key=lambda kv: int(kv[0])))
-    if "probes" in after:
-        out["probes"] = after["probes"] - before.get("probes", 0)
+    for key in ("probes", "close_calls"):
+        if key in after:
+            out[key] = after[key] - before.get(key, 0)
     return out
 
 
