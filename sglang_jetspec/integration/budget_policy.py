@@ -58,8 +58,8 @@ one round in PROBE_MIN_GAP probes.
 Close calls: the curve is calibrated from verified nodes, and at width 1 nothing is verified, so
 a calibration that underrates the head (its bias correction at the floor) keeps the policy at
 width 1 with nothing to correct it but one random exploration in 40 (measured on SmolLM2 code at
-batch 1: 90 rounds at width 1, 67 at width 8, where budget 8 ran 1.11x `ar` and width 1 is
-slower than `ar`). When the best width at least twice or at most half the chosen one is
+batch 1: 156 of 220 rounds at width 1 where budget 8 ran 1.05x `ar`; with close calls the next
+run's adaptive width was 1.07x the best static budget there). When the best width at least twice or at most half the chosen one is
 predicted to be nearly as fast, the policy tries it: paid from a credit of `close_share` of each
 step's predicted time, at the predicted loss T(alt) * (1 - rate(alt) / rate(chosen)), so a close
 call is cheap exactly when the prediction cannot tell the two apart, and at most one round in
