@@ -238,10 +238,11 @@ def _peaked_rows(g, depth, vocab, p_top):
     return rows.log()
 
 
-def _simulate_calibrated(pol, rounds, bs, p_top, cost, g, depth=6, vocab=40):
+def _simulate_calibrated(pol, rounds, bs, p_top, cost, g, depth=6, vocab=40, truth_of=None):
     """Rounds the way the worker runs them, probes included: the target's token at each depth
     is drawn from the draft's own distribution (a calibrated draft), so acceptance follows the
-    draft's confidence p_top; the head costs 2 ms per row."""
+    draft's confidence p_top, unless truth_of(draft log-probs) gives the target's tokens; the
+    head costs 2 ms per row."""
     from sglang_jetspec.core.budget_controller import tree_prefix
 
     widths = []
@@ -256,7 +257,7 @@ def _simulate_calibrated(pol, rounds, bs, p_top, cost, g, depth=6, vocab=40):
         trees = [tree_prefix(t, min(t.n, w)) for t in full]
         paths = []
         for t, lp in zip(trees, lps):
-            truth = torch.multinomial(lp.exp(), 1, generator=g).flatten().tolist()
+            truth = truth_of(lp) if truth_of else torch.multinomial(lp.exp(), 1, generator=g).flatten().tolist()
             path, node = [0], 0
             while True:
                 kids = [i for i in range(t.n) if int(t.parents[i]) == node
@@ -376,32 +377,12 @@ def _simulate_agreement(pol, rounds, bs, p_top, agree, cost, g, depth=6, vocab=4
     """Rounds whose draft is equally confident (top probability p_top at every depth) whatever
     the target does; the target takes the draft's top token with probability `agree` per depth
     (a workload the head ranks alike but the target follows more or less often)."""
-    from sglang_jetspec.core.budget_controller import tree_prefix
+    def truth_of(lp):
+        top = lp.argmax(-1)
+        other = (top + 1 + torch.randint(vocab - 1, (depth,), generator=g)) % vocab
+        return torch.where(torch.rand(depth, generator=g) < agree, top, other).tolist()
 
-    widths = []
-    for _ in range(rounds):
-        w = pol.plan(bs, None)
-        widths.append(w)
-        rows = min(depth, pol.max_width - 1) if pol.probe else min(depth, w - 1)
-        if rows:
-            pol.note_draft(bs, rows, 0.002 * bs * rows)
-        lps = [_peaked_rows(g, depth, vocab, p_top) for _ in range(bs)]
-        full = [build_tree(b, lp, pol.max_width, 4, max(rows, 1)) for b, lp in enumerate(lps)]
-        trees = [tree_prefix(t, min(t.n, w)) for t in full]
-        paths = []
-        for t, lp in zip(trees, lps):
-            top = lp.argmax(-1)
-            other = (top + 1 + torch.randint(vocab - 1, (depth,), generator=g)) % vocab
-            truth = torch.where(torch.rand(depth, generator=g) < agree, top, other).tolist()
-            path, node = [0], 0
-            while kids := [i for i in range(t.n) if int(t.parents[i]) == node
-                           and int(t.tokens[i]) == truth[int(t.depths[i]) - 1]]:
-                node = kids[0]
-                path.append(node)
-            paths.append(path)
-        probe = (full, [pol.max_width] * bs) if pol.probe else (None, None)
-        pol.observe(trees, [w] * bs, paths, [None] * bs, cost(w), *probe)
-    return widths
+    return _simulate_calibrated(pol, rounds, bs, p_top, cost, g, depth, vocab, truth_of)
 
 
 def test_close_calls_leave_width_one_when_the_calibration_underrates_the_head():
