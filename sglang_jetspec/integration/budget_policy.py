@@ -64,7 +64,9 @@ predicted to be nearly as fast, the policy tries it: paid from a credit of `clos
 step's predicted time, at the predicted loss T(alt) * (1 - rate(alt) / rate(chosen)), so a close
 call is cheap exactly when the prediction cannot tell the two apart, and at most one round in
 CLOSE_MIN_GAP is one. The round verifies real nodes, so the bias correction and the measured
-step times learn from it.
+step times learn from it. OFF by default (close_share=0): with 3% the dense run fixed code batch 1 (0.87 -> 1.07x the
+best static budget) but the MoE run regressed at batch 16 (0.35-0.42x `ar`, widths 6-16, where
+the policy without them ran width 1 at 0.94-1.17x), not yet understood.
 
 The curve forgets per ROUND, not per observation: a best-first rank seen every round moves by
 `curve_alpha` each round, a rank beyond the widths in use (seen only when exploring) takes the
@@ -123,7 +125,7 @@ class BudgetPolicy:
     def __init__(self, max_width: int, mode: str = "adaptive", warmup_reps: int = 2,
                  explore_every: int = 40, curve_alpha: float = 0.1, seed: int = 0,
                  draft_depth: int | None = None, explore_cost_factor: float = 2.0,
-                 probe_share: float = 0.03, close_share: float = 0.03):
+                 probe_share: float = 0.03, close_share: float = 0.0):
         if mode not in MODES:
             raise ValueError(f"budget mode {mode!r} must be one of {list(MODES)}")
         if max_width < 1:
