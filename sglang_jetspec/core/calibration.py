@@ -118,6 +118,8 @@ class AcceptanceCalibrator:
         if len(sizes) != len(trees) or len(bonus) != len(trees):
             raise ValueError(f"verified_sizes ({len(sizes)}) and bonus_tokens ({len(bonus)}) "
                              f"must have one entry per tree ({len(trees)})")
+        if all(t.n == 1 for t in trees):  # roots alone (plain decoding) label no node
+            return 0
         parts = [(t, *labelled_nodes(t, p, v, b)) for t, p, v, b in zip(trees, accepted_paths, sizes, bonus)]
         if not parts:
             return 0

@@ -109,7 +109,9 @@ class StepCostModel:
         the controller calls it for every candidate width)."""
         if bs < 1 or rows < bs:
             raise ValueError(f"bs {bs} must be >= 1 and rows {rows} >= bs (rows = bs * width)")
-        k = self.coefficients
+        return self._seconds(self.coefficients, bs, rows)
+
+    def _seconds(self, k: dict[str, float], bs: int, rows: int) -> float:
         draft = self.draft_rows(bs, rows) if self.draft_depth is not None else 0
         return k["a"] + k["b"] * bs + k["c"] * rows + k["d"] * draft + k["q"] * rows * rows
 
@@ -125,12 +127,7 @@ class StepCostModel:
         if bs < 1 or max_width < 1:
             raise ValueError(f"bs {bs} and max_width {max_width} must be >= 1")
         k = self.coefficients
-        out = []
-        for w in range(1, max_width + 1):
-            rows = bs * w
-            draft = self.draft_rows(bs, rows) if self.draft_depth is not None else 0
-            out.append(k["a"] + k["b"] * bs + k["c"] * rows + k["d"] * draft + k["q"] * rows * rows)
-        return out
+        return [self._seconds(k, bs, bs * w) for w in range(1, max_width + 1)]
 
     def state_dict(self) -> dict:
         """JSON-able: the fitted coefficients and the number of observations, for logs."""

@@ -59,14 +59,15 @@ Close calls: the curve is calibrated from verified nodes, and at width 1 nothing
 a calibration that underrates the head (its bias correction at the floor) keeps the policy at
 width 1 with nothing to correct it but one random exploration in 40 (measured on SmolLM2 code at
 batch 1: 156 of 220 rounds at width 1 where budget 8 ran 1.05x `ar`; with close calls the next
-run's adaptive width was 1.07x the best static budget there). When the best width at least twice or at most half the chosen one is
-predicted to be nearly as fast, the policy tries it: paid from a credit of `close_share` of each
-step's predicted time, at the predicted loss T(alt) * (1 - rate(alt) / rate(chosen)), so a close
-call is cheap exactly when the prediction cannot tell the two apart, and at most one round in
-CLOSE_MIN_GAP is one. The round verifies real nodes, so the bias correction and the measured
-step times learn from it. OFF by default (close_share=0): with 3% the dense run fixed code batch 1 (0.87 -> 1.07x the
-best static budget) but the MoE run regressed at batch 16 (0.35-0.42x `ar`, widths 6-16, where
-the policy without them ran width 1 at 0.94-1.17x), not yet understood.
+run's adaptive width was 1.07x the best static budget there). When the best width at least
+twice or at most half the chosen one is predicted to be nearly as fast, the policy tries it:
+paid from a credit of `close_share` of each step's predicted time, at the predicted loss
+T(alt) * (1 - rate(alt) / rate(chosen)), so a close call is cheap exactly when the prediction
+cannot tell the two apart, and at most one round in CLOSE_MIN_GAP is one. The round verifies
+real nodes, so the bias correction and the measured step times learn from it. OFF by default
+(close_share=0): with 3% the dense run fixed code batch 1 (0.87 -> 1.07x the best static budget)
+but the MoE run regressed at batch 16 (0.35-0.42x `ar`, widths 6-16, where the policy without
+them ran width 1 at 0.94-1.17x), not yet understood.
 
 The curve forgets per ROUND, not per observation: a best-first rank seen every round moves by
 `curve_alpha` each round, a rank beyond the widths in use (seen only when exploring) takes the
@@ -329,12 +330,10 @@ class BudgetPolicy:
             raise ValueError("probe_trees and probe_budgets must give one tree and budget per request")
         d = self.last
         planned = d.width  # what plan() chose: the width this round's time prices
-        if not probe and all(t.n == 1 for t in trees):  # plain decoding: only the time to learn
+        if not probe and all(t.n == 1 for t in trees):  # plain decoding: no curve, no bias to learn
             d.per_request_budgets, d.width = [1] * len(trees), 1
             self._note_time(len(trees), planned, seconds)
-            self.controller.acceptance.observe([len(p) for p in accepted_paths], d.expected_tokens)
-            if hasattr(self.controller.cost, "observe"):
-                self.controller.cost.observe(len(trees), len(trees), seconds)
+            self.controller.observe(trees, d, accepted_paths, bonus_tokens, seconds)
             return
         pre = self.controller.calibrator.trees_probs(trees)  # before learning from this round
         self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees),

@@ -145,8 +145,7 @@ class ExpertScheduler:
         the experts the target's router picked for every verify row (None: not captured), the
         accepted node indices per tree, the bonus tokens (None where they do not label the
         children), the verify forward's wall time."""
-        if any(t.n > 1 for t in trees):  # roots alone label no node
-            self.calibrator.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
+        self.calibrator.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
         self.rounds += 1
         self.kept_nodes += sum(t.n for t in trees)
         self.verify_rows += len(trees) * n
