@@ -211,8 +211,39 @@ def test_the_curve_is_scaled_by_how_much_the_calibration_under_or_overestimates_
     pol.plan(2, None)
     pol.observe(roots, [1, 1], [[0], [0]], [None, None], 0.05)  # width 1: nothing drafted
     assert (pol._actual, pol._predicted) == before  # such rounds do not drag both means to 0
+    # every rank was verified here, so the curve follows what was accepted (rank 1: half the
+    # request-rounds, the rest never), not the corrected calibration (1 + 0.08 per rank)
     curve = pol.snapshot()["expected_tokens_curve"]
-    assert curve[2] == pytest.approx(1 + pol.bias_ratio * float(pol.marginal[:2].sum()))
+    assert curve[1] == pytest.approx(1.5, abs=0.08) and curve[2] - curve[1] < 0.02
+    assert 1 + pol.bias_ratio * float(pol.marginal[:2].sum()) == pytest.approx(1.16)
+
+
+def test_observed_acceptance_per_rank_overrules_a_calibration_off_by_rank():
+    """Measured on SmolLM2 code at batch 1: one bias scalar, fed by width-2 rounds, sat at its
+    floor and priced width 8 at 1.66 tokens a round where 2.0 were committed. Here the
+    calibration says 0.7 for every node while the target takes exactly the first node each
+    round: no scalar fits both (the ratio 1 / 4.9 is clamped at 0.8 and width 8 would be priced
+    at 4.9 tokens); the ranks verified follow the outcomes, the ranks never verified keep the
+    corrected calibration."""
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0)
+    pol.controller.calibrator.trees_probs = lambda trees: [torch.full((t.n - 1,), 0.7) for t in trees]
+    from sglang_jetspec.core.budget_controller import tree_prefix
+
+    for _ in range(40):  # width 8 verified; the calibrated curve sees the full trees (probes)
+        pol.plan(1, None)
+        full = _candidates(1, 16)
+        pol.observe([tree_prefix(full[0], 8)], [8], [[0, 1]], [None], 0.05, full, [16])
+    assert pol.bias_ratio == pytest.approx(0.8)
+    curve = pol.snapshot()["expected_tokens_curve"]  # curve[w - 1] = E(w)
+    assert curve[1] == pytest.approx(2.0, abs=0.15)  # rank 1: always accepted
+    assert curve[7] - curve[1] < 0.6  # ranks 2..7: never (the calibration alone: 6 x 0.56)
+    assert curve[8] - curve[7] == pytest.approx(0.7 * 0.8)  # rank 8 was never verified
+    # ranks not verified for a long time drift back toward the calibration
+    fresh = float(pol.curve()[0])  # rank 1
+    for _ in range(300):
+        pol.plan(1, None)
+        pol.observe([build_tree(0, torch.zeros(1, 40), 1, 1)], [1], [[0]], [None], 0.05)
+    assert 0.56 < float(pol.curve()[0]) < fresh - 0.1
 
 
 def test_measured_round_times_overrule_a_linear_model_that_underprices_wide_rounds():

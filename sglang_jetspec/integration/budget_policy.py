@@ -4,7 +4,8 @@
       chosen BEFORE drafting, to maximise expected committed tokens per predicted step time:
         - expected tokens: a curve E(w) per request, the running mean over recent rounds of
           1 + the calibrated acceptance probabilities of the first w - 1 nodes of each request's
-          best-first tree (core/calibration.py, learned online from verify outcomes);
+          best-first tree (core/calibration.py, learned online from verify outcomes), the
+          observed acceptance of each rank where it has been verified (below);
         - step time: core/step_cost.py fitted online on whole rounds (draft + tree + verify +
           bookkeeping) as a function of batch size and rows = bs * W;
         - cache pressure: free KV slots plus what the radix cache could evict bound W
@@ -29,7 +30,15 @@ seen, so on the current workload it can be off as a whole (measured: the curve s
 per round at width 8 where budget 8 committed 2.58 on math). The policy keeps running means of
 the accepted draft nodes per request-round and of what the calibrator predicted for the same
 verified trees (before learning from them), and scales the curve by their ratio (within
-[0.8, 1.25]; rounds without drafted nodes do not count).
+[BIAS_MIN, BIAS_MAX]; rounds without drafted nodes do not count).
+
+Observed acceptance per rank: one scalar cannot correct a calibration that is off by different
+amounts at different ranks, so where a best-first rank has been verified the curve uses the
+share of its nodes the target accepted (exact for that rank whatever width verified it: nodes
+are stored best-first and a node's acceptance does not depend on the rest of the tree),
+blended with the corrected calibration by their weights (EMP_PRIOR request-observations for the
+calibration, at most EMP_CAP for the observations, which lose EMP_DECAY of their weight per
+round the rank is not verified). Ranks beyond the widths verified keep calibration x bias.
 
 Measured step times: the cost model is linear, and on a CPU the real step time is not (a
 verify row costs more once the batch's rows make the matmuls compute-bound): fitted mostly on
@@ -104,6 +113,10 @@ MODES = ("adaptive", "static")
 # (its extra rows would inflate it), and where a probe costs no extra head rows (width beyond the
 # head's depth) the credit alone would make every round one
 PROBE_MIN_GAP = 8
+# per-rank empirical acceptance (see the module docstring): weight of the calibrated estimate in
+# request-observations, the most observations a rank's mean remembers, and how much of that
+# weight a rank loses per round it is not verified
+EMP_PRIOR, EMP_CAP, EMP_DECAY = 4.0, 20.0, 0.01
 # close calls (see the module docstring): at most one in this many rounds, and the credit they
 # are paid from holds at most this many steps' time
 CLOSE_MIN_GAP, CLOSE_CREDIT_STEPS = 8, 4.0
@@ -162,6 +175,11 @@ class BudgetPolicy:
         # marginal[i]: mean calibrated P(accept) of a request's (i+1)-th best-first node; NaN = unseen
         self.marginal = torch.full((max(max_width - 1, 0),), float("nan"), dtype=torch.float64)
         self.marginal_round = torch.zeros(len(self.marginal), dtype=torch.float64)  # last seen
+        # emp[i]: observed acceptance rate of the (i+1)-th best-first node where it was verified;
+        # emp_weight[i]: its weight in request-observations as of round emp_round[i]
+        self.emp = torch.full((len(self.marginal),), float("nan"), dtype=torch.float64)
+        self.emp_weight = torch.zeros(len(self.marginal), dtype=torch.float64)
+        self.emp_round = torch.zeros(len(self.marginal), dtype=torch.float64)
         self.rounds = 0
         self.own_seconds = 0.0  # the policy's own work (plan + observe), for the snapshot
         self._actual = self._predicted = None  # running means: accepted / predicted draft nodes
@@ -197,15 +215,17 @@ class BudgetPolicy:
         kv_bound = None if kv_free_tokens is None else max(1, kv_free_tokens // (2 * bs))
         hi = cap if kv_bound is None else min(cap, kv_bound)
         explore, self._explore_next = self._explore_next, self._exploration_for(self.rounds)
-        known = (torch.nan_to_num(self.marginal, nan=0.0) * self.bias_ratio).clamp(0, 1).float()  # unseen: 0
+        known = self.curve().float()
         # the width wanted with KV reserved for any: the next step's reserve holds it (below)
-        want = choose_width([known] * bs, self.step_cost, self.max_width, kv_free_tokens)
+        table = self.cost_table(bs)
+        priced = lambda _bs, w: table[w - 1]  # noqa: E731  (one table lookup per candidate width)
+        want = choose_width([known] * bs, priced, self.max_width, kv_free_tokens)
         if explore is not None:
             d = Decision(width=min(self._explore_width(explore, bs), hi), per_request_budgets=[],
                          expected_tokens=float("nan"), predicted_seconds=float("nan"),
                          objective=float("nan"), reason="explore")
         else:
-            d = want if want.width <= cap else choose_width([known] * bs, self.step_cost, cap, kv_free_tokens)
+            d = want if want.width <= cap else choose_width([known] * bs, priced, cap, kv_free_tokens)
             self._chosen = d.width
             alt = self._close_call(d, bs, hi)
             if alt is not None:
@@ -348,6 +368,7 @@ class BudgetPolicy:
             # its 58 ms price from the linear model
             self._note_time(len(trees), planned, seconds)
         self.controller.observe(trees, d, accepted_paths, bonus_tokens, None if probe else seconds)
+        self._update_empirical(trees, built_budgets, accepted_paths)
         if probe:  # the curve learns from the full-budget trees
             self._update_curve(probe_trees, probe_budgets)
         else:  # the probabilities from before this round's update: one calibration pass less
@@ -364,6 +385,10 @@ class BudgetPolicy:
         nothing was measured), built once per plan()."""
         if not 1 <= width <= self.max_width:
             return self.controller.cost(bs, width)
+        return self.cost_table(bs)[width - 1]
+
+    def cost_table(self, bs: int) -> list[float]:
+        """step_cost(bs, w) for w = 1..max_width (cached within one plan())."""
         table = None if self._costs is None else self._costs.get(bs)
         if table is None:
             measured = {w: (m[0], m[1]) for (b, w), m in self.measured.items() if b == bs}
@@ -374,7 +399,7 @@ class BudgetPolicy:
                                 self.cost_prior_rounds)
             if self._costs is not None:
                 self._costs[bs] = table
-        return table[width - 1]
+        return table
 
     def _track_bias(self, predicted: float, actual: int, requests: int, nodes: int) -> None:
         if nodes <= requests:  # roots only (width 1): nothing predicted, nothing to learn
@@ -385,6 +410,49 @@ class BudgetPolicy:
         else:
             self._actual += self.curve_alpha * (a - self._actual)
             self._predicted += self.curve_alpha * (p - self._predicted)
+
+    def _update_empirical(self, trees: list[DraftTree], built_budgets: list[int],
+                          accepted_paths: list[list[int]]) -> None:
+        """Per best-first rank, the share of verified nodes the target accepted (a node is
+        accepted when it lies on its request's accepted path). Nodes are stored best-first, so
+        node i of a verified tree is its rank i whatever the width, and its outcome does not
+        depend on the rest of the tree: the mean is an unbiased estimate of the curve there."""
+        k = len(self.emp)
+        if not k:
+            return
+        hits = torch.zeros(k, dtype=torch.float64)
+        count = torch.zeros(k, dtype=torch.float64)
+        for t, b, path in zip(trees, built_budgets, accepted_paths):
+            m = min(t.n - 1, b - 1, k)
+            if m <= 0:
+                continue
+            count[:m] += 1
+            for j in path[1:]:
+                if 1 <= j <= m:
+                    hits[j - 1] += 1
+        seen = count > 0
+        if not bool(seen.any()):
+            return
+        old = self.emp_weight[seen] * (1.0 - EMP_DECAY) ** (self.rounds - self.emp_round[seen])
+        total = old + count[seen]
+        prev = torch.nan_to_num(self.emp[seen], nan=0.0)
+        self.emp[seen] = (old * prev + hits[seen]) / total
+        self.emp_weight[seen] = total.clamp(max=EMP_CAP)
+        self.emp_round[seen] = float(self.rounds)
+
+    def curve(self) -> torch.Tensor:
+        """[max_width - 1] expected acceptance of each best-first rank (float64): the observed
+        rate where the rank has been verified, blended with the calibrated curve times the bias
+        correction by their weights (EMP_PRIOR for the calibration); the calibrated curve
+        alone where it never was. The scalar bias cannot fix a calibration that is off by
+        different amounts at different ranks (measured on SmolLM2 code at batch 1: after rounds
+        at width 2 it sat at its 0.8 floor and priced width 8 at 1.66 tokens a round where 2.0
+        were committed)."""
+        calibrated = torch.nan_to_num(self.marginal, nan=0.0) * self.bias_ratio
+        weight = self.emp_weight * (1.0 - EMP_DECAY) ** (self.rounds - self.emp_round)
+        observed = torch.nan_to_num(self.emp, nan=0.0)
+        blend = (weight * observed + EMP_PRIOR * calibrated) / (weight + EMP_PRIOR)
+        return torch.where(weight > 0, blend, calibrated).clamp(0, 1)
 
     @property
     def bias_ratio(self) -> float:
@@ -449,9 +517,7 @@ class BudgetPolicy:
             out["cost"] = c.cost.coefficients
             out["recent_accept_length"] = c.acceptance.length
             out["bias_ratio"] = self.bias_ratio
-            out["expected_tokens_curve"] = [1.0] + [
-                1.0 + self.bias_ratio * float(torch.nan_to_num(self.marginal[:i], nan=0.0).sum())
-                for i in range(1, len(self.marginal) + 1)]
+            out["expected_tokens_curve"] = [1.0] + (1.0 + self.curve().cumsum(0)).tolist()
         return out
 
     def summary(self, stats) -> str:
