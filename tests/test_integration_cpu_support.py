@@ -323,3 +323,39 @@ def test_ngram_op_is_served_from_its_submodule(clean_sgl_kernel):
     from sgl_kernel.speculative import reconstruct_indices_from_tree_mask
 
     assert reconstruct_indices_from_tree_mask is cs.reconstruct_indices_from_tree_mask
+
+
+def test_few_row_lm_head_padding_keeps_the_values_and_the_other_paths():
+    """Item 5: two or three CPU rows go through the lm_head padded to four; the values are
+    F.linear's, other row counts and an `out` buffer pass through untouched."""
+    import torch.nn.functional as F
+
+    from sglang_jetspec.integration.cpu_support import pad_few_rows
+
+    calls = []
+
+    def compute(self, hidden, lm_head, bias=None, *, out=None):
+        calls.append((hidden.shape[0], out is not None))
+        return F.linear(hidden, lm_head.weight)
+
+    head = torch.nn.Linear(12, 50, bias=False)
+    wrapped = pad_few_rows(compute)
+    g = torch.Generator().manual_seed(0)
+    for m in (1, 2, 3, 4, 7):
+        x = torch.randn(m, 12, generator=g)
+        torch.testing.assert_close(wrapped(None, x, head), F.linear(x, head.weight), rtol=1e-5, atol=1e-5)
+    assert [c[0] for c in calls] == [1, 4, 4, 4, 7]
+    wrapped(None, torch.randn(5, 12), head, out=torch.empty(5, 50))
+    assert calls[-1] == (5, True)
+    assert wrapped.jetspec_padded
+
+
+def test_activation_pads_sglangs_lm_head_once():
+    from sglang.srt.layers.logits_processor import LogitsProcessor
+
+    from sglang_jetspec.integration import cpu_support
+
+    cpu_support._few_row_lm_head()
+    first = LogitsProcessor._compute_lm_head
+    cpu_support._few_row_lm_head()
+    assert first.jetspec_padded and LogitsProcessor._compute_lm_head is first

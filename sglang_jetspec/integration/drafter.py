@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sglang_jetspec.core.head import DraftHead, rotary_cos_sin
+from sglang_jetspec.core.row_linear import row_linear
 
 
 class Drafter:
@@ -71,7 +72,7 @@ class Drafter:
         for layer, (k, v) in zip(self.head.layers, ctx_kv):
             h = layer(h, q_rope, k, v, mask)
         h = self.head.norm(h)[:, 1: 1 + rows]  # [b, rows, d]
-        logits = F.linear(h, self.lm_head_weight)[..., : self.vocab_size].float()
+        logits = row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float()  # h is strided
         return torch.log_softmax(logits, dim=-1)
 
     def _mask(self, ctx_valid: torch.Tensor, s: int) -> torch.Tensor:

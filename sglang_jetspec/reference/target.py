@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from sglang_jetspec.core.row_linear import row_linear
+
 
 @dataclass
 class TargetStep:
@@ -52,7 +54,9 @@ class HFTarget:
         return self.model.get_input_embeddings()(ids)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.get_output_embeddings()(hidden).float()
+        head = self.model.get_output_embeddings()
+        out = row_linear(hidden, head.weight)  # few rows: core/row_linear.py
+        return (out if head.bias is None else out + head.bias).float()
 
     def eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
