@@ -51,6 +51,9 @@ def main(argv=None) -> None:
     p.add_argument("--auto-max-width", type=int, default=None,
                    help="largest verify width of the adaptive servers (default: the largest static budget; "
                         "needed when --budgets lists only auto variants)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure every cell this many times, the configurations taking turns, and report "
+                        "the totals (a noisy machine's slow minutes then fall on every configuration)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -71,6 +74,8 @@ def main(argv=None) -> None:
         batch_sizes = parse_batch_sizes(args.batch_sizes)
         mixed = parse_mixed_load(args.mixed_load) if args.mixed_load else []
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
+        if args.repeats < 1:
+            raise ValueError(f"--repeats {args.repeats} must be >= 1")
         if args.max_new_tokens < 1 or args.num_prompts < 1:
             raise ValueError("--max-new-tokens and --num-prompts must be >= 1")
         if args.expert_trace and not args.expert_aware_off:
@@ -108,7 +113,7 @@ def main(argv=None) -> None:
                      serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens,
                      expert_trace=str(Path(args.expert_trace).resolve()) if args.expert_trace else None,
                      auto_max_width=args.auto_max_width, standalone_draft=args.standalone_draft,
-                     standalone_steps=args.standalone_steps)
+                     standalone_steps=args.standalone_steps, repeats=args.repeats)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)
     report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))

@@ -21,7 +21,9 @@ def main(argv=None) -> None:
     p.add_argument("--prompts", default=str(REPO / "data" / "parity_prompts.jsonl"))
     p.add_argument("--num-prompts", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--budget", type=int, default=32)
+    p.add_argument("--budget", type=int, default=32,
+                   help="sglang: the largest verify width (the server chooses each step's width "
+                        "up to it unless SGLANG_JETSPEC_BUDGET=static pins it); reference: the budget")
     p.add_argument("--engine", choices=("sglang", "reference"), default="sglang")
     p.add_argument("--concurrency", type=int, default=1, help="sglang: requests in flight at once")
     args = p.parse_args(argv)
@@ -71,6 +73,7 @@ def server_demo(args) -> None:
 
     from transformers import AutoTokenizer
 
+    from sglang_jetspec.integration.budget_policy import mode_from_env
     from sglang_jetspec.integration.server_engine import head_folder
     from sglang_jetspec.integration.server_process import ServerSpec, start_side_by_side
     from sglang_jetspec.model_store import default_head_dir, model_path
@@ -81,10 +84,16 @@ def server_demo(args) -> None:
     head = head_folder(None if shipped else "random", model)
     print(f"target: {model}\nhead:   {head if shipped else 'UNTRAINED (random weights): shows losslessness only'}")
     logs = tempfile.mkdtemp(prefix="jetspec_demo_")
-    print(f"starting two SGLang servers on 127.0.0.1 (plain, JETSPEC budget {args.budget}); logs in {logs}",
+    mode = mode_from_env()
+    label = f"budget {args.budget}" if mode == "static" else f"adaptive width <= {args.budget}"
+    print(f"starting two SGLang servers on 127.0.0.1 (plain, JETSPEC {label}); logs in {logs}",
           flush=True)
     t0 = time.perf_counter()
-    plain, spec = start_side_by_side([ServerSpec(str(model)), ServerSpec(str(model), str(head), budget=args.budget)], logs)
+    # --sleep-on-idle: an idle SGLang scheduler otherwise spins a whole core, and the server not
+    # being measured would slow the one that is
+    idle = ["--sleep-on-idle"]
+    plain, spec = start_side_by_side([ServerSpec(str(model), extra=idle),
+                                      ServerSpec(str(model), str(head), budget=args.budget, extra=idle)], logs)
     try:
         print(f"both ready after {time.perf_counter() - t0:.0f}s", flush=True)
         tok = AutoTokenizer.from_pretrained(model)
@@ -101,12 +110,16 @@ def server_demo(args) -> None:
                 out = list(ex.map(one, ids))
             return out, time.perf_counter() - t
 
+        warm = encode_prompts(tok, ["Write a short poem about the sea."])[0]
+        for server in (plain, spec):  # first requests pay one-off allocations (and the width warm-up)
+            server.generate(warm, args.max_new_tokens, temperature=0.0)
         want, plain_s = workload(plain)
         got, spec_s = workload(spec)
     finally:
         plain.stop()
         spec.stop()
-    print(f"\nbudget {args.budget}, greedy, {args.max_new_tokens} new tokens max, concurrency {args.concurrency}\n")
+    print(f"\nJETSPEC {label}, greedy, {args.max_new_tokens} new tokens max, concurrency {args.concurrency} "
+          f"(one warm-up request per server first)\n")
     print(f"{'prompt':42} {'tokens':>6} {'accept':>7} {'plain tok/s':>11} {'jetspec tok/s':>14} {'match':>6}")
     rounds = committed = 0
     for text, (w, ws), (g, gs) in zip(prompts, want, got):

@@ -438,3 +438,29 @@ def test_close_calls_leave_width_one_when_the_calibration_underrates_the_head():
     assert set(runs[0.0][1]) == {1} and runs[0.0][3] == 0 and runs[0.0][4] == 0.8  # stuck at width 1
     with pytest.raises(ValueError, match=r"close_share -0.1 must be in \[0, 1\)"):
         BudgetPolicy(8, "adaptive", close_share=-0.1)
+
+
+def test_plain_decoding_is_measured_at_each_new_batch_size():
+    """Seen on the MoE target at batch 16: width 1 was never measured there, the model priced
+    it too high and width 2 (no faster per token) ran 25 of 30 rounds. Until width 1 has
+    PLAIN_ROUNDS measured rounds at a batch size, one round in PLAIN_MIN_GAP runs it; here the
+    model prices width 1 at batch 4 20% too high, which alone would keep width 2."""
+    from sglang_jetspec.integration.budget_policy import PLAIN_MIN_GAP, PLAIN_ROUNDS
+
+    true = {1: 0.040, 2: 0.075}
+    pol = BudgetPolicy(2, "adaptive", warmup_reps=1, explore_every=0)
+    pol.controller.cost = lambda bs, w: 0.050 if w == 1 else 0.075 * w / 2  # noqa: E731  never refitted
+    pol.controller.calibrator.trees_probs = lambda trees: [torch.full((t.n - 1,), 0.7) for t in trees]
+    widths, g = [], torch.Generator().manual_seed(0)
+    for r in range(60):
+        bs = 1 if r < 4 else 4
+        w = pol.plan(bs, None)
+        widths.append(w)
+        trees = _candidates(bs, w, seed=r)
+        paths = [[0, 1] if t.n > 1 and float(torch.rand(1, generator=g)) < 0.7 else [0]
+                 for t in trees]  # rank 1 taken 70% of the time
+        pol.observe(trees, [w] * bs, paths, [None] * bs, true[w])
+    at4 = widths[4:]
+    assert at4[:PLAIN_ROUNDS * PLAIN_MIN_GAP].count(1) >= PLAIN_ROUNDS, at4
+    assert at4[-20:].count(1) >= 18, at4  # 1 / 0.040 = 25 beats 1.7 / 0.075 = 22.7 tokens/s
+    assert pol.measured[(4, 1)][1] >= PLAIN_ROUNDS

@@ -118,3 +118,33 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     assert "| ep = 4 | 30 |" in markdown([full, ep4])
     with pytest.raises(FileNotFoundError, match="SGLANG_JETSPEC_EXPERT_TRACE"):
         load_trace(tmp_path / "missing.jsonl")
+
+
+def test_pruning_pauses_while_it_costs_more_than_it_saves():
+    """gate=True (the worker's setting): while the scheduler's own time per round exceeds the
+    verify time its cost model says the pruning saved, the trees go to verify as built (no
+    prediction either), except one round in PRUNE_RECHECK, which prunes and measures again."""
+    from sglang_jetspec.integration.expert_schedule import PRUNE_RECHECK
+
+    class Clock:  # every reading advances by `step` seconds: the scheduler's own time
+        def __init__(self, step):
+            self.t, self.step = 0.0, step
+
+        def __call__(self):
+            self.t += self.step
+            return self.t
+
+    slow = ExpertScheduler(L, E, K, gate=True)
+    slow.clock = Clock(10.0)  # 10 s of scheduling per round: never worth it
+    rounds(slow, 2 * PRUNE_RECHECK + 1)
+    snap = slow.snapshot()
+    assert snap["gated_rounds"] == 2 * (PRUNE_RECHECK - 1) and snap["own_ms"] == pytest.approx(1e4)
+    assert snap["candidate_nodes"] >= snap["kept_nodes"] and snap["rounds"] == 2 * PRUNE_RECHECK + 1
+    free = ExpertScheduler(L, E, K, gate=True)
+    free.clock = Clock(0.0)  # costs nothing: always prunes
+    rounds(free, 2 * PRUNE_RECHECK + 1)
+    assert free.snapshot()["gated_rounds"] == 0 and free.snapshot()["saved_ms"] >= 0
+    ungated = ExpertScheduler(L, E, K)  # the default for code that calls it directly
+    ungated.clock = Clock(10.0)
+    rounds(ungated, PRUNE_RECHECK)
+    assert ungated.snapshot()["gated_rounds"] == 0

@@ -41,6 +41,8 @@ class Measurement:
     cached_tokens: int | None = None    # prompt tokens found in the radix cache (#cached-token)
     experts: dict | None = None      # MoE targets: expert-aware scheduling counters (expert_delta)
     widths: dict | None = None       # adaptive width: rounds per verify width (and curve probes)
+    server_rounds: int | None = None  # verify forwards of the server (JETSPEC servers)
+    repeats: int = 1                 # measurements merged into this one (merge_repeats)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -119,10 +121,65 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
         m.widths = width_delta(before.get("budget"), after.get("budget"))
         if before.get("experts") and after.get("experts"):
             m.experts = expert_delta(before["experts"], after["experts"])
+        m.server_rounds = d["rounds"]
         if d["timed"] and d["rounds"]:
             ms = dict(d["ms_per_round"])
             ms["other"] = max(0.0, 1000 * wall / d["rounds"] - sum(ms.values()))
             m.ms_per_round = ms
+    return m
+
+
+def merge_repeats(parts: list[Measurement]) -> Measurement:
+    """One measurement of a configuration from its repeats (interleaved with the other
+    configurations' in the same run, so a slow minute of a shared machine falls on all of them):
+    tokens and wall time summed (tokens/s = total tokens / total time), outputs concatenated in
+    order (compared with ar's repeats one to one), rates averaged by their weights (accept
+    length and nodes per request by request-rounds, ms per round by server rounds)."""
+    if not parts:
+        raise ValueError("merge_repeats needs at least one measurement")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if len({(p.label, p.workload, p.batch_size) for p in parts}) != 1:
+        raise ValueError("merge_repeats: the repeats must be of one configuration, workload and batch size")
+    tokens, wall = sum(p.output_tokens for p in parts), sum(p.wall_s for p in parts)
+    rounds = sum(p.verify_rounds for p in parts)
+
+    def mean(values, weights):
+        total = sum(weights)
+        return None if any(v is None for v in values) or not total else \
+            sum(v * w for v, w in zip(values, weights)) / total
+
+    def total(values):
+        return None if any(v is None for v in values) else sum(values)
+
+    rr = [p.verify_rounds for p in parts]
+    m = Measurement(label=first.label, method=first.method, budget=first.budget, workload=first.workload,
+                    batch_size=first.batch_size, phases=first.phases, requests=sum(p.requests for p in parts),
+                    output_tokens=tokens, wall_s=wall, tokens_per_s=tokens / wall, verify_rounds=rounds,
+                    accept_length=mean([p.accept_length for p in parts], rr) if rounds else first.accept_length,
+                    outputs=[o for p in parts for o in p.outputs], repeats=len(parts))
+    if all(p.accept_hist for p in parts):
+        m.accept_hist = [sum(col) for col in zip(*(p.accept_hist for p in parts))]
+    m.nodes_per_request = mean([p.nodes_per_request for p in parts], rr)
+    m.server_rounds = total([p.server_rounds for p in parts])
+    if all(p.ms_per_round for p in parts) and m.server_rounds:
+        sr = [p.server_rounds for p in parts]
+        m.ms_per_round = {k: mean([p.ms_per_round[k] for p in parts], sr) for k in first.ms_per_round}
+    m.retracted = total([p.retracted for p in parts])
+    m.prefill_tokens = total([p.prefill_tokens for p in parts])
+    m.cached_tokens = total([p.cached_tokens for p in parts])
+    if all(p.widths is not None for p in parts):
+        m.widths = {}
+        for p in parts:
+            for k, v in p.widths.items():
+                m.widths[k] = m.widths.get(k, 0) + v
+        m.widths = dict(sorted(m.widths.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0)))
+    if all(p.experts and p.experts.get("rounds") for p in parts):
+        er = [p.experts["rounds"] for p in parts]
+        m.experts = dict(parts[-1].experts, rounds=sum(er))  # recall/precision: cumulative, the last
+        for k in ("mean_distinct_per_verify", "verify_ms_per_round", "kept_share"):
+            m.experts[k] = mean([p.experts.get(k) for p in parts], er)
     return m
 
 

@@ -23,7 +23,7 @@ import torch
 
 from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, HEAD_SERVERS,
                                           NO_EXPERT_SERVER, Config, max_budget, servers_needed)
-from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure
+from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure, merge_repeats
 from sglang_jetspec.bench.workloads import WorkItem
 
 SCHEMA_VERSION = 1
@@ -52,6 +52,7 @@ class BenchPlan:
     auto_max_width: int | None = None    # adaptive servers' largest width (default: largest static budget)
     standalone_draft: str | None = None  # draft model of method standalone (SGLang STANDALONE)
     standalone_steps: int = 4            # its chain length (num-draft-tokens = steps + 1)
+    repeats: int = 1                     # each cell measured this many times, interleaved
 
 
 def server_spec(plan: BenchPlan, key: str):
@@ -131,21 +132,25 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
             for ids in encoded[next(iter(encoded))][:WARMUP_REQUESTS]:
                 server.generate(ids, plan.max_new_tokens, temperature=0.0)
         configs = [c for c in plan.configs if c.server in servers]  # plan order: ar first
+
+        def cell(w, name, prompts, bs, phases=None):
+            """Every configuration on one (workload, load), `repeats` passes in turn."""
+            parts = {c.label: [] for c in configs}
+            for rep in range(plan.repeats):
+                tag = f" [{rep + 1}/{plan.repeats}]" if plan.repeats > 1 else ""
+                for c in configs:
+                    m = measure(servers[c.server], c, w, prompts, bs, plan.max_new_tokens, phases=phases)
+                    parts[c.label].append(m)
+                    progress(f"[bench] {w:14} {name} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
+                             f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s){tag}")
+            results.extend(merge_repeats(parts[c.label]) for c in configs)
+
         for w, ids in encoded.items():
             for bs in plan.batch_sizes:
-                prompts = ids[: max(plan.num_prompts, bs)]  # enough to fill the batch
-                for c in configs:
-                    m = measure(servers[c.server], c, w, prompts, bs, plan.max_new_tokens)
-                    results.append(m)
-                    progress(f"[bench] {w:14} bs {bs:3} {c.label:18} {m.tokens_per_s:7.2f} tok/s  "
-                             f"accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
+                cell(w, f"bs {bs:3}", ids[: max(plan.num_prompts, bs)], bs)  # enough to fill the batch
             if plan.mixed_load:  # concurrency changing over time: phases back to back
-                prompts = ids[: max(plan.num_prompts, 2 * sum(plan.mixed_load))]
-                for c in configs:
-                    m = measure(servers[c.server], c, w, prompts, 0, plan.max_new_tokens, phases=plan.mixed_load)
-                    results.append(m)
-                    progress(f"[bench] {w:14} mixed {'/'.join(map(str, plan.mixed_load))} {c.label:18} "
-                             f"{m.tokens_per_s:7.2f} tok/s  accept {m.accept_length:5.2f}  ({m.wall_s:.0f}s)")
+                cell(w, f"mixed {'/'.join(map(str, plan.mixed_load))}",
+                     ids[: max(plan.num_prompts, 2 * sum(plan.mixed_load))], 0, plan.mixed_load)
         if plan.serving_rates:
             for key in ("ar", "jetspec", AUTO_SERVER):
                 if key in servers:
@@ -163,7 +168,8 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
                  "num_prompts": plan.num_prompts, "width": plan.width, "depth": plan.depth,
                  "max_total_tokens": plan.max_total_tokens,
                  "standalone_draft": _shown(plan.standalone_draft) if plan.standalone_draft else None,
-                 "standalone_steps": plan.standalone_steps if plan.standalone_draft else None},
+                 "standalone_steps": plan.standalone_steps if plan.standalone_draft else None,
+                 "repeats": plan.repeats},
         "results": [m.to_json() for m in results],
         "skipped": skipped,
         "serving": serving,

@@ -143,7 +143,7 @@ class JetSpecWorker(BaseSpecWorker):
                                                        device=buf.device)
         self._capturer = capturer
         sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on",
-                                trace_path=os.environ.get(EXPERT_TRACE_ENV) or None)
+                                trace_path=os.environ.get(EXPERT_TRACE_ENV) or None, gate=True)
         self.stats.attach("experts", sched.snapshot)
         logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d)",
                     "on" if sched.prune else "off (measuring only)", *shape)
