@@ -49,7 +49,9 @@ shrunk toward the model by their round counts and made non-decreasing in width
 (core/width_costs.py: single means moved by 10-20% between neighbouring widths and decided
 between widths whose true times differ by 3%); widths not yet run take the model's price,
 clamped between their measured neighbours. Width 1 stays among the widths
-exploration tries, so "no speculation" is measured at every batch size in use.
+exploration tries, and until it has PLAIN_ROUNDS measured rounds at a batch size one round in
+PLAIN_MIN_GAP there runs it, so "no speculation" is measured at every batch size in use, not
+left to the model's price (exploration alone, one round in 40, missed it at batch 16).
 
 Curve probes: a width w only shows the curve at ranks below w, and exploration (one round in
 `explore_every`) was the only view beyond it, so after a phase at width 1 (batch 16) a batch-1
