@@ -219,6 +219,9 @@ def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts
     d = expert_delta(snap(10, [50.0, 60.0], 1.0, 80, 100), snap(20, [110.0, 120.0], 1.5, 150, 200))
     assert d["mean_distinct_per_verify"] == pytest.approx(120 / 20) and d["verify_ms_per_round"] == pytest.approx(50.0)
     assert d["kept_share"] == pytest.approx(0.7) and expert_delta(snap(3, [1.0, 1.0], 0, 1, 1), snap(3, [1.0, 1.0], 0, 1, 1)) == {"rounds": 0}
+    assert d["gated_rounds"] == 0  # snapshots without the gate's counter (older servers)
+    assert expert_delta(dict(snap(10, [50.0, 60.0], 1.0, 80, 100), gated_rounds=2),
+                        dict(snap(20, [110.0, 120.0], 1.5, 150, 200), gated_rounds=9))["gated_rounds"] == 7
     row = {"workload": "math", "batch_size": 1, "phases": None, "label": "jetspec@16", "tokens_per_s": 12.0,
            "accept_length": 2.5, "experts": d}
     table = experts_table([row, dict(row, experts=None)])

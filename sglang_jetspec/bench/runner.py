@@ -180,6 +180,7 @@ def merge_repeats(parts: list[Measurement]) -> Measurement:
         m.experts = dict(parts[-1].experts, rounds=sum(er))  # recall/precision: cumulative, the last
         for k in ("mean_distinct_per_verify", "verify_ms_per_round", "kept_share"):
             m.experts[k] = mean([p.experts.get(k) for p in parts], er)
+        m.experts["gated_rounds"] = sum(p.experts.get("gated_rounds", 0) for p in parts)
     return m
 
 
@@ -211,6 +212,7 @@ def expert_delta(before: dict, after: dict) -> dict:
             "mean_distinct_per_verify": distinct / (rounds * layers),
             "verify_ms_per_round": 1000 * (after["verify_seconds"] - before["verify_seconds"]) / rounds,
             "kept_share": (after["kept_nodes"] - before["kept_nodes"]) / cand if cand else None,
+            "gated_rounds": after.get("gated_rounds", 0) - before.get("gated_rounds", 0),
             "recall_per_layer": after["recall_per_layer"], "precision_per_layer": after["precision_per_layer"]}
 
 

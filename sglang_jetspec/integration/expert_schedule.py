@@ -23,7 +23,8 @@ work (prediction + the greedy) and the verify seconds its cost model says the pr
 while the running mean of the saving is below that of its own time, it verifies the trees as
 built and skips prediction too, except one round in PRUNE_RECHECK, which prunes and re-measures
 both. Measured on the 8-expert top-2 CPU target at batch 16, width 2: 6.7 ms of scheduling per
-round of ~70 ms (two thirds of the "tree" phase) for a saving within the noise. The counters
+round of ~70 ms (two thirds of the "tree" phase), where distinct experts fell by 0-5% with
+pruning on this target (docs/benchmarks.md). The counters
 that need a prediction (precision, recall, predicted candidate experts, expected-token shares)
 then cover the rounds that ran it.
 
