@@ -128,6 +128,13 @@ CLOSE_MIN_GAP, CLOSE_CREDIT_STEPS = 8, 4.0
 PLAIN_MIN_GAP, PLAIN_ROUNDS = 4, 4
 
 
+def _forced(width: int, reason: str) -> Decision:
+    """A width imposed rather than optimised (exploration, measurement, close call)."""
+    nan = float("nan")
+    return Decision(width=width, per_request_budgets=[], expected_tokens=nan, predicted_seconds=nan,
+                    objective=nan, reason=reason)
+
+
 def mode_from_env(environ=os.environ) -> str:
     return env_choice(environ, ENV, MODES)
 
@@ -228,20 +235,16 @@ class BudgetPolicy:
         priced = lambda _bs, w: table[w - 1]  # noqa: E731  (one table lookup per candidate width)
         want = choose_width([known] * bs, priced, self.max_width, kv_free_tokens)
         if explore is not None:
-            d = Decision(width=min(self._explore_width(explore, bs), hi), per_request_budgets=[],
-                         expected_tokens=float("nan"), predicted_seconds=float("nan"),
-                         objective=float("nan"), reason="explore")
+            d = _forced(min(self._explore_width(explore, bs), hi), "explore")
         else:
             d = want if want.width <= cap else choose_width([known] * bs, priced, cap, kv_free_tokens)
             self._chosen = d.width
             if d.width > 1 and self._plain_unmeasured(bs):
                 self._last_plain = self.rounds
-                d = Decision(width=1, per_request_budgets=[], expected_tokens=float("nan"),
-                             predicted_seconds=float("nan"), objective=float("nan"), reason="measure-plain")
-            alt = None if d.width == 1 and d.reason == "measure-plain" else self._close_call(d, bs, hi)
+                d = _forced(1, "measure-plain")
+            alt = None if d.reason == "measure-plain" else self._close_call(d, bs, hi)
             if alt is not None:
-                d = Decision(width=alt, per_request_budgets=[], expected_tokens=float("nan"),
-                             predicted_seconds=float("nan"), objective=float("nan"), reason="close-call")
+                d = _forced(alt, "close-call")
         self.last = d
         self.width_hist[d.width] = self.width_hist.get(d.width, 0) + 1
         self.probe = self._probe_due(bs, d.width)
