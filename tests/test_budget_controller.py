@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sglang_jetspec.core.acceptance import accept_greedy
 from sglang_jetspec.core.budget_controller import (
-    BudgetController, RecentAcceptance, choose_width, tree_prefix)
+    BudgetController, RecentAcceptance, choose_shared_width, choose_width, tree_prefix)
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.step_cost import StepCostModel
 from sglang_jetspec.core.tree import build_tree
@@ -113,6 +113,38 @@ def test_never_exceeds_max_width_nor_the_kv_bound(seed, bs, max_width, kv_free, 
         fill = max(min(p.numel() + 1, max_width) for p in probs)
         assert d.objective == pytest.approx(brute_force(probs, lambda b, w: cost(b, min(w, fill)),
                                                         max_width)[1])
+
+
+@FAST
+@given(st.integers(0, 10_000), st.integers(1, 16), st.integers(1, 64),
+       st.one_of(st.none(), st.integers(0, 2000)), st.booleans())
+def test_shared_curve_fast_path_equals_choose_width(seed, bs, max_width, kv_free, flat):
+    """The policy's plain-Python path (one curve for every request, a table of step costs)
+    decides exactly what choose_width decides on the same inputs."""
+    rng = random.Random(seed)
+    curve = [rng.random() for _ in range(max_width - 1)]
+    if not flat:
+        curve.sort(reverse=True)
+    a, c = rng.uniform(1e-3, 5e-2), rng.uniform(0, 2e-3)
+    costs = [a + c * bs * w * rng.uniform(0.9, 1.1) for w in range(1, max_width + 1)]
+    ref = choose_width([torch.tensor(curve, dtype=torch.float64)] * bs,
+                       lambda _bs, w: costs[w - 1], max_width, kv_free)
+    fast = choose_shared_width(curve, costs, bs, max_width, kv_free)
+    assert (fast.width, fast.per_request_budgets, fast.reason, fast.kv_bound) == \
+        (ref.width, ref.per_request_budgets, ref.reason, ref.kv_bound)
+    assert fast.expected_tokens == pytest.approx(ref.expected_tokens, rel=1e-12)
+    assert fast.predicted_seconds == ref.predicted_seconds
+    assert fast.objective == pytest.approx(ref.objective, rel=1e-12)
+    assert fast.objectives == pytest.approx(ref.objectives, rel=1e-12)
+
+
+def test_shared_curve_fast_path_rejects_bad_input():
+    with pytest.raises(ValueError, match="curve\\[1\\] = 1.5"):
+        choose_shared_width([0.5, 1.5], [1.0, 2.0, 3.0], 1, 3)
+    with pytest.raises(ValueError, match="must be > 0 seconds"):
+        choose_shared_width([0.5, 0.4], [1.0, 0.0, 3.0], 1, 3)
+    with pytest.raises(ValueError, match="must cover max_width 4"):
+        choose_shared_width([0.5, 0.4], [1.0, 2.0, 3.0], 1, 4)
 
 
 def test_kv_bound_and_pinned_override():

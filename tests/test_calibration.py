@@ -174,3 +174,55 @@ def test_update_from_trees_counts_every_labelled_node():
     m = cal.update_from_trees(trees, [[0], [0, 1], [0]], verified_sizes=[20, 10, 5])
     assert m == 19 + 9 + 4 and cal.updates == 1
     assert float(cal.count.sum()) == pytest.approx(m)
+
+
+@pytest.mark.parametrize("depth_bins", [1, 3])
+def test_plain_python_paths_equal_the_tensor_reference(depth_bins):
+    """trees_probs (plain Python on small batches) against its one-pass tensor reference, and
+    update_from_trees (Python lists) against `update` on labelled_nodes' tensors, on random
+    trees, paths and bonus tokens over several rounds."""
+    rng = random.Random(depth_bins)
+    fast = AcceptanceCalibrator(depth_bins=depth_bins)
+    ref = AcceptanceCalibrator(depth_bins=depth_bins)
+    for rnd in range(12):
+        trees = [build_tree(rng.randrange(12), random_logprobs(100 * rnd + r, depth=6, vocab=12),
+                            budget=rng.randrange(1, 40), width=rng.randrange(1, 5)) for r in range(rng.randrange(1, 6))]
+        got, want = fast.trees_probs(trees), ref._trees_probs_torch(trees)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+        paths, sizes, bonus = [], [], []
+        for t in trees:
+            v = rng.randrange(1, t.n + 1)
+            path = [0]
+            while True:  # a random accepted path inside the verified prefix
+                kids = [i for i in range(1, v) if int(t.parents[i]) == path[-1]]
+                if not kids or rng.random() < 0.3:
+                    break
+                path.append(rng.choice(kids))
+            paths.append(path)
+            sizes.append(v)
+            bonus.append(rng.choice([None, rng.randrange(12)]))
+        m = fast.update_from_trees(trees, paths, sizes, bonus)
+        parts = [labelled_nodes(t, p, v, b) for t, p, v, b in zip(trees, paths, sizes, bonus)]
+        idx = [i for i, _ in parts]
+        scores = torch.cat([t.scores[i] for t, i in zip(trees, idx)])
+        depths = torch.cat([t.depths[i] for t, i in zip(trees, idx)])
+        if all(t.n == 1 for t in trees):
+            assert m == 0
+            continue
+        assert m == int(scores.numel())
+        if m:
+            ref.update(scores, torch.cat([a for _, a in parts]), depths)
+        for name in ("count", "hits", "pred", "draft"):
+            assert torch.allclose(getattr(fast, name), getattr(ref, name), rtol=1e-6, atol=1e-9), name
+    assert fast.updates == ref.updates > 0
+    assert float(fast.count.sum()) > 10  # the comparison saw real data
+
+
+def test_plain_python_update_rejects_nan_scores():
+    cal = AcceptanceCalibrator()
+    tree = build_tree(0, random_logprobs(1), budget=6, width=2)
+    tree.scores[2] = float("nan")
+    with pytest.raises(ValueError, match="without NaN"):
+        cal.update_from_trees([tree], [[0]])

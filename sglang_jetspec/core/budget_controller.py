@@ -128,6 +128,50 @@ def choose_width(node_probs: Sequence[torch.Tensor], cost: Cost, max_width: int,
                     kv_bound=kv_bound, objectives=objectives)
 
 
+def choose_shared_width(curve: Sequence[float], costs: Sequence[float], bs: int, max_width: int,
+                        kv_free_tokens: int | None = None) -> Decision:
+    """choose_width for a batch whose requests all share one expected-acceptance curve, in
+    plain Python (the width policy calls it every step; choose_width's tensors cost ~0.1 ms
+    there for a 64-entry curve). Same result as
+    choose_width([tensor(curve)] * bs, lambda _bs, w: costs[w - 1], max_width, kv_free_tokens).
+
+    curve[i]: P(accept) of each request's (i+1)-th best-first node (len >= max_width - 1);
+    costs[w - 1]: predicted seconds of a step at width w (len >= max_width, all > 0)."""
+    if bs < 1:
+        raise ValueError("choose_shared_width needs at least one request, got bs = 0")
+    if max_width < 1:
+        raise ValueError(f"max_width {max_width} must be >= 1")
+    if len(curve) < max_width - 1 or len(costs) < max_width:
+        raise ValueError(f"curve ({len(curve)} ranks) and costs ({len(costs)} widths) must cover "
+                         f"max_width {max_width}")
+    if kv_free_tokens is not None and kv_free_tokens < 0:
+        raise ValueError(f"kv_free_tokens {kv_free_tokens} must be >= 0")
+    hi, reason = max_width, "optimal"
+    kv_bound = None if kv_free_tokens is None else kv_free_tokens // (2 * bs)
+    if kv_bound is not None and kv_bound < hi:
+        hi, reason = max(1, kv_bound), "kv_bound"
+    per_request, objectives, chosen = 1.0, [], 1
+    expected = []  # expected[w - 1] = E(w) of one request
+    for w in range(1, hi + 1):
+        if w > 1:
+            q = curve[w - 2]
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"curve[{w - 2}] = {q} must be a probability in [0, 1]")
+            per_request += q
+        seconds = float(costs[w - 1])
+        if not seconds > 0:
+            raise ValueError(f"cost({bs}, {w}) = {seconds} must be > 0 seconds")
+        expected.append(per_request)
+        objectives.append(bs * per_request / seconds)
+        if objectives[-1] > objectives[chosen - 1] * (1 + 1e-12):
+            chosen = w
+    tokens = bs * expected[chosen - 1]
+    seconds = float(costs[chosen - 1])
+    return Decision(width=chosen, per_request_budgets=[chosen] * bs, expected_tokens=tokens,
+                    predicted_seconds=seconds, objective=tokens / seconds, reason=reason,
+                    kv_bound=kv_bound, objectives=objectives)
+
+
 def _trim(p: torch.Tensor, budget: int, min_node_prob: float) -> int:
     """Drop the tail nodes (beyond the last node with prob >= min_node_prob) of a budget."""
     if min_node_prob <= 0 or budget <= 1:

@@ -36,6 +36,8 @@ from .isotonic import isotonic
 from .tree import DraftTree
 
 _VERSION = 1
+# trees_probs takes the plain-Python path for batches of at most this many nodes
+SMALL_BATCH_NODES = 256
 
 
 class AcceptanceCalibrator:
@@ -67,6 +69,7 @@ class AcceptanceCalibrator:
         self.draft = torch.zeros(shape, dtype=torch.float64)  # decayed raw draft predictions exp(score)
         self.updates = 0
         self._table: torch.Tensor | None = None  # [depth_bins, K] cached knot means
+        self._table_list: list[float] | None = None  # the same, flattened (trees_prob_lists)
 
     # ---- learning ---------------------------------------------------------------------------
 
@@ -120,15 +123,47 @@ class AcceptanceCalibrator:
                              f"must have one entry per tree ({len(trees)})")
         if all(t.n == 1 for t in trees):  # roots alone (plain decoding) label no node
             return 0
-        parts = [(t, *labelled_nodes(t, p, v, b)) for t, p, v, b in zip(trees, accepted_paths, sizes, bonus)]
-        if not parts:
-            return 0
-        scores = torch.cat([t.scores.cpu()[i] for t, i, _ in parts])  # [m]
-        depths = torch.cat([t.depths.cpu()[i] for t, i, _ in parts])  # [m]
-        accepted = torch.cat([a for _, _, a in parts])  # [m]
-        if scores.numel():
-            self.update(scores, accepted, depths)
-        return int(scores.numel())
+        scores: list[float] = []
+        depths: list[int] = []
+        accepted: list[bool] = []
+        for t, p, v, b in zip(trees, accepted_paths, sizes, bonus):
+            idx, acc = _labelled_lists(t, p, v, b)
+            tree_scores, tree_depths = t.scores.tolist(), t.depths.tolist()
+            scores += [tree_scores[i] for i in idx]
+            depths += [tree_depths[i] for i in idx]
+            accepted += acc
+        if scores:
+            self._update_lists(scores, accepted, depths)
+        return len(scores)
+
+    def _update_lists(self, scores: list[float], accepted: list[bool], depths: list[int]) -> None:
+        """`update` on Python lists, accumulated in plain Python and added to the buffers in one
+        tensor op each (the tensor path is `update`; a test compares the two)."""
+        if any(x != x for x in scores):
+            raise ValueError("scores must be float without NaN")
+        table = self._knot_list()  # prequential: predictions before seeing the outcomes
+        lo_min, spacing, k, bins = self.score_min, self.spacing, self.n_knots, self.depth_bins
+        size = bins * k
+        count, hits, pred, draft = [0.0] * size, [0.0] * size, [0.0] * size, [0.0] * size
+        for score, ok, d in zip(scores, accepted, depths):
+            x = (min(0.0, max(lo_min, score)) - lo_min) / spacing
+            lo = min(max(int(math.floor(x)), 0), k - 2)
+            frac = x - lo
+            if bins > 1:
+                lo += min(max(d - 1, 0), bins - 1) * k
+            guess = table[lo] * (1.0 - frac) + table[lo + 1] * frac
+            raw = min(1.0, math.exp(score))
+            for j, w in ((lo, 1.0 - frac), (lo + 1, frac)):
+                count[j] += w
+                if ok:
+                    hits[j] += w
+                pred[j] += guess * w
+                draft[j] += raw * w
+        for buf, delta in ((self.count, count), (self.hits, hits), (self.pred, pred), (self.draft, draft)):
+            buf.mul_(self.decay)
+            buf.view(-1).add_(torch.tensor(delta, dtype=torch.float64))
+        self.updates += 1
+        self._table = None
 
     # ---- prediction ---------------------------------------------------------------------------
 
@@ -141,6 +176,7 @@ class AcceptanceCalibrator:
             if self.monotone:
                 mean = torch.stack([_isotonic(m, w) for m, w in zip(mean, weight)])
             self._table = mean.clamp(0.0, 1.0)
+            self._table_list = None
         return self._table
 
     def predict(self, scores: torch.Tensor, depths: torch.Tensor | None = None) -> torch.Tensor:
@@ -157,7 +193,58 @@ class AcceptanceCalibrator:
         return self.trees_probs([tree])[0]
 
     def trees_probs(self, trees: list[DraftTree]) -> list[torch.Tensor]:
-        """tree_probs for a batch in one pass (one predict, one loop over depth levels)."""
+        """tree_probs for a batch: plain Python up to SMALL_BATCH_NODES nodes in all (the width
+        policy calls it every step on a few dozen nodes, where each tensor op costs more than
+        the arithmetic), one tensor pass over the batch above (`_trees_probs_torch`, the
+        reference the test compares it with)."""
+        if sum(t.n for t in trees) <= SMALL_BATCH_NODES:
+            return [torch.tensor(q, dtype=torch.float32) for q in self.trees_prob_lists(trees)]
+        return self._trees_probs_torch(trees)
+
+    def trees_prob_lists(self, trees: list[DraftTree]) -> list[list[float]]:
+        """tree_probs of each tree as a Python list (float64 arithmetic; the tensor path rounds
+        to float32 at each step, a difference of ~1e-7)."""
+        table = self._knot_list()
+        lo_min, spacing, k, bins = self.score_min, self.spacing, self.n_knots, self.depth_bins
+        out = []
+        for t in trees:
+            n = t.n
+            parents, depths, scores = t.parents.tolist(), t.depths.tolist(), t.scores.tolist()
+            p = [1.0] * n
+            levels: list[list[int]] = []
+            for i in range(1, n):
+                d = depths[i]
+                x = (min(0.0, max(lo_min, scores[i])) - lo_min) / spacing
+                lo = min(max(int(math.floor(x)), 0), k - 2)
+                frac = x - lo
+                if bins > 1:
+                    lo += min(max(d - 1, 0), bins - 1) * k
+                p[i] = table[lo] * (1.0 - frac) + table[lo + 1] * frac
+                while len(levels) < d:
+                    levels.append([])
+                levels[d - 1].append(i)
+            for nodes in levels:  # depth by depth: each parent is final before its children
+                total: dict[int, float] = {}
+                for i in nodes:
+                    q = parents[i]
+                    p[i] = min(p[i], p[q])
+                    total[q] = total.get(q, 0.0) + p[i]
+                for i in nodes:
+                    q = parents[i]
+                    if total[q] > p[q]:
+                        p[i] *= p[q] / max(total[q], 1e-30)
+            out.append(p[1:])
+        return out
+
+    def _knot_list(self) -> list[float]:
+        """_knot_means flattened to a Python list (cached with it)."""
+        table = self._knot_means()
+        if self._table_list is None:
+            self._table_list = table.view(-1).tolist()
+        return self._table_list
+
+    def _trees_probs_torch(self, trees: list[DraftTree]) -> list[torch.Tensor]:
+        """trees_probs in one tensor pass (one predict, one loop over depth levels)."""
         sizes = [t.n for t in trees]
         if not trees:
             return []
@@ -256,6 +343,28 @@ def labelled_nodes(tree: DraftTree, accepted_nodes: list[int], verified_n: int |
         ext = torch.arange(v, n)[parents[v:] < v]  # [k] children of verified nodes
         hit = (parents[ext] == path[-1]) & (tree.tokens.cpu()[ext] == int(bonus_token))
         idx, acc = torch.cat([idx, ext]), torch.cat([acc, hit])
+    return idx, acc
+
+
+def _labelled_lists(tree: DraftTree, accepted_nodes: list[int], verified_n: int | None = None,
+                    bonus_token: int | None = None) -> tuple[list[int], list[bool]]:
+    """labelled_nodes as Python lists (the calibrator's per-step path; same checks, same order)."""
+    n = tree.n
+    v = n if verified_n is None else int(verified_n)
+    if not 1 <= v <= n:
+        raise ValueError(f"verified_n {verified_n} must be in [1, {n}] for a tree of {n} nodes")
+    path = list(accepted_nodes)
+    if not path or path[0] != 0 or any(not 0 <= i < v for i in path):
+        raise ValueError(f"accepted path {path} must start at the root 0 and stay in [0, {v})")
+    on_path = set(path)
+    idx = list(range(1, v))
+    acc = [i in on_path for i in idx]
+    if bonus_token is not None and v < n:
+        parents, tokens, end, bonus = tree.parents.tolist(), tree.tokens.tolist(), path[-1], int(bonus_token)
+        for j in range(v, n):
+            if parents[j] < v:
+                idx.append(j)
+                acc.append(parents[j] == end and tokens[j] == bonus)
     return idx, acc
 
 

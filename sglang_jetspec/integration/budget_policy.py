@@ -96,7 +96,7 @@ import time
 
 import torch
 
-from sglang_jetspec.core.budget_controller import BudgetController, Decision, choose_width
+from sglang_jetspec.core.budget_controller import BudgetController, Decision, choose_shared_width
 from sglang_jetspec.core.step_cost import StepCostModel
 from sglang_jetspec.core.tree import DraftTree
 from sglang_jetspec.core.width_costs import width_costs
@@ -126,6 +126,9 @@ CLOSE_MIN_GAP, CLOSE_CREDIT_STEPS = 8, 4.0
 # PLAIN_MIN_GAP at that batch size runs width 1 (see _plain_unmeasured). Four rounds, not two:
 # the measured mean is shrunk toward the model by n / (n + cost_prior_rounds)
 PLAIN_MIN_GAP, PLAIN_ROUNDS = 4, 4
+# the fitted cost model is re-solved for a batch size once this many steps were observed since
+# its last solve there (_model_costs)
+MODEL_REFIT_ROUNDS = 4
 
 
 def _forced(width: int, reason: str) -> Decision:
@@ -182,6 +185,7 @@ class BudgetPolicy:
         self.measured_min, self.measured_alpha = 2, 0.2  # (measured_min: shown in the snapshot)
         self.cost_prior_rounds = 2.0  # the model's price counts as this many measured rounds
         self._costs: dict[int, list[float]] | None = None  # bs -> width_costs table, within plan()
+        self._model_cache: dict[int, tuple[int, list[float]]] = {}  # bs -> (observations, model prices)
         self.rng = random.Random(seed)
         # draft_depth: the head's depth rows, so the cost model prices the draft separately
         self.controller = BudgetController(max_width, StepCostModel(draft_depth=draft_depth)) \
@@ -229,15 +233,14 @@ class BudgetPolicy:
         kv_bound = None if kv_free_tokens is None else max(1, kv_free_tokens // (2 * bs))
         hi = cap if kv_bound is None else min(cap, kv_bound)
         explore, self._explore_next = self._explore_next, self._exploration_for(self.rounds)
-        known = self.curve().float()
+        known = self._curve_list()
         # the width wanted with KV reserved for any: the next step's reserve holds it (below)
         table = self.cost_table(bs)
-        priced = lambda _bs, w: table[w - 1]  # noqa: E731  (one table lookup per candidate width)
-        want = choose_width([known] * bs, priced, self.max_width, kv_free_tokens)
+        want = choose_shared_width(known, table, bs, self.max_width, kv_free_tokens)
         if explore is not None:
             d = _forced(min(self._explore_width(explore, bs), hi), "explore")
         else:
-            d = want if want.width <= cap else choose_width([known] * bs, priced, cap, kv_free_tokens)
+            d = want if want.width <= cap else choose_shared_width(known, table, bs, cap, kv_free_tokens)
             self._chosen = d.width
             if d.width > 1 and self._plain_unmeasured(bs):
                 self._last_plain = self.rounds
@@ -379,8 +382,10 @@ class BudgetPolicy:
             self._note_time(len(trees), planned, seconds)
             self.controller.observe(trees, d, accepted_paths, bonus_tokens, seconds)
             return
-        pre = self.controller.calibrator.trees_probs(trees)  # before learning from this round
-        self._track_bias(sum(float(p.sum()) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees),
+        # before learning from this round; Python lists: the curve's arithmetic is on a few
+        # dozen numbers, where tensor ops cost more than the work
+        pre = [p.tolist() for p in self.controller.calibrator.trees_probs(trees)]
+        self._track_bias(sum(sum(p) for p in pre), sum(len(p) - 1 for p in accepted_paths), len(trees),
                          sum(t.n for t in trees))
         d.per_request_budgets = [t.n for t in trees]
         d.width = max(d.per_request_budgets)  # the rows actually verified (trees may be cut short)
@@ -416,13 +421,26 @@ class BudgetPolicy:
         table = None if self._costs is None else self._costs.get(bs)
         if table is None:
             measured = {w: (m[0], m[1]) for (b, w), m in self.measured.items() if b == bs}
-            cost = self.controller.cost
-            model = cost.costs(bs, self.max_width) if hasattr(cost, "costs") else None
-            table = width_costs(self.max_width, measured,
-                                (lambda w: model[w - 1]) if model else (lambda w: cost(bs, w)),
-                                self.cost_prior_rounds)
+            model = self._model_costs(bs)
+            table = width_costs(self.max_width, measured, lambda w: model[w - 1], self.cost_prior_rounds)
             if self._costs is not None:
                 self._costs[bs] = table
+        return table
+
+    def _model_costs(self, bs: int) -> list[float]:
+        """The fitted cost model's price of widths 1..max_width at this batch size, re-solved
+        once MODEL_REFIT_ROUNDS steps were observed since the last solve (a solve is 2^p small
+        least-squares problems, ~0.15 ms on a CPU; a few steps move a fit of hundreds little)."""
+        cost = self.controller.cost
+        seen = getattr(cost, "observations", None)
+        cached = self._model_cache.get(bs)
+        if cached is not None and seen is not None and seen - cached[0] < MODEL_REFIT_ROUNDS:
+            return cached[1]
+        if hasattr(cost, "costs"):
+            table = cost.costs(bs, self.max_width)
+        else:
+            table = [float(cost(bs, w)) for w in range(1, self.max_width + 1)]
+        self._model_cache[bs] = (seen if seen is not None else -MODEL_REFIT_ROUNDS, table)
         return table
 
     def _track_bias(self, predicted: float, actual: int, requests: int, nodes: int) -> None:
@@ -444,25 +462,32 @@ class BudgetPolicy:
         k = len(self.emp)
         if not k:
             return
-        hits = torch.zeros(k, dtype=torch.float64)
-        count = torch.zeros(k, dtype=torch.float64)
+        hits = [0] * k
+        reach = [0] * (k + 1)  # reach[m]: trees whose first m ranks were verified (and no more)
         for t, b, path in zip(trees, built_budgets, accepted_paths):
             m = min(t.n - 1, b - 1, k)
             if m <= 0:
                 continue
-            count[:m] += 1
+            reach[m] += 1
             for j in path[1:]:
                 if 1 <= j <= m:
                     hits[j - 1] += 1
-        seen = count > 0
-        if not bool(seen.any()):
+        if not any(reach):
             return
-        old = self.emp_weight[seen] * (1.0 - EMP_DECAY) ** (self.rounds - self.emp_round[seen])
-        total = old + count[seen]
-        prev = torch.nan_to_num(self.emp[seen], nan=0.0)
-        self.emp[seen] = (old * prev + hits[seen]) / total
-        self.emp_weight[seen] = total.clamp(max=EMP_CAP)
-        self.emp_round[seen] = float(self.rounds)
+        emp, weight, last = self.emp.tolist(), self.emp_weight.tolist(), self.emp_round.tolist()
+        count = 0
+        for i in range(k - 1, -1, -1):  # count of rank i = trees verified beyond it
+            count += reach[i + 1]
+            if not count:
+                continue
+            old = weight[i] * (1.0 - EMP_DECAY) ** (self.rounds - last[i])
+            total = old + count
+            prev = 0.0 if emp[i] != emp[i] else emp[i]
+            emp[i] = (old * prev + hits[i]) / total
+            weight[i], last[i] = min(total, EMP_CAP), float(self.rounds)
+        self.emp = torch.tensor(emp, dtype=torch.float64)
+        self.emp_weight = torch.tensor(weight, dtype=torch.float64)
+        self.emp_round = torch.tensor(last, dtype=torch.float64)
 
     def curve(self) -> torch.Tensor:
         """[max_width - 1] expected acceptance of each best-first rank (float64): the observed
@@ -472,11 +497,20 @@ class BudgetPolicy:
         different amounts at different ranks (measured on SmolLM2 code at batch 1: after rounds
         at width 2 it sat at its 0.8 floor and priced width 8 at 1.66 tokens a round where 2.0
         were committed)."""
-        calibrated = torch.nan_to_num(self.marginal, nan=0.0) * self.bias_ratio
-        weight = self.emp_weight * (1.0 - EMP_DECAY) ** (self.rounds - self.emp_round)
-        observed = torch.nan_to_num(self.emp, nan=0.0)
-        blend = (weight * observed + EMP_PRIOR * calibrated) / (weight + EMP_PRIOR)
-        return torch.where(weight > 0, blend, calibrated).clamp(0, 1)
+        return torch.tensor(self._curve_list(), dtype=torch.float64)
+
+    def _curve_list(self) -> list[float]:
+        """curve() as a Python list (what plan() reads every step)."""
+        bias, keep = self.bias_ratio, 1.0 - EMP_DECAY
+        out = []
+        for m, e, w, r in zip(self.marginal.tolist(), self.emp.tolist(), self.emp_weight.tolist(),
+                              self.emp_round.tolist()):
+            calibrated = (0.0 if m != m else m) * bias
+            weight = w * keep ** (self.rounds - r)
+            if weight > 0:
+                calibrated = (weight * (0.0 if e != e else e) + EMP_PRIOR * calibrated) / (weight + EMP_PRIOR)
+            out.append(min(1.0, max(0.0, calibrated)))
+        return out
 
     @property
     def bias_ratio(self) -> float:
@@ -486,28 +520,39 @@ class BudgetPolicy:
         return min(BIAS_MAX, max(BIAS_MIN, self._actual / self._predicted))
 
     def _update_curve(self, trees: list[DraftTree], built_budgets: list[int],
-                      probs: list[torch.Tensor] | None = None) -> None:
+                      probs: list[list[float]] | None = None) -> None:
         """Running mean of the calibrated node probabilities by best-first rank. A rank only
         counts for trees that were built with room for it and filled it (a tree cut short by
         its request's own depth or remaining length says nothing about other requests)."""
         if not len(self.marginal):
             return
         if probs is None:
-            probs = self.controller.calibrator.trees_probs(trees)  # list of [n_r - 1]
+            probs = [p.tolist() for p in self.controller.calibrator.trees_probs(trees)]  # [n_r - 1] each
         k = len(self.marginal)
-        total = torch.zeros(k, dtype=torch.float64)
-        count = torch.zeros(k, dtype=torch.float64)
-        for p, t, b in zip(probs, trees, built_budgets):
-            m = min(int(p.numel()), b - 1, k)
-            total[:m] += p[:m].to(torch.float64)
-            count[:m] += 1
-        seen = count > 0
-        mean = total[seen] / count[seen]
-        old = self.marginal[seen]
-        gap = self.rounds - self.marginal_round[seen]  # rounds since each rank was last seen
-        alpha = 1.0 - (1.0 - self.curve_alpha) ** gap.clamp(min=1.0)
-        self.marginal[seen] = torch.where(torch.isnan(old), mean, old + alpha * (mean - old))
-        self.marginal_round[seen] = float(self.rounds)
+        total = [0.0] * k
+        reach = [0] * (k + 1)  # reach[m]: trees that filled ranks 1..m (and no more)
+        for p, b in zip(probs, built_budgets):
+            m = min(len(p), b - 1, k)
+            if m <= 0:
+                continue
+            reach[m] += 1
+            for i in range(m):
+                total[i] += p[i]
+        if not any(reach):
+            return
+        marginal, last = self.marginal.tolist(), self.marginal_round.tolist()
+        count = 0
+        for i in range(k - 1, -1, -1):
+            count += reach[i + 1]
+            if not count:
+                continue
+            mean, old = total[i] / count, marginal[i]
+            gap = max(1.0, self.rounds - last[i])  # rounds since the rank was last seen
+            alpha = 1.0 - (1.0 - self.curve_alpha) ** gap
+            marginal[i] = mean if old != old else old + alpha * (mean - old)
+            last[i] = float(self.rounds)
+        self.marginal = torch.tensor(marginal, dtype=torch.float64)
+        self.marginal_round = torch.tensor(last, dtype=torch.float64)
 
     # ---- visibility --------------------------------------------------------------------------
 
