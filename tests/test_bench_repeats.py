@@ -2,7 +2,7 @@
 
 import pytest
 
-from sglang_jetspec.bench.runner import Measurement, compare_to_ar, merge_repeats
+from sglang_jetspec.bench.runner import Measurement, compare_to_ar, merge_repeats, policy_view
 
 
 def _m(label, tokens, wall, rounds, accept, outputs, method="jetspec", **kw):
@@ -27,6 +27,18 @@ def test_repeats_sum_tokens_and_time_and_weight_rates_by_rounds():
     assert m.accept_hist == [0, 3, 3] and m.widths == {"1": 13, "8": 37, "probes": 3}
     assert (m.retracted, m.prefill_tokens, m.cached_tokens) == (1, 15, 2)
     assert merge_repeats([a]) is a
+
+
+def test_policy_view_is_kept_for_adaptive_widths_only():
+    snap = {"mode": "adaptive", "measured_ms": {"1x8": [40.0, 12]}, "expected_tokens_curve": [1.0, 1.6],
+            "bias_ratio": 0.9, "own_ms_per_round": 0.4, "width_hist": {"8": 12}}
+    assert policy_view(snap) == {"measured_ms": {"1x8": [40.0, 12]}, "expected_tokens_curve": [1.0, 1.6],
+                                 "bias_ratio": 0.9, "own_ms_per_round": 0.4}
+    assert policy_view({"mode": "static", "width_hist": {"8": 3}}) is None and policy_view(None) is None
+    a = _m("jetspec@auto", 10, 1.0, 4, 2.0, [[1]])
+    b = _m("jetspec@auto", 10, 1.0, 4, 2.0, [[2]])
+    a.policy, b.policy = {"bias_ratio": 1.0}, {"bias_ratio": 0.8}
+    assert merge_repeats([a, b]).policy == {"bias_ratio": 0.8}  # the view after the last repeat
 
 
 def test_merged_repeats_compare_with_ars_repeats_one_to_one():

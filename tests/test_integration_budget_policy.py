@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sglang_jetspec.core.tree import build_tree
-from sglang_jetspec.integration.budget_policy import BudgetPolicy, ladder, mode_from_env
+from sglang_jetspec.integration.budget_policy import PROBE_MIN_GAP, BudgetPolicy, ladder, mode_from_env
 from sglang_jetspec.integration.round_stats import RoundStats
 from sglang_jetspec.integration.server_args import check_budget_mode
 
@@ -323,7 +323,7 @@ def test_curve_probes_re_widen_after_a_phase_at_width_one_without_exploration():
     assert set(hard[30:]) == {1}, hard  # the poor draft: plain decoding
     assert sorted(easy[40:])[20] >= 6 and min(easy[60:]) >= 4, easy  # re-widened
     assert 1 <= hard_probes <= 5, hard_probes  # a probe at width 1 costs 6 head rows: ~1 in 29 rounds
-    assert easy_probes <= 80 // 8  # at most one round in 8
+    assert easy_probes <= 80 // PROBE_MIN_GAP  # at most one round in PROBE_MIN_GAP
     assert set(runs[0.0][1]) == {1} and runs[0.0][2] + runs[0.0][3] == 0  # no probes: stuck at width 1
 
 
@@ -335,12 +335,13 @@ def test_probes_are_paid_from_a_share_of_the_step_time_and_do_not_price_widths()
     pol.measured[(1, 1)] = [0.101, 10_000]  # a step at width 1 costs ~0.1 s (measured many times)
     assert pol.full_rows == 15
     due = []
-    for _ in range(20):
+    for _ in range(40):
         pol.rounds += 1
         due.append(pol._probe_due(1, 1))
     # 15 extra rows = 15 ms; 3% of 0.1 s = 3 ms of credit per round: one probe every 5 rounds,
-    # but never two within PROBE_MIN_GAP = 8 rounds
-    assert [i for i, d in enumerate(due) if d] == [4, 12]
+    # but never two within PROBE_MIN_GAP = 16 rounds
+    assert PROBE_MIN_GAP == 16
+    assert [i for i, d in enumerate(due) if d] == [4, 20, 36]
     assert not pol._probe_due(1, 16)  # the full budget already: nothing to probe
     # priced by the measured head forwards once both are timed: 3 rows took 12 ms, 15 rows 15 ms
     assert pol._probe_price(1, 4) == pytest.approx(pol._row_s * 12)  # 15-row time known, 3-row not

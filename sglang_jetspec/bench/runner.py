@@ -41,6 +41,7 @@ class Measurement:
     cached_tokens: int | None = None    # prompt tokens found in the radix cache (#cached-token)
     experts: dict | None = None      # MoE targets: expert-aware scheduling counters (expert_delta)
     widths: dict | None = None       # adaptive width: rounds per verify width (and curve probes)
+    policy: dict | None = None       # adaptive width: the policy's view at the end (policy_view)
     server_rounds: int | None = None  # verify forwards of the server (JETSPEC servers)
     repeats: int = 1                 # measurements merged into this one (merge_repeats)
 
@@ -119,6 +120,7 @@ def measure(server, config: Config, workload: str, prompts: list[list[int]], bat
         m.accept_hist = d["accept_hist"]
         m.nodes_per_request = d["nodes_per_request"]
         m.widths = width_delta(before.get("budget"), after.get("budget"))
+        m.policy = policy_view(after.get("budget"))
         if before.get("experts") and after.get("experts"):
             m.experts = expert_delta(before["experts"], after["experts"])
         m.server_rounds = d["rounds"]
@@ -175,6 +177,7 @@ def merge_repeats(parts: list[Measurement]) -> Measurement:
             for k, v in p.widths.items():
                 m.widths[k] = m.widths.get(k, 0) + v
         m.widths = dict(sorted(m.widths.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0)))
+    m.policy = parts[-1].policy  # the view after the last repeat
     if all(p.experts and p.experts.get("rounds") for p in parts):
         er = [p.experts["rounds"] for p in parts]
         m.experts = dict(parts[-1].experts, rounds=sum(er))  # recall/precision: cumulative, the last
@@ -182,6 +185,18 @@ def merge_repeats(parts: list[Measurement]) -> Measurement:
             m.experts[k] = mean([p.experts.get(k) for p in parts], er)
         m.experts["gated_rounds"] = sum(p.experts.get("gated_rounds", 0) for p in parts)
     return m
+
+
+POLICY_VIEW = ("measured_ms", "expected_tokens_curve", "bias_ratio", "own_ms_per_round")
+
+
+def policy_view(snapshot: dict | None) -> dict | None:
+    """What the adaptive width believed at the end of a measurement: the measured step time per
+    "batch x width" ([ms, rounds]), the expected tokens per request at each width, the bias
+    correction and its own time per round. None for static widths."""
+    if not snapshot or snapshot.get("mode") != "adaptive":
+        return None
+    return {k: snapshot[k] for k in POLICY_VIEW if k in snapshot}
 
 
 def width_delta(before: dict | None, after: dict | None) -> dict | None:

@@ -113,8 +113,10 @@ BIAS_MIN, BIAS_MAX = 0.8, 2.0
 MODES = ("adaptive", "static")
 # at most one curve probe in this many rounds: a probe's time is not learned as its width's price
 # (its extra rows would inflate it), and where a probe costs no extra head rows (width beyond the
-# head's depth) the credit alone would make every round one
-PROBE_MIN_GAP = 8
+# head's depth) the credit alone would make every round one. 16, not 8: a cheap probe still
+# builds and learns from full-budget trees, which its price leaves out (MoE target, batch 1,
+# width ~10: ~2 ms more tree building; one round in 8 probed, 11% of the rounds)
+PROBE_MIN_GAP = 16
 # per-rank empirical acceptance (see the module docstring): weight of the calibrated estimate in
 # request-observations, the most observations a rank's mean remembers, and how much of that
 # weight a rank loses per round it is not verified
