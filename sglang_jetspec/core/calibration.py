@@ -327,28 +327,13 @@ def labelled_nodes(tree: DraftTree, accepted_nodes: list[int], verified_n: int |
     the outcome, so it adds unbiased data just past the current width, which is what a controller
     deciding whether to grow the tree needs.
     """
-    n = tree.n
-    v = n if verified_n is None else int(verified_n)
-    if not 1 <= v <= n:
-        raise ValueError(f"verified_n {verified_n} must be in [1, {n}] for a tree of {n} nodes")
-    path = list(accepted_nodes)
-    if not path or path[0] != 0 or any(not 0 <= i < v for i in path):
-        raise ValueError(f"accepted path {path} must start at the root 0 and stay in [0, {v})")
-    on_path = torch.zeros(n, dtype=torch.bool)
-    on_path[torch.tensor(path, dtype=torch.long)] = True
-    idx = torch.arange(1, v)  # verified non-root nodes
-    acc = on_path[1:v]
-    if bonus_token is not None and v < n:
-        parents = tree.parents.cpu().long()
-        ext = torch.arange(v, n)[parents[v:] < v]  # [k] children of verified nodes
-        hit = (parents[ext] == path[-1]) & (tree.tokens.cpu()[ext] == int(bonus_token))
-        idx, acc = torch.cat([idx, ext]), torch.cat([acc, hit])
-    return idx, acc
+    idx, acc = _labelled_lists(tree, accepted_nodes, verified_n, bonus_token)
+    return torch.tensor(idx, dtype=torch.long), torch.tensor(acc, dtype=torch.bool)
 
 
 def _labelled_lists(tree: DraftTree, accepted_nodes: list[int], verified_n: int | None = None,
                     bonus_token: int | None = None) -> tuple[list[int], list[bool]]:
-    """labelled_nodes as Python lists (the calibrator's per-step path; same checks, same order)."""
+    """labelled_nodes as Python lists (what the calibrator's per-step update reads)."""
     n = tree.n
     v = n if verified_n is None else int(verified_n)
     if not 1 <= v <= n:
