@@ -1,6 +1,8 @@
 """The per-step verify width policy of the JETSPEC worker (budget_policy.py): static keeps the
 server budget, adaptive explores then follows the core controller, inside every bound."""
 
+import random
+
 import pytest
 import torch
 
@@ -465,3 +467,77 @@ def test_plain_decoding_is_measured_at_each_new_batch_size():
     assert at4[:PLAIN_ROUNDS * PLAIN_MIN_GAP].count(1) >= PLAIN_ROUNDS, at4
     assert at4[-20:].count(1) >= 18, at4  # 1 / 0.040 = 25 beats 1.7 / 0.075 = 22.7 tokens/s
     assert pol.measured[(4, 1)][1] >= PLAIN_ROUNDS
+
+
+def _reference_curve(pol):
+    """The policy's curve as first written, in tensors (the reference for its Python path)."""
+    from sglang_jetspec.integration.budget_policy import EMP_DECAY, EMP_PRIOR
+    calibrated = torch.nan_to_num(pol.marginal, nan=0.0) * pol.bias_ratio
+    weight = pol.emp_weight * (1.0 - EMP_DECAY) ** (pol.rounds - pol.emp_round)
+    observed = torch.nan_to_num(pol.emp, nan=0.0)
+    blend = (weight * observed + EMP_PRIOR * calibrated) / (weight + EMP_PRIOR)
+    return torch.where(weight > 0, blend, calibrated).clamp(0, 1)
+
+
+def _reference_updates(pol, trees, budgets, paths, probs):
+    """The per-rank updates as first written, in tensors: (marginal, marginal_round, emp,
+    emp_weight, emp_round) after one round."""
+    from sglang_jetspec.integration.budget_policy import EMP_CAP, EMP_DECAY
+    k = len(pol.marginal)
+    marginal, mround = pol.marginal.clone(), pol.marginal_round.clone()
+    emp, eweight, eround = pol.emp.clone(), pol.emp_weight.clone(), pol.emp_round.clone()
+    hits, count = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    for t, b, path in zip(trees, budgets, paths):
+        m = min(t.n - 1, b - 1, k)
+        if m > 0:
+            count[:m] += 1
+            for j in path[1:]:
+                if 1 <= j <= m:
+                    hits[j - 1] += 1
+    seen = count > 0
+    if bool(seen.any()):
+        old = eweight[seen] * (1.0 - EMP_DECAY) ** (pol.rounds - eround[seen])
+        total = old + count[seen]
+        emp[seen] = (old * torch.nan_to_num(emp[seen], nan=0.0) + hits[seen]) / total
+        eweight[seen], eround[seen] = total.clamp(max=EMP_CAP), float(pol.rounds)
+    total, count = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    for p, b in zip(probs, budgets):
+        m = min(int(p.numel()), b - 1, k)
+        total[:m] += p[:m].to(torch.float64)
+        count[:m] += 1
+    seen = count > 0
+    mean, old = total[seen] / count[seen], marginal[seen]
+    alpha = 1.0 - (1.0 - pol.curve_alpha) ** (pol.rounds - mround[seen]).clamp(min=1.0)
+    marginal[seen] = torch.where(torch.isnan(old), mean, old + alpha * (mean - old))
+    mround[seen] = float(pol.rounds)
+    return marginal, mround, emp, eweight, eround
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plain_python_curve_and_rank_updates_equal_the_tensor_reference(seed):
+    """The per-rank curve and its updates run in plain Python every step; here they are compared
+    with the tensor formulas they replaced, on random trees, budgets, paths and probabilities."""
+    rng = random.Random(seed)
+    pol = BudgetPolicy(16, "adaptive", seed=seed)
+    for rnd in range(25):
+        pol.rounds += rng.randrange(1, 4)  # ranks seen some rounds ago decay and re-weight
+        bs = rng.randrange(1, 5)
+        trees = _candidates(bs, rng.randrange(1, 17), seed=100 * seed + rnd)
+        budgets = [rng.randrange(1, 17) for _ in trees]
+        paths = []
+        for t in trees:
+            path = [0]
+            while (kids := [i for i in range(1, t.n) if int(t.parents[i]) == path[-1]]) and rng.random() < 0.7:
+                path.append(rng.choice(kids))
+            paths.append(path)
+        probs = [torch.rand(t.n - 1, dtype=torch.float32, generator=torch.Generator().manual_seed(rnd)) for t in trees]
+        want = _reference_updates(pol, trees, budgets, paths, probs)
+        pol._update_empirical(trees, budgets, paths)
+        pol._update_curve(trees, budgets, [p.tolist() for p in probs])
+        got = (pol.marginal, pol.marginal_round, pol.emp, pol.emp_weight, pol.emp_round)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True), (a, b)
+        if rng.random() < 0.5:
+            pol._track_bias(rng.uniform(0.5, 3), rng.randrange(0, 4), 1, 5)
+        assert pol.curve().tolist() == pytest.approx(_reference_curve(pol).tolist(), rel=1e-12, abs=1e-12)
+    assert not bool(torch.isnan(pol.marginal).all())  # the comparison saw real data
