@@ -142,15 +142,10 @@ class AcceptanceCalibrator:
         if any(x != x for x in scores):
             raise ValueError("scores must be float without NaN")
         table = self._knot_list()  # prequential: predictions before seeing the outcomes
-        lo_min, spacing, k, bins = self.score_min, self.spacing, self.n_knots, self.depth_bins
-        size = bins * k
+        size = self.depth_bins * self.n_knots
         count, hits, pred, draft = [0.0] * size, [0.0] * size, [0.0] * size, [0.0] * size
         for score, ok, d in zip(scores, accepted, depths):
-            x = (min(0.0, max(lo_min, score)) - lo_min) / spacing
-            lo = min(max(int(math.floor(x)), 0), k - 2)
-            frac = x - lo
-            if bins > 1:
-                lo += min(max(d - 1, 0), bins - 1) * k
+            lo, frac = self._knot_of(score, d)
             guess = table[lo] * (1.0 - frac) + table[lo + 1] * frac
             raw = min(1.0, math.exp(score))
             for j, w in ((lo, 1.0 - frac), (lo + 1, frac)):
@@ -205,7 +200,6 @@ class AcceptanceCalibrator:
         """tree_probs of each tree as a Python list (float64 arithmetic; the tensor path rounds
         to float32 at each step, a difference of ~1e-7)."""
         table = self._knot_list()
-        lo_min, spacing, k, bins = self.score_min, self.spacing, self.n_knots, self.depth_bins
         out = []
         for t in trees:
             n = t.n
@@ -214,11 +208,7 @@ class AcceptanceCalibrator:
             levels: list[list[int]] = []
             for i in range(1, n):
                 d = depths[i]
-                x = (min(0.0, max(lo_min, scores[i])) - lo_min) / spacing
-                lo = min(max(int(math.floor(x)), 0), k - 2)
-                frac = x - lo
-                if bins > 1:
-                    lo += min(max(d - 1, 0), bins - 1) * k
+                lo, frac = self._knot_of(scores[i], d)
                 p[i] = table[lo] * (1.0 - frac) + table[lo + 1] * frac
                 while len(levels) < d:
                     levels.append([])
@@ -235,6 +225,17 @@ class AcceptanceCalibrator:
                         p[i] *= p[q] / max(total[q], 1e-30)
             out.append(p[1:])
         return out
+
+    def _knot_of(self, score: float, depth: int) -> tuple[int, float]:
+        """_locate for one node in plain Python: (flat index of the lower knot, weight of the
+        upper one)."""
+        k = self.n_knots
+        x = (min(0.0, max(self.score_min, score)) - self.score_min) / self.spacing
+        lo = min(max(int(math.floor(x)), 0), k - 2)
+        frac = x - lo
+        if self.depth_bins > 1:
+            lo += min(max(depth - 1, 0), self.depth_bins - 1) * k
+        return lo, frac
 
     def _knot_list(self) -> list[float]:
         """_knot_means flattened to a Python list (cached with it)."""
