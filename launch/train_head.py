@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bf16 autocast: auto = on CUDA or on a CPU with bf16 matrix units")
     p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--stop-at-step", type=int, default=0, metavar="N",
+                   help="end after step N and save there; the learning-rate schedule still spans --steps "
+                        "(a checkpoint partway through a longer schedule; 0 = run all --steps)")
     p.add_argument("--time-budget-min", type=float, default=0.0,
                    help="end within this many minutes: --steps is lowered after a short probe and the "
                         "schedule re-fitted (0 = off); the step count reached is printed")
@@ -209,7 +212,7 @@ def main(argv=None) -> None:
         seed=args.seed, eval_every=args.eval_every,
         save_every=args.eval_every if args.save_every is None else args.save_every,
         window_start=args.window_start, window_steps=args.window_steps,
-        time_budget_s=60 * args.time_budget_min, bf16=args.bf16,
+        time_budget_s=60 * args.time_budget_min, bf16=args.bf16, stop_at=args.stop_at_step,
         teacher_topk=args.teacher_topk, loss_vocab=args.loss_vocab,
     )
     evaluator = make_evaluator(args, target, hf, val_seqs, train_seqs) if info.is_main else None

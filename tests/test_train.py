@@ -251,6 +251,27 @@ def test_resume_continues_with_the_same_next_loss(model, tmp_path):
     assert second.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
 
 
+def test_stop_at_ends_partway_through_the_full_schedule_and_resume_finishes_it(model, tmp_path):
+    seqs = tiny_seqs(3)
+    straight = _trainer(model, tmp_path / "a", 6, seqs, anchors=4)
+    want = [float(straight.train_step().loss.detach()) for _ in range(6)]
+    part = _trainer(model, tmp_path / "b", 6, seqs, anchors=4)
+    part.cfg.stop_at = 3
+    got = part.run()
+    assert part.step == 3 and got == want[:3]
+    lr_at_3 = part.scheduler.get_last_lr()
+    assert lr_at_3[0] > 0.5 * 3e-3  # the 6-step cosine is still high at step 3 (a 3-step one would end at 0.1x)
+    rest = _trainer(model, tmp_path / "b", 6, seqs, anchors=4)
+    assert rest.resume() == 3 and rest.scheduler.get_last_lr() == lr_at_3
+    assert rest.run() == want[3:]
+    assert rest.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+
+
+def test_stop_at_beyond_the_schedule_is_refused(model, tmp_path):
+    with pytest.raises(ValueError, match="stop_at 7 must be between 0 .off. and steps 6"):
+        TrainConfig(steps=6, stop_at=7).validate()
+
+
 # ---- the command lines end to end -----------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,10 @@ class TrainConfig:
     # --steps N repeats the same run. Evaluations count against the budget.
     time_budget_s: float = 0.0
     budget_probe_steps: int = 10
+    # end the run after this step (0 = after `steps`) while the learning-rate schedule still spans
+    # `steps`: a checkpoint partway through a longer schedule, repeatable (the shipped SmolLM2 head
+    # is step 1260 of a 2000-step cosine schedule, and its bidirectional twin must stop there too)
+    stop_at: int = 0
     # bf16 autocast for the step (weights and optimiser stay fp32): "auto" = on a CUDA device, or
     # on a CPU with native bf16 matrix units (AMX / AVX512-BF16: about 1.3x faster per step here)
     bf16: str = "auto"
@@ -76,6 +80,8 @@ class TrainConfig:
                   "window_steps", "time_budget_s", "budget_probe_steps"):
             if getattr(self, k) < 0:
                 errs.append(f"{k} {getattr(self, k)} must be >= 0")
+        if not 0 <= self.stop_at <= self.steps:
+            errs.append(f"stop_at {self.stop_at} must be between 0 (off) and steps {self.steps}")
         if self.bf16 not in ("auto", "on", "off"):
             errs.append(f"bf16 {self.bf16!r} must be auto, on or off")
         if self.window_start < 1:
@@ -217,7 +223,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    dynamic_ncols=True, unit="step")
         acc_ema = loss_ema = None
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not (cfg.stop_at and self.step >= cfg.stop_at):
             t0 = time.perf_counter()
             res = self.train_step()
             for t in self.companions:
