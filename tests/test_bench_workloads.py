@@ -99,13 +99,28 @@ def test_standalone_runs_sglangs_own_algorithm_with_the_given_draft_model():
     assert extra[at:at + 10] == ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", "draft",
                                  "--speculative-num-steps", "3", "--speculative-eagle-topk", "1",
                                  "--speculative-num-draft-tokens", "4"]
-    assert server_env("standalone") == {}
+    assert server_env("standalone") == {} and "--context-length" not in extra  # no configs to read
     plan.standalone_draft = None
     with pytest.raises(ValueError, match="method standalone needs a draft model"):
         server_spec(plan, "standalone")
     from launch.bench import main
     with pytest.raises(SystemExit, match="method standalone needs --standalone-draft DIR"):
         main(["--methods", "ar,standalone", "--out", "unused"])
+
+
+def test_standalone_draft_with_a_shorter_context_serves_at_the_drafts_length(tmp_path):
+    from sglang_jetspec.bench.suite import BenchPlan, server_spec
+
+    for name, n in (("target", 8192), ("short", 4096), ("long", 32768)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"max_position_embeddings": n}))
+    plan = BenchPlan(model=str(tmp_path / "target"), heads={}, configs=plan_configs(["standalone"], [], depth=15),
+                     workloads={}, batch_sizes=[1], max_new_tokens=8, num_prompts=1,
+                     standalone_draft=str(tmp_path / "short"))
+    extra = server_spec(plan, "standalone").extra
+    assert extra[extra.index("--context-length") + 1] == "4096"
+    plan.standalone_draft = str(tmp_path / "long")
+    assert "--context-length" not in server_spec(plan, "standalone").extra
 
 
 def test_bad_settings_are_refused_with_the_reason():

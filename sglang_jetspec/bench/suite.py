@@ -73,6 +73,11 @@ def server_spec(plan: BenchPlan, key: str):
             extra = ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", plan.standalone_draft,
                      "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
                      "--speculative-num-draft-tokens", str(k + 1)]
+            draft_len, target_len = context_length(plan.standalone_draft), context_length(plan.model)
+            if draft_len and target_len and draft_len < target_len:
+                # SGLang refuses a draft whose context is shorter than the target's (e.g. the MoE
+                # target, 4096, drafting for SmolLM2, 8192): serve at the draft's length
+                extra += ["--context-length", str(draft_len)]
         if not torch.cuda.is_available():  # SGLang's torch_native attention ignores tree masks
             from sglang_jetspec.integration.cpu_support import VERIFY_BACKEND
             extra += ["--attention-backend", VERIFY_BACKEND]
@@ -82,6 +87,16 @@ def server_spec(plan: BenchPlan, key: str):
         return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key, plan.auto_max_width),
                           width=plan.width, depth=plan.depth, extra=SLEEP_ON_IDLE, **common)
     raise ValueError(f"no server for {key!r}")
+
+
+def context_length(model_dir: str | None) -> int | None:
+    """max_position_embeddings of a Hugging Face model folder (None without a readable config)."""
+    try:
+        with open(Path(model_dir) / "config.json") as f:
+            n = json.load(f).get("max_position_embeddings")
+    except (OSError, TypeError, ValueError):
+        return None
+    return int(n) if n else None
 
 
 def server_env(key: str, expert_trace: str | None = None) -> dict:
