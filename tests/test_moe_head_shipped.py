@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 
+from head_checks import assert_bidirectional_twin, assert_drafts_losslessly
 from sglang_jetspec.model_store import default_head_dir, model_path, shipped_head_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,39 +63,13 @@ def test_head_loads_and_fits_the_moe_target(moe_dir, head_dir):
     assert {p.dtype for p in load_head(str(head_dir), dtype=None).parameters()} <= {torch.bfloat16, torch.float32}
 
 
-@torch.no_grad()
 @pytest.mark.parametrize("kind", ["causal", "bidirectional"])
 def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir, bidir_dir, kind):
-    from sglang_jetspec.core.checkpoint import load_head
-    from sglang_jetspec.reference.ar import generate_ar
-    from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
-    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
     from sglang_jetspec.reference.target import HFTarget
 
-    target = HFTarget(moe_dir)
     folder = head_dir if kind == "causal" else bidir_dir
-    head = load_head(str(folder), device=str(target.device), dtype=target.dtype)
-    assert head.config.causal_head == (kind == "causal")
-    prompt = read_prompts(moe_dir.parent.parent / "data" / "prompts" / "math.heldout.jsonl")[0]
-    ids = encode_prompts(target.tokenizer, [prompt])[0]
-    ar = generate_ar(target, ids, 32)
-    res = ReferenceDecoder(target, head, TreeSettings(budget=16, width=7)).generate(ids, 32)
-    assert res.output_ids == ar.output_ids
-    assert sum(res.accepted) / res.rounds > 1.5, res.accepted  # a trained head, not a random one
+    assert_drafts_losslessly(HFTarget(moe_dir), folder, causal=kind == "causal", max_new_tokens=32)
 
 
 def test_bidirectional_twin_loads_and_fits_the_moe_target(moe_dir, head_dir, bidir_dir):
-    from sglang_jetspec.core.checkpoint import load_head
-    from sglang_jetspec.integration.server_args import TargetDims, check_head
-
-    target = json.loads((moe_dir / "config.json").read_text())
-    assert json.loads((bidir_dir / "config.json").read_text())["dflash_config"]["causal_head"] is False
-    twin = load_head(str(bidir_dir))  # strict, like the default head
-    cfg = twin.config
-    assert not cfg.causal_head
-    assert check_head(cfg, TargetDims(target["hidden_size"], target["num_hidden_layers"], target["vocab_size"])) == []
-    causal = load_head(str(head_dir)).config.to_dict()
-    twin_dict = cfg.to_dict()
-    twin_dict["dflash_config"]["causal_head"] = True
-    assert twin_dict == causal  # identical but for the in-block mask
-    assert default_head_dir(moe_dir) == head_dir  # never picked as the default head
+    assert_bidirectional_twin(bidir_dir, head_dir, moe_dir)
