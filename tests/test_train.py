@@ -267,7 +267,7 @@ def test_stop_at_ends_partway_through_the_full_schedule_and_resume_finishes_it(m
     assert rest.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
 
 
-def test_stop_at_beyond_the_schedule_is_refused(model, tmp_path):
+def test_stop_at_beyond_the_schedule_is_refused():
     with pytest.raises(ValueError, match="stop_at 7 must be between 0 .off. and steps 6"):
         TrainConfig(steps=6, stop_at=7).validate()
 
