@@ -4,6 +4,7 @@ accepts along the best path. Checked: it learns the routing (precision/recall ->
 trees to fewer predicted experts without giving up more than 3% of the expected tokens, keeps
 every kept node's ancestors, counts the verify's real distinct experts, and refuses bad input."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -104,8 +105,16 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     trace = tmp_path / "trace.jsonl"
     sched = rounds(ExpertScheduler(L, E, K, prune=False, trace_path=str(trace)), 30, bs=2)
     sched._trace.close()
+    # a round of roots only (the worker predicts nothing there) replays as it was verified
+    root_only = {"trees": [{"tokens": [5], "parents": [-1], "depths": [0], "scores": [0.0], "ranks": [0]}] * 2,
+                 "paths": [[0], [0]], "routed": [route(torch.tensor([5])).tolist()] * 2, "probs": None,
+                 "predicted": None}
+    with open(trace, "a") as f:
+        f.write(json.dumps(root_only) + "\n")
     recs = load_trace(trace)
-    assert len(recs) == 30 and all(len(r.trees) == 2 for r in recs)
+    assert len(recs) == 31 and all(len(r.trees) == 2 for r in recs)
+    assert replay(recs[30:], E, 1, {"a": 1e-3, "b": 1e-6, "c": 1e-4, "d": None}, 0.03)["accept_length_pruned"] == 1.0
+    recs = recs[:30]
     assert committed([0, 3, 5], {0, 3}) == 2 and committed([0, 3, 5], {0, 1, 3, 5}) == 3
     cost = {"a": 1e-3, "b": 1e-6, "c": 1e-4, "d": None}
     full = replay(recs, E, 1, cost, max_expected_loss=None)
@@ -118,6 +127,10 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     assert "| ep = 4 | 30 |" in markdown([full, ep4])
     with pytest.raises(FileNotFoundError, match="SGLANG_JETSPEC_EXPERT_TRACE"):
         load_trace(tmp_path / "missing.jsonl")
+    drafted = json.loads(trace.read_text().splitlines()[0]) | {"probs": None}
+    (tmp_path / "bad.jsonl").write_text(json.dumps(drafted) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: round with drafted nodes but without probs"):
+        load_trace(tmp_path / "bad.jsonl")
 
 
 def test_pruning_pauses_while_it_costs_more_than_it_saves():

@@ -40,12 +40,18 @@ class Round:
 def load_trace(path: str | Path) -> list[Round]:
     out = []
     for where, rec in read_jsonl(path, "expert trace", " (write one with SGLANG_JETSPEC_EXPERT_TRACE)"):
-        if rec.get("probs") is None or rec.get("predicted") is None:
-            raise ValueError(f"{where}: round without probs/predicted experts")
         trees = [DraftTree(torch.tensor(t["tokens"]), torch.tensor(t["parents"]), torch.tensor(t["depths"]),
                            torch.tensor(t["scores"], dtype=torch.float32), torch.tensor(t["ranks"]))
                  for t in rec["trees"]]
-        out.append(Round(trees, rec["paths"], [torch.tensor(r) for r in rec["routed"]],
+        routed = [torch.tensor(r) for r in rec["routed"]]
+        if rec.get("probs") is None or rec.get("predicted") is None:
+            # the worker predicts nothing for a round of roots only (e.g. a request one token from
+            # its limit): nothing to prune, so its own routing stands in for the prediction
+            if any(t.n > 1 for t in trees):
+                raise ValueError(f"{where}: round with drafted nodes but without probs/predicted experts")
+            out.append(Round(trees, rec["paths"], routed, [torch.zeros(0, dtype=torch.float64)] * len(trees), routed))
+            continue
+        out.append(Round(trees, rec["paths"], routed,
                          [torch.tensor(p, dtype=torch.float64) for p in rec["probs"]],
                          [torch.tensor(e) for e in rec["predicted"]]))
     if not out:
