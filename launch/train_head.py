@@ -28,6 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output head folder (also holds trainer_state.pt)")
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--mlp-size", type=int, default=None, metavar="N",
+                   help="width of the head's MLP (default: the target's intermediate_size; an MoE target "
+                        "whose layers are all sparse never uses that width, so its head may be wider)")
     p.add_argument("--bidirectional", action="store_true", help="DFlash baseline: full mask inside the block")
     p.add_argument("--target-layer-ids", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="comma-separated tapped target layers (default: published rule)")
@@ -159,6 +162,10 @@ def main(argv=None) -> None:
     outs = [args.out] + ([args.also_bidirectional] if args.also_bidirectional else [])
     if args.also_bidirectional and args.bidirectional:
         raise SystemExit("--also-bidirectional trains the bidirectional twin of a causal head; drop --bidirectional")
+    if args.mlp_size is not None and args.mlp_size < 1:
+        raise SystemExit(f"--mlp-size {args.mlp_size}: the head's MLP width must be a positive integer")
+    if args.mlp_size is not None and args.init_head:
+        raise SystemExit("--mlp-size shapes a new head; --init-head keeps the shapes of the head it starts from")
     for out in outs:
         if not args.resume and has_training_state(out):
             raise SystemExit(f"{out} already holds a training run; pass --resume or another --out")
@@ -194,7 +201,7 @@ def main(argv=None) -> None:
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
                           seed=args.seed, target_layer_ids=args.target_layer_ids,
                           recency_init=recency_init, calib_ids=train_seqs[0].ids.to(device),
-                          qk_scale_init=args.qk_scale_init).to(device)
+                          qk_scale_init=args.qk_scale_init, intermediate_size=args.mlp_size).to(device)
 
     head = new_head(args.out, not args.bidirectional)
     head.config.check_target(target.hidden_size, target.num_layers, target.vocab_size)

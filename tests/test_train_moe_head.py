@@ -93,7 +93,7 @@ def test_train_export_and_eval_command_lines_on_a_moe_target(moe_model_dir, tmp_
                 "--num-layers", "2", "--block-size", "4", "--anchors-per-seq", "4", "--steps", "2",
                 "--val-percent", "40", "--val-seqs", "2", "--val-anchors", "4", "--eval-every", "2",
                 "--eval-prompts", str(prompts), "--eval-num-prompts", "1", "--eval-max-new-tokens", "6",
-                "--eval-budget", "6", "--no-progress", "--threads", "1"])
+                "--eval-budget", "6", "--no-progress", "--threads", "1", "--mlp-size", "48"])
     assert "no recency init" in capsys.readouterr().out
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {"acc1", "2gram_acc", "tau_heldout@6"} <= set([r for r in log if "eval" in r][-1]["eval"])
@@ -101,8 +101,18 @@ def test_train_export_and_eval_command_lines_on_a_moe_target(moe_model_dir, tmp_
     export_main(["--head", str(tmp_path / "run"), "--out", str(tmp_path / "export")])
     head = load_head(str(tmp_path / "export"))
     head.config.check_target(32, 4, 49152)
+    assert head.config.intermediate_size == 48  # --mlp-size, not the target's unused dense width 32
     assert max(head.config.target_layer_ids) <= 4 - 2  # SGLang can capture them (server_args.check_head)
     eval_main(["--head", str(tmp_path / "export"), "--model", str(moe_model_dir), "--prompts", str(prompts),
                "--budgets", "1,6", "--max-new-tokens", "6", "--threads", "1"])
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("heldout")][0]
     assert row.split("|")[1].strip() == "1.000"
+
+
+@pytest.mark.parametrize("extra,match", [(["--mlp-size", "0"], "--mlp-size 0"),
+                                         (["--mlp-size", "64", "--init-head", "x"], "--init-head keeps")])
+def test_bad_mlp_size_is_refused_before_loading_anything(tmp_path, extra, match):
+    from launch.train_head import main as train_main
+
+    with pytest.raises(SystemExit, match=match):
+        train_main(["--data", str(tmp_path), "--out", str(tmp_path / "run")] + extra)

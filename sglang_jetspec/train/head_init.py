@@ -33,8 +33,10 @@ def target_rope_theta(cfg) -> float:
 
 def head_config_for_target(target_cfg, num_layers: int = 2, block_size: int = 16, causal: bool = True,
                            mask_token_id: int | None = None, target_layer_ids: list[int] | None = None,
-                           num_target_ids: int | None = None) -> HeadConfig:
-    """Head config whose layers have the target's exact shapes (so they can be copied)."""
+                           num_target_ids: int | None = None, intermediate_size: int | None = None) -> HeadConfig:
+    """Head config whose layers have the target's exact shapes (so they can be copied). The MLP
+    width defaults to the target's intermediate_size; a Qwen3-MoE target never uses that dense
+    width (every layer is sparse), so it may be set: the MLP then starts from several experts."""
     heads = target_cfg.num_attention_heads
     head_dim = getattr(target_cfg, "head_dim", None) or target_cfg.hidden_size // heads
     vocab = target_cfg.vocab_size
@@ -42,7 +44,7 @@ def head_config_for_target(target_cfg, num_layers: int = 2, block_size: int = 16
         target_hidden_size=target_cfg.hidden_size, target_num_layers=target_cfg.num_hidden_layers,
         vocab_size=vocab, num_layers=num_layers, hidden_size=target_cfg.hidden_size,
         num_attention_heads=heads, num_key_value_heads=target_cfg.num_key_value_heads, head_dim=head_dim,
-        intermediate_size=target_cfg.intermediate_size, target_layer_ids=target_layer_ids,
+        intermediate_size=intermediate_size or target_cfg.intermediate_size, target_layer_ids=target_layer_ids,
         num_target_ids=num_target_ids, block_size=block_size, causal_head=causal,
         mask_token_id=mask_token_id, rope_theta=target_rope_theta(target_cfg),
         rms_norm_eps=float(target_cfg.rms_norm_eps),
@@ -147,13 +149,14 @@ def build_head(target_model, num_layers: int = 2, block_size: int = 16, causal: 
                mask_token_id: int | None = None, init_from_target: bool = True, seed: int = 0,
                target_layer_ids: list[int] | None = None, num_target_ids: int | None = None,
                recency_init: bool = False, calib_ids: torch.Tensor | None = None,
-               recency_gain: float = 2.1, qk_scale_init: bool = False) -> DraftHead:
+               recency_gain: float = 2.1, qk_scale_init: bool = False,
+               intermediate_size: int | None = None) -> DraftHead:
     """A new fp32 head for `target_model` (a transformers causal LM), seeded; optionally started
     from the target's last layers (with their attention logit scale: match_qk_scale) and/or
     with layer 0's recency/anchor attention (init_recency_attention), both calibrated on the
     token sequence calib_ids [T]."""
     cfg = head_config_for_target(target_model.config, num_layers, block_size, causal, mask_token_id,
-                                 target_layer_ids, num_target_ids)
+                                 target_layer_ids, num_target_ids, intermediate_size)
     torch.manual_seed(seed)
     head = DraftHead(cfg)
     _small_init(head)
