@@ -17,9 +17,11 @@ import shutil
 import sys
 from pathlib import Path
 
-KNOWN_MODELS = ("smollm2", "qwen3moe")
-# Models the repository ships as ready folders under models/ (made here, see their README.md).
-_SHIPPED_MODELS = {"qwen3moe": "qwen3moe-tiny"}
+KNOWN_MODELS = ("smollm2", "qwen3moe", "qwen3moe-e64")
+# Models the repository ships as ready folders under models/ (made here, see their README.md):
+# qwen3moe is the embedded MoE default (8 experts, top-2); qwen3moe-e64 a finer-grained one
+# (64 experts, top-4, Qwen3-30B-A3B's ratio) on which expert-aware scheduling has room to act.
+_SHIPPED_MODELS = {"qwen3moe": "qwen3moe-tiny", "qwen3moe-e64": "qwen3moe-e64"}
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _READY_MARKER = ".jetspec-ready"
 
@@ -43,6 +45,11 @@ def model_path(name: str, prepare: bool = True) -> Path:
         raise FileNotFoundError(f"embedded model {name!r} is not prepared at {folder}")
     _prepare_smollm2(folder)
     return folder
+
+
+def shipped_model_names() -> dict[str, str]:
+    """{folder under models/: its `launch.models` name} of the targets the repository ships."""
+    return {folder: name for name, folder in _SHIPPED_MODELS.items()}
 
 
 def _shipped_model(name: str) -> Path:
@@ -104,7 +111,8 @@ def _prepare_smollm2(folder: Path) -> None:
 
 
 # Heads the repository ships under models/, by the embedded target they were trained for.
-_SHIPPED_HEADS = {"smollm2": "smollm2-135m-jetspec", "qwen3moe": "qwen3moe-tiny-jetspec"}
+_SHIPPED_HEADS = {"smollm2": "smollm2-135m-jetspec", "qwen3moe": "qwen3moe-tiny-jetspec",
+                  "qwen3moe-e64": "qwen3moe-e64-jetspec"}
 
 
 def shipped_heads_dir() -> Path:

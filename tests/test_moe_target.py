@@ -1,4 +1,5 @@
-"""The shipped embedded MoE target models/qwen3moe-tiny (`model_path("qwen3moe")`).
+"""The shipped MoE targets: the embedded default models/qwen3moe-tiny (`model_path("qwen3moe")`,
+8 experts top-2) and models/qwen3moe-e64 (`model_path("qwen3moe-e64")`, 64 experts top-4).
 
 Fast: it is a Qwen3MoeForCausalLM within budget (<= 60 MB, >= 8 experts, top-k routing) with
 SmolLM2's tokenizer, it was TRAINED (agrees with SmolLM2 on held-out answers), and its router
@@ -22,9 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MAX_BYTES = 60 * 10**6
 
 
+@pytest.fixture(scope="module", params=["qwen3moe", "qwen3moe-e64"])
+def moe_name(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def moe_dir():
-    return model_path("qwen3moe")
+def moe_dir(moe_name):
+    return model_path(moe_name)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +52,24 @@ def heldout(moe_dir):
 
 
 
-def test_launcher_prints_the_folder(moe_dir, capsys):
+def test_launcher_prints_the_folder(moe_name, moe_dir, capsys):
     from launch.models import main
 
-    main(["path", "qwen3moe"])
+    main(["path", moe_name])
     assert capsys.readouterr().out.strip() == str(moe_dir)
+
+
+def test_readme_is_rendered_from_the_measured_report(moe_name, moe_dir):
+    """The model card's numbers and names come from training_report.json (written by the export
+    that measured them); hand-written notes may only follow the rendered card."""
+    from transformers import AutoConfig
+
+    from sglang_jetspec.train.moe_target.report import render_readme
+
+    report = json.loads((moe_dir / "training_report.json").read_text())
+    card = render_readme(report, AutoConfig.from_pretrained(moe_dir))
+    assert (moe_dir / "README.md").read_text().startswith(card)
+    assert f"# {moe_dir.name}: " in card and f"launch.models path {moe_name}`" in card
 
 
 def test_checkpoint_is_a_small_qwen3_moe_with_top_k_routing(moe_dir, moe_model):
@@ -89,20 +108,20 @@ def _agreement(model, seqs):
 def test_it_was_trained_it_agrees_with_smollm2_on_heldout_answers(moe_model, heldout):
     """At every held-out answer position, the argmax is SmolLM2's greedy token far more often
     than chance: the untrained start (PCA embeddings, random layers) scores 1.6%, the shipped
-    model 49% over all 155 held-out sequences (README) and 37% on these 8."""
+    default 49% (e64: 47.5%) over all 155 held-out sequences (README) and 37% on these 8."""
     assert _agreement(moe_model, heldout) > 0.3
 
 
 def test_router_spreads_load_over_most_experts(moe_model, heldout):
     """Per layer, the load entropy H of the expert shares gives an effective number of experts
-    exp(H); a collapsed top-2 router has 2, one that ignores half its experts at most 4. A
-    learned, balanced router must keep exp(H) >= 5 of 8 in every layer."""
+    exp(H); a collapsed top-k router has k, one that ignores half its experts at most E/2. A
+    learned, balanced router must keep exp(H) >= 60% of E in every layer (5 of 8, 39 of 64)."""
     from sglang_jetspec.train.moe_target.router_stats import collect_router_stats
 
     stats = collect_router_stats(moe_model, [q.ids for q in heldout])
     n = moe_model.config.num_experts
     effective = [math.exp(h * math.log(n)) for h in stats.load_entropy]
-    assert min(effective) >= 5, (effective, stats.load)
+    assert min(effective) >= math.ceil(0.6 * n), (effective, stats.load)
     assert all(0 < r <= 1 for r in stats.reuse_any)
     assert all(0 <= r <= a for r, a in zip(stats.reuse_all, stats.reuse_any))
 

@@ -71,6 +71,14 @@ def export_with_report(run_dir: str, teacher_dir: str, out_dir: str, val_seqs: i
     return report
 
 
+def _card_names(checkpoint: str) -> tuple[str, str | None]:
+    """(folder name, its `launch.models` name or None) of an exported checkpoint folder."""
+    from sglang_jetspec.model_store import shipped_model_names
+
+    name = os.path.basename(os.path.normpath(str(checkpoint)))
+    return name, shipped_model_names().get(name)
+
+
 def _params(cfg) -> tuple[int, int]:
     """(total, active per token) parameter counts of a Qwen3-MoE config, embeddings included."""
     h, e, k, i = cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size
@@ -92,12 +100,15 @@ def render_readme(report: dict, cfg) -> str:
         for i in range(cfg.num_hidden_layers))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     recipe = report.get("recipe") or "(not recorded)"
-    return f"""# qwen3moe-tiny: the embedded Qwen3-MoE target
+    name, key = _card_names(report["checkpoint"])
+    role = "the embedded Qwen3-MoE target" if key == "qwen3moe" else "a Qwen3-MoE target made by this project"
+    where = f" `python -m launch.models path {key}` prints this folder." if key else ""
+    return f"""# {name}: {role}
 
 A small `Qwen3MoeForCausalLM` made by this project on a CPU, distilled from
 SmolLM2-135M-Instruct (no PyPI package ships a pretrained MoE model, and random weights would
 make expert-routing results meaningless). It shares SmolLM2's tokenizer, special tokens and chat
-template. `python -m launch.models path qwen3moe` prints this folder.
+template.{where}
 
 | | |
 |---|---|
@@ -178,7 +189,7 @@ tokens to other experts (router rows permuted) more than halves its agreement wi
 ## Serving
 
 ```
-OMP_NUM_THREADS=1 python -m sglang.launch_server --model-path models/qwen3moe-tiny --device cpu \\
+OMP_NUM_THREADS=1 python -m sglang.launch_server --model-path models/{name} --device cpu \\
     --dtype float32 --attention-backend torch_native --host 127.0.0.1 --port 30000 \\
     --skip-server-warmup --max-total-tokens 4096
 ```
