@@ -1,5 +1,5 @@
-"""Embedded default models: ``python -m launch.models path smollm2`` (or ``qwen3moe``) prints the
-prepared folder; ``python -m launch.models head smollm2`` (or ``qwen3moe``) the folder of the
+"""Embedded default models: ``python -m launch.models path smollm2`` (or ``qwen3moe``, ``qwen3moe-e64``) prints the
+prepared folder; ``python -m launch.models head smollm2`` (or ``qwen3moe``, ``qwen3moe-e64``) the folder of the
 draft head shipped for that target (the one the launchers use when no --head is given)."""
 
 import argparse

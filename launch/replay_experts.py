@@ -2,7 +2,7 @@
 expert-parallel placements, with the exact accepted length (sglang_jetspec/bench/expert_replay.py).
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
-    python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--json OUT]
+    python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -28,6 +28,9 @@ def main(argv=None) -> None:
     p.add_argument("--d", type=float, default=None)
     p.add_argument("--max-expected-loss", type=float, default=0.03,
                    help="share of the candidates' calibrated expected tokens pruning may give up")
+    p.add_argument("--oracle-routing", action="store_true",
+                   help="also replay with the recorded routing in place of the predicted experts (the "
+                        "bound a perfect expert predictor would reach)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -42,7 +45,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.replay_experts: {exc}") from None
     cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
-    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss) for ep in eps]
+    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle)
+            for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

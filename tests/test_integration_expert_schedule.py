@@ -122,6 +122,13 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     accepted = sum(len(p) for r in recs for p in r.paths) / sum(len(r.trees) for r in recs)
     assert full["accept_length_full"] == pytest.approx(accepted)
     assert full["accept_length_pruned"] <= full["accept_length_full"]
+    oracle = replay(recs, E, 1, cost, max_expected_loss=None, oracle_routing=True)
+    # the scheduler sees the true experts: here (a predictor still learning in the first rounds)
+    # it prunes to fewer real experts than with the prediction
+    assert oracle["oracle_routing"] and not full["oracle_routing"]
+    assert oracle["distinct_per_layer_pruned"] < full["distinct_per_layer_pruned"]
+    assert oracle["accept_length_full"] == full["accept_length_full"]
+    assert "| one device (oracle routing) | 30 |" in markdown([oracle])
     ep4 = replay(recs, E, 4, cost, max_expected_loss=None)
     assert ep4["max_rank_per_layer_pruned"] < ep4["max_rank_per_layer_full"] <= E // 4
     assert "| ep = 4 | 30 |" in markdown([full, ep4])

@@ -80,8 +80,11 @@ def _loads(routed: list[torch.Tensor], keeps: list[set[int]], num_experts: int, 
     return distinct, max_rank
 
 
-def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None):
-    """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep."""
+def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None,
+           oracle_routing: bool = False):
+    """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep.
+    oracle_routing: the scheduler sees the experts each node was really routed to instead of the
+    prediction (an upper bound: how much better pruning could get with a perfect predictor)."""
     e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
     if ep > 1:  # under EP the slowest rank prices the experts
         k = {"a": cost["a"], "b": cost["b"], "c": 0.0, "d": cost.get("d") or cost["c"]}
@@ -92,7 +95,8 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
            "pruned_nodes": 0}
     layers = rounds[0].routed[0].shape[1]
     for r in rounds:
-        s = schedule_batch(r.trees, [p.float().clamp(0, 1).double() for p in r.probs], r.predicted, k,
+        s = schedule_batch(r.trees, [p.float().clamp(0, 1).double() for p in r.probs],
+                           r.routed if oracle_routing else r.predicted, k,
                            expert_to_rank=e2r, max_expected_loss=max_expected_loss)
         full = [set(range(t.n)) for t in r.trees]
         kept = [set(x.tolist()) for x in s.kept]
@@ -109,7 +113,7 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
         tot["full_nodes"] += sum(t.n for t in r.trees)
         tot["pruned_nodes"] += sum(len(kk) for kk in kept)
     n, req = tot["rounds"], tot["requests"]
-    return {"ep": ep, "rounds": n,
+    return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing,
             "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
             "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
             "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
@@ -123,7 +127,7 @@ def markdown(rows: list[dict]) -> str:
            "| most-loaded rank experts / layer full -> pruned | nodes kept |",
            "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        place = "one device" if r["ep"] == 1 else f"ep = {r['ep']}"
+        place = ("one device" if r["ep"] == 1 else f"ep = {r['ep']}") + (" (oracle routing)" if r.get("oracle_routing") else "")
 
         def ch(a, b):
             return f"{a:.2f} -> {b:.2f} ({100 * (b / a - 1):+.0f}%)" if a else "-"
