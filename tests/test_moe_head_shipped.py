@@ -6,7 +6,8 @@ depth, vocabulary, MASK token, taps SGLang can capture), and drafts usefully and
 held-out prompt through the reference decoder. Its bidirectional twin
 (models/qwen3moe-tiny-jetspec-bidir, the baseline of `launch.bench --methods bidirectional`) loads
 strictly, is marked bidirectional, differs from the default head in nothing else and drafts
-losslessly too.
+losslessly too. The head of the 64-expert target (models/qwen3moe-e64-jetspec) passes the same
+checks but the twin's (it has none).
 """
 
 import json
@@ -20,26 +21,36 @@ from sglang_jetspec.model_store import default_head_dir, model_path, shipped_hea
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def moe_dir():
-    return model_path("qwen3moe")
+HEADS = {"qwen3moe": "qwen3moe-tiny-jetspec", "qwen3moe-e64": "qwen3moe-e64-jetspec"}
+
+
+@pytest.fixture(scope="module", params=sorted(HEADS))
+def moe_name(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def head_dir():
-    return shipped_head_dir("qwen3moe")
+def moe_dir(moe_name):
+    return model_path(moe_name)
 
 
 @pytest.fixture(scope="module")
-def bidir_dir(head_dir):
-    return head_dir.parent / "qwen3moe-tiny-jetspec-bidir"
+def head_dir(moe_name):
+    return shipped_head_dir(moe_name)
 
 
-def test_launchers_find_the_head(moe_dir, head_dir, capsys):
+@pytest.fixture(scope="module")
+def tiny():
+    """(target, causal head, bidirectional twin) folders of the default MoE target."""
+    head = shipped_head_dir("qwen3moe")
+    return model_path("qwen3moe"), head, head.parent / "qwen3moe-tiny-jetspec-bidir"
+
+
+def test_launchers_find_the_head(moe_name, moe_dir, head_dir, capsys):
     from launch.models import main
 
-    assert head_dir.name == "qwen3moe-tiny-jetspec" and head_dir.parent == moe_dir.parent
-    main(["head", "qwen3moe"])
+    assert head_dir.name == HEADS[moe_name] and head_dir.parent == moe_dir.parent
+    main(["head", moe_name])
     assert capsys.readouterr().out.strip() == str(head_dir)
     assert default_head_dir(moe_dir) == head_dir  # launch.generate/eval use it without --head
     assert default_head_dir(moe_dir.parent) is None  # any other folder: no default head
@@ -63,13 +74,19 @@ def test_head_loads_and_fits_the_moe_target(moe_dir, head_dir):
     assert {p.dtype for p in load_head(str(head_dir), dtype=None).parameters()} <= {torch.bfloat16, torch.float32}
 
 
-@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
-def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir, bidir_dir, kind):
+def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir):
     from sglang_jetspec.reference.target import HFTarget
 
-    folder = head_dir if kind == "causal" else bidir_dir
-    assert_drafts_losslessly(HFTarget(moe_dir), folder, causal=kind == "causal", max_new_tokens=32)
+    assert_drafts_losslessly(HFTarget(moe_dir), head_dir, causal=True, max_new_tokens=32)
 
 
-def test_bidirectional_twin_loads_and_fits_the_moe_target(moe_dir, head_dir, bidir_dir):
+def test_bidirectional_twin_drafts_losslessly_on_a_heldout_prompt(tiny):
+    from sglang_jetspec.reference.target import HFTarget
+
+    moe_dir, _, bidir_dir = tiny
+    assert_drafts_losslessly(HFTarget(moe_dir), bidir_dir, causal=False, max_new_tokens=32)
+
+
+def test_bidirectional_twin_loads_and_fits_the_moe_target(tiny):
+    moe_dir, head_dir, bidir_dir = tiny
     assert_bidirectional_twin(bidir_dir, head_dir, moe_dir)

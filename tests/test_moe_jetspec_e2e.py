@@ -1,7 +1,8 @@
 """JETSPEC on the embedded MoE target through the real SGLang server (slow).
 
-The shipped Qwen3-MoE tiny target with its shipped head, static budget 16, expert-aware
-scheduling on (the default on MoE targets): greedy tokens equal transformers' fp32 greedy (a
+Both shipped Qwen3-MoE targets (the default, 8 experts top-2, and qwen3moe-e64, 64 experts
+top-4) with their shipped heads, static budget 16, expert-aware scheduling on (the default on MoE
+targets): greedy tokens equal transformers' fp32 greedy (a
 difference is tolerated only at a reported fp32 near-tie), while the worker really pruned trees
 with predicted experts and counted the experts every verify activated (/get_server_info).
 """
@@ -20,12 +21,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 NEW_TOKENS = 40
 
 
-def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_experts(tmp_path):
+@pytest.mark.parametrize("name,experts,top_k", [("qwen3moe", 8, 2), ("qwen3moe-e64", 64, 4)])
+def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_experts(tmp_path, name, experts, top_k):
     from server_harness import STARTUP_TIMEOUT_S, Server, run_all
     from test_moe_target import _prompts, greedy_mismatches
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    moe_dir, head = model_path("qwen3moe"), shipped_head_dir("qwen3moe")
+    moe_dir, head = model_path(name), shipped_head_dir(name)
     model = AutoModelForCausalLM.from_pretrained(moe_dir, dtype=torch.float32).eval()
     prompts = _prompts(AutoTokenizer.from_pretrained(moe_dir))
     server = Server(moe_dir, tmp_path / "jetspec.log", "--max-total-tokens", "4096",
@@ -52,7 +54,7 @@ def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_expe
     assert 0 < ex["kept_nodes"] <= ex["candidate_nodes"]
     layers = len(ex["distinct_per_layer_sum"])
     assert layers == 6 and len(ex["recall_per_layer"]) == layers
-    assert 2 <= ex["mean_distinct_per_verify"] <= 8  # top-2 of 8 experts: between 2 and 8 per layer
+    assert top_k <= ex["mean_distinct_per_verify"] <= experts  # per layer: at least one token's top-k
     assert all(0.0 <= r <= 1.0 for r in ex["recall_per_layer"] + ex["precision_per_layer"])
-    # a learned token -> experts table beats chance (top-2 of 8 at random: 0.25)
-    assert sum(ex["recall_per_layer"]) / layers > 0.3
+    # a learned token -> experts table beats chance (top-k of E at random: k / E = 0.25 or 0.0625)
+    assert sum(ex["recall_per_layer"]) / layers > max(0.3, 2 * top_k / experts)
