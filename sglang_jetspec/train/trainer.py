@@ -220,7 +220,7 @@ class Trainer:
             for t in self._all():
                 t._report(t.evaluate())
         t_start, start_step, fitted = time.perf_counter(), self.step, cfg.time_budget_s <= 0
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+        bar = tqdm(total=cfg.stop_at or cfg.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    dynamic_ncols=True, unit="step")
         acc_ema = loss_ema = None
         while self.step < cfg.steps and not (cfg.stop_at and self.step >= cfg.stop_at):
@@ -234,7 +234,7 @@ class Trainer:
             if not fitted and self.step - start_step >= cfg.budget_probe_steps:
                 fitted = True
                 total = self.fit_to_budget(time.perf_counter() - t_start, self.step - start_step)
-                bar.total = total
+                bar.total = min(total, cfg.stop_at) if cfg.stop_at else total
                 bar.write(f"[budget] {cfg.time_budget_s:.0f}s at {dt:.2f}s/step -> {total} steps "
                           f"(rerun with --steps {total} to repeat this schedule)")
                 self._log({"step": self.step, "budget_steps": total})
