@@ -6,8 +6,8 @@ depth, vocabulary, MASK token, taps SGLang can capture), and drafts usefully and
 held-out prompt through the reference decoder. Its bidirectional twin
 (models/qwen3moe-tiny-jetspec-bidir, the baseline of `launch.bench --methods bidirectional`) loads
 strictly, is marked bidirectional, differs from the default head in nothing else and drafts
-losslessly too. The head of the 64-expert target (models/qwen3moe-e64-jetspec) passes the same
-checks but the twin's (it has none).
+losslessly too. The 64-expert target's head and twin (models/qwen3moe-e64-jetspec, -bidir) pass
+the same checks.
 """
 
 import json
@@ -40,10 +40,8 @@ def head_dir(moe_name):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """(target, causal head, bidirectional twin) folders of the default MoE target."""
-    head = shipped_head_dir("qwen3moe")
-    return model_path("qwen3moe"), head, head.parent / "qwen3moe-tiny-jetspec-bidir"
+def bidir_dir(head_dir):
+    return head_dir.parent / (head_dir.name + "-bidir")
 
 
 def test_launchers_find_the_head(moe_name, moe_dir, head_dir, capsys):
@@ -74,19 +72,13 @@ def test_head_loads_and_fits_the_moe_target(moe_dir, head_dir):
     assert {p.dtype for p in load_head(str(head_dir), dtype=None).parameters()} <= {torch.bfloat16, torch.float32}
 
 
-def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir):
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_head_drafts_losslessly_on_a_heldout_prompt(moe_dir, head_dir, bidir_dir, kind):
     from sglang_jetspec.reference.target import HFTarget
 
-    assert_drafts_losslessly(HFTarget(moe_dir), head_dir, causal=True, max_new_tokens=32)
+    folder = head_dir if kind == "causal" else bidir_dir
+    assert_drafts_losslessly(HFTarget(moe_dir), folder, causal=kind == "causal", max_new_tokens=32)
 
 
-def test_bidirectional_twin_drafts_losslessly_on_a_heldout_prompt(tiny):
-    from sglang_jetspec.reference.target import HFTarget
-
-    moe_dir, _, bidir_dir = tiny
-    assert_drafts_losslessly(HFTarget(moe_dir), bidir_dir, causal=False, max_new_tokens=32)
-
-
-def test_bidirectional_twin_loads_and_fits_the_moe_target(tiny):
-    moe_dir, head_dir, bidir_dir = tiny
+def test_bidirectional_twin_loads_and_fits_the_moe_target(moe_dir, head_dir, bidir_dir):
     assert_bidirectional_twin(bidir_dir, head_dir, moe_dir)
