@@ -213,6 +213,10 @@ class Trainer:
         return metrics
 
     # ---- loop ------------------------------------------------------------------------------
+    def _last_step(self) -> int:
+        """The step this run ends after: cfg.steps (which a time budget may lower) or stop_at."""
+        return min(self.cfg.steps, self.cfg.stop_at) if self.cfg.stop_at else self.cfg.steps
+
     def run(self) -> list[float]:
         """Train up to cfg.steps; returns the losses of this call's steps."""
         cfg, losses = self.cfg, []
@@ -220,10 +224,10 @@ class Trainer:
             for t in self._all():
                 t._report(t.evaluate())
         t_start, start_step, fitted = time.perf_counter(), self.step, cfg.time_budget_s <= 0
-        bar = tqdm(total=cfg.stop_at or cfg.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+        bar = tqdm(total=self._last_step(), initial=self.step, disable=not (self.progress and self.dist.is_main),
                    dynamic_ncols=True, unit="step")
         acc_ema = loss_ema = None
-        while self.step < cfg.steps and not (cfg.stop_at and self.step >= cfg.stop_at):
+        while self.step < self._last_step():
             t0 = time.perf_counter()
             res = self.train_step()
             for t in self.companions:
@@ -234,7 +238,7 @@ class Trainer:
             if not fitted and self.step - start_step >= cfg.budget_probe_steps:
                 fitted = True
                 total = self.fit_to_budget(time.perf_counter() - t_start, self.step - start_step)
-                bar.total = min(total, cfg.stop_at) if cfg.stop_at else total
+                bar.total = self._last_step()
                 bar.write(f"[budget] {cfg.time_budget_s:.0f}s at {dt:.2f}s/step -> {total} steps "
                           f"(rerun with --steps {total} to repeat this schedule)")
                 self._log({"step": self.step, "budget_steps": total})
