@@ -21,13 +21,42 @@ from sglang_jetspec.train.teacher import FrozenTarget
 from sglang_jetspec.train.trainer import TrainConfig, Trainer
 
 
+DEFAULT_NUM_LAYERS = 2
+DEFAULT_BLOCK_SIZE = 16
+
+
+def check_shape_flags(args, folder: str, why: str, causal: bool | None = None) -> None:
+    """A head that is resumed or started from keeps its own shapes: refuse a shape flag that says
+    otherwise (it used to be ignored without a word). ``causal`` is the mask the command implies for
+    this folder (None: not checked)."""
+    try:
+        cfg = HeadConfig.load(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{folder} {why}: {e}") from e
+    given = {"--num-layers": (args.num_layers, cfg.num_hidden_layers),
+             "--block-size": (args.block_size, cfg.block_size),
+             "--mlp-size": (args.mlp_size, cfg.intermediate_size),
+             "--target-layer-ids": (args.target_layer_ids, list(cfg.target_layer_ids))}
+    for flag, (value, saved) in given.items():
+        if value is not None and value != saved:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            raise SystemExit(f"{flag} {shown} does not fit {folder}, which {why} and has {flag} "
+                             f"{','.join(map(str, saved)) if isinstance(saved, list) else saved}; "
+                             "drop the flag or use another --out")
+    if causal is not None and cfg.causal_head != causal:
+        kind = "causal" if cfg.causal_head else "bidirectional"
+        raise SystemExit(f"{folder} {why} and holds a {kind} head; this command trains a "
+                         f"{'causal' if causal else 'bidirectional'} one"
+                         + (" (add --bidirectional)" if not cfg.causal_head else " (drop --bidirectional)"))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m launch.train_head", description=__doc__)
     p.add_argument("--model", default=None, help="target Hugging Face folder (default: embedded SmolLM2)")
     p.add_argument("--data", nargs="+", required=True, help="regenerated shard folders (shard_*.jsonl)")
     p.add_argument("--out", required=True, help="output head folder (also holds trainer_state.pt)")
-    p.add_argument("--num-layers", type=int, default=2)
-    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--num-layers", type=int, default=None, help="decoder layers of a new head (default 2)")
+    p.add_argument("--block-size", type=int, default=None, help="block of a new head (default 16)")
     p.add_argument("--mlp-size", type=int, default=None, metavar="N",
                    help="width of the head's MLP (default: the target's intermediate_size; an MoE target "
                         "whose layers are all sparse never uses that width, so its head may be wider)")
@@ -171,6 +200,10 @@ def main(argv=None) -> None:
             raise SystemExit(f"{out} already holds a training run; pass --resume or another --out")
         if args.resume and has_training_state(out) != resume:
             raise SystemExit(f"--resume needs a trainer state in every output folder; {out} differs")
+        if resume:
+            check_shape_flags(args, out, "is resumed", causal=(not args.bidirectional) if out == args.out else False)
+    if args.init_head and not resume:
+        check_shape_flags(args, args.init_head, "is the --init-head")
 
     hf = HFTarget(resolve_model(args.model), device=str(device))
     target = FrozenTarget(hf.model, memo=2 * args.seqs_per_step if args.also_bidirectional else 0)
@@ -197,7 +230,8 @@ def main(argv=None) -> None:
                 raise SystemExit(f"--init-head {args.init_head} is a {'causal' if start.config.causal_head else 'bidirectional'}"
                                  f" head; this run trains a {'causal' if causal else 'bidirectional'} one")
             return start.train().to(device)
-        return build_head(hf.model, args.num_layers, args.block_size, causal=causal,
+        return build_head(hf.model, args.num_layers or DEFAULT_NUM_LAYERS, args.block_size or DEFAULT_BLOCK_SIZE,
+                          causal=causal,
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,
                           seed=args.seed, target_layer_ids=args.target_layer_ids,
                           recency_init=recency_init, calib_ids=train_seqs[0].ids.to(device),

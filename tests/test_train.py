@@ -330,6 +330,17 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
     assert "resuming" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--resume"):
         train_main(common + ["--out", str(tmp_path / "causal"), "--steps", "4"])
+    # a resumed or starting head keeps its shapes: a flag that says otherwise is refused, not ignored
+    causal = str(tmp_path / "causal")
+    for extra, match in [(["--resume", "--num-layers", "2"], "--num-layers 2 does not fit .* has --num-layers 1"),
+                         (["--resume", "--block-size", "8"], "--block-size 8 does not fit"),
+                         (["--resume", "--bidirectional"], "holds a causal head"),
+                         (["--init-head", causal, "--block-size", "8"], "is the --init-head and has --block-size 4"),
+                         (["--init-head", str(tmp_path / "nowhere")], "has no config.json")]:
+        out = causal if "--resume" in extra else str(tmp_path / "other")
+        with pytest.raises(SystemExit, match=match):
+            train_main(common[:4] + common[8:] + ["--out", out, "--steps", "4"] + extra)
+    assert not (tmp_path / "other").exists()
 
     eval_main(["--head", str(tmp_path / "causal"), "--compare-head", str(tmp_path / "bidir"),
                "--model", str(tiny_model_dir), "--prompts", str(prompts), "--budgets", "1,6",
