@@ -45,6 +45,10 @@ def main(argv=None) -> None:
     p.add_argument("--expert-aware-off", action="store_true",
                    help="MoE targets: also measure every static jetspec budget with expert-aware tree "
                         "scheduling off (its own server; SGLANG_JETSPEC_EXPERT_AWARE=off)")
+    p.add_argument("--draft-vocab-off", action="store_true",
+                   help="also measure every static jetspec budget drafting over the target's whole vocabulary "
+                        "instead of the head folder's draft vocabulary (its own server; "
+                        "SGLANG_JETSPEC_DRAFT_VOCAB=off)")
     p.add_argument("--expert-trace", default=None, metavar="FILE",
                    help="with --expert-aware-off: that server writes its verified rounds here "
                         "(python -m launch.replay_experts replays them under simulated EP placements)")
@@ -100,7 +104,8 @@ def main(argv=None) -> None:
         if heads:
             cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
             depth = cfg.block_size - 1
-        configs = plan_configs(methods, budgets, depth or 15, autos, expert_off=args.expert_aware_off)
+        configs = plan_configs(methods, budgets, depth or 15, autos, expert_off=args.expert_aware_off,
+                               draft_vocab_off=args.draft_vocab_off)
         workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.bench: {exc}") from None

@@ -24,6 +24,9 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--num-prompts", type=int, default=None, help="first N prompts of each file")
     p.add_argument("--compare-head", default=None, help="a second head folder, shown side by side")
+    p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
+                   help="draft over each head folder's draft_vocab.safetensors when it has one (off: the whole "
+                        "vocabulary)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     return p.parse_args(argv)
@@ -72,7 +75,8 @@ def main(argv=None) -> None:
     folders = [args.head] + ([args.compare_head] if args.compare_head else [])
     results = {}
     for folder in folders:
-        head = load_head(folder, device=str(target.device), dtype=target.dtype)
+        head = load_head(folder, device=str(target.device), dtype=target.dtype,
+                         draft_vocab=args.draft_vocab == "on")
         label = head_label(head, folder)
         if label in results:
             label += "#2"

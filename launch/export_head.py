@@ -23,6 +23,8 @@ def main(argv=None) -> None:
         raise SystemExit("--out must differ from --head (the export drops the trainer state)")
     head = load_head(args.head)
     save_head(head, args.out, dtype=DTYPES[args.dtype])
+    if head.draft_vocab is not None:  # the optional draft vocabulary travels with the weights
+        head.draft_vocab.save(args.out)
     log = os.path.join(args.head, "train_log.jsonl")
     if os.path.isfile(log):
         shutil.copy(log, os.path.join(args.out, "train_log.jsonl"))

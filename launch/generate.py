@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=32, help="tree nodes incl. root (1 = plain decoding)")
     p.add_argument("--width", type=int, default=7, help="top-k candidates per depth")
     p.add_argument("--depth", type=int, default=None, help="max tree depth (default block_size - 1)")
+    p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
+                   help="draft over the head folder's draft_vocab.safetensors when it has one (off: the whole "
+                        "vocabulary; the output is the same either way). sglang: for the server it starts "
+                        "(SGLANG_JETSPEC_DRAFT_VOCAB); a --server-url server keeps its own setting")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -70,6 +75,10 @@ def _sglang_engine(args):
 
     model = resolve_model(args.model)
     head = None if args.budget == 1 or args.server_url else head_folder(args.head, model)
+    if args.draft_vocab == "off" and not args.server_url:  # the started server inherits the environment
+        from sglang_jetspec.integration.draft_vocab_setting import ENV
+
+        os.environ[ENV] = "off"
     return SGLangEngine(model, head, budget=args.budget, width=args.width, depth=args.depth,
                         server_url=args.server_url, log_path=args.server_log)
 

@@ -243,3 +243,16 @@ def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts
     assert "| math | 1 | jetspec@16 | 12.00 | 2.50 | 6.00 | 50.0 | 70% | 0.50 0.75 |" in table
     assert table.count("\n") == 2  # header, rule, one row
     assert experts_table([dict(row, experts=None)]) == ""
+
+
+def test_draft_vocab_off_pairs_every_static_budget_on_its_own_server():
+    from sglang_jetspec.bench.suite import server_env
+
+    configs = plan_configs(["jetspec"], [8, 16], depth=15, auto=["auto"], draft_vocab_off=True)
+    assert [c.label for c in configs] == ["ar", "jetspec@8", "jetspec@16", "jetspec@8-fullvocab",
+                                          "jetspec@16-fullvocab", "jetspec@auto"]
+    assert configs[4].custom_params() == {"jetspec": {"budget": 16}}  # same per-request budget
+    assert servers_needed(configs) == ["ar", "jetspec", "jetspec-fullvocab", "jetspec-auto"]
+    assert server_env("jetspec-fullvocab") == {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_JETSPEC_DRAFT_VOCAB": "off"}
+    assert "SGLANG_JETSPEC_DRAFT_VOCAB" not in server_env("jetspec")
+    assert max_budget(configs, "jetspec-fullvocab") == 16

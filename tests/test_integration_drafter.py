@@ -119,3 +119,24 @@ def test_fewer_rows_give_the_same_leading_rows_for_both_head_kinds():
             torch.testing.assert_close(part, full[:, :rows], rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match=r"rows 5 must be in \[1, depth = 4\]"):
             drafter.draft_logprobs(*args, rows=5)
+
+
+def test_a_draft_vocabulary_scores_only_its_tokens_and_matches_the_masked_reference():
+    """head.draft_vocab set: the batched drafter's log-probs equal the reference head's rows
+    scored by the plain masked softmax (core/draft_vocab.py), -inf outside the subset."""
+    from sglang_jetspec.core.draft_vocab import DraftVocab, reference_logprobs
+
+    head = _head()
+    ids = torch.tensor([0, 3, 4, 10, 17, 22, 31, 40, 48])
+    head.draft_vocab = DraftVocab(ids)
+    lens = [5, 9]
+    drafter, pool, table, feats, embed, lm_head = _setup(head, lens, seed=6)
+    for r, f in enumerate(feats):
+        pool.write(table[r, : f.shape[0]], drafter.context_kv(f, torch.arange(f.shape[0])))
+    slots, valid = context_slot_table(table, torch.tensor([0, 1]), lens)
+    got = drafter.draft_logprobs(torch.tensor([2, 8]), torch.tensor(lens), pool.gather(slots), valid)
+    for b in range(2):
+        full = _reference(head, embed, lm_head, [2, 8][b], lens[b], feats[b], 4)  # log_softmax over all
+        want = reference_logprobs(full, torch.eye(VOCAB), VOCAB, ids)  # the same logits, masked
+        torch.testing.assert_close(got[b][:, ids], want[:, ids], rtol=1e-4, atol=1e-4)
+    assert torch.isinf(got[:, :, 1]).all()

@@ -349,3 +349,21 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
     assert "causal:causal @6" in out and "bidirectional:bidir @6" in out and "ratio @6" in out
     row = [line for line in out.splitlines() if line.startswith("heldout")][0]
     assert row.split("|")[1].strip() == "1.000"  # budget 1 = plain decoding: exactly 1 token per forward
+
+    # a draft vocabulary from the training answers; eval reads it (and can be told not to)
+    from launch.draft_vocab import main as vocab_main
+    from sglang_jetspec.core.checkpoint import load_head as load
+
+    vocab_main(["--head", str(tmp_path / "causal"), "--data", str(data), "--model", str(tiny_model_dir),
+                "--size", "10", "--val-percent", "40"])
+    out = capsys.readouterr().out
+    assert "of 49152 tokens" in out and "held-out answers" in out
+    vocab = load(str(tmp_path / "causal")).draft_vocab
+    assert 10 <= len(vocab) <= 11 and 2 in vocab.token_ids.tolist()  # + SmolLM2's <|im_end|>
+    with pytest.raises(SystemExit, match="--force"):
+        vocab_main(["--head", str(tmp_path / "causal"), "--data", str(data), "--model", str(tiny_model_dir)])
+    for mode in ("on", "off"):
+        eval_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
+                   "--budgets", "6", "--max-new-tokens", "6", "--num-prompts", "1", "--threads", "1",
+                   "--draft-vocab", mode])
+        assert "heldout" in capsys.readouterr().out

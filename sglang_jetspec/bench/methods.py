@@ -14,6 +14,9 @@ controller (SGLANG_JETSPEC_BUDGET=adaptive, at most the largest static budget); 
 budgets run on a server pinned to static widths. `auto-maxreserve`: the same adaptive server,
 but SGLang's per-step KV reserve stays at the server budget (SGLANG_JETSPEC_KV_RESERVE=max)
 instead of following the width (integration/kv_reserve.py): the on/off pair of that feature.
+`-fullvocab` (launch.bench --draft-vocab-off): the static budgets again on a server that drafts
+over the target's whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), the on/off pair of the head
+folder's draft vocabulary (core/draft_vocab.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ AUTO_SERVER = "jetspec-auto"
 AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
 AUTO_SERVERS = (AUTO_SERVER, AUTO_MAX_RESERVE_SERVER)  # adaptive width
 NO_EXPERT_SERVER = "jetspec-noexpert"  # static widths, expert-aware scheduling off (MoE targets)
-HEAD_SERVERS = ("jetspec", "bidirectional", NO_EXPERT_SERVER) + AUTO_SERVERS  # servers with a head
+FULL_VOCAB_SERVER = "jetspec-fullvocab"  # static widths, draft over the whole vocabulary
+VARIANT_SERVERS = {NO_EXPERT_SERVER: "noexpert", FULL_VOCAB_SERVER: "fullvocab"}  # the causal head, one switch off
+HEAD_SERVERS = ("jetspec", "bidirectional", *VARIANT_SERVERS) + AUTO_SERVERS  # servers with a head
 
 
 @dataclass(frozen=True)
@@ -43,13 +48,13 @@ class Config:
             return f"{self.method}@auto"
         if self.server == AUTO_MAX_RESERVE_SERVER:
             return f"{self.method}@auto-maxreserve"
-        if self.server == NO_EXPERT_SERVER:
-            return f"{self.method}@{self.budget}-noexpert"
+        if self.server in VARIANT_SERVERS:
+            return f"{self.method}@{self.budget}-{VARIANT_SERVERS[self.server]}"
         return self.method if self.budget is None else f"{self.method}@{self.budget}"
 
     def custom_params(self) -> dict | None:
         """The request's `custom_params` (JETSPEC per-request tree settings), or None."""
-        if self.server not in ("jetspec", "bidirectional", NO_EXPERT_SERVER) or self.budget is None:
+        if self.server not in ("jetspec", "bidirectional", *VARIANT_SERVERS) or self.budget is None:
             return None
         tree = {"budget": self.budget}
         if self.width is not None:
@@ -100,10 +105,11 @@ def parse_mixed_load(text: str) -> list[int]:
 
 
 def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
-                 expert_off: bool = False) -> list[Config]:
+                 expert_off: bool = False, draft_vocab_off: bool = False) -> list[Config]:
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1).
     expert_off: also measure every static jetspec budget with expert-aware scheduling off
-    (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature."""
+    (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature.
+    draft_vocab_off: likewise with the draft over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
@@ -119,6 +125,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
             out.extend(Config(m, m, budget=b) for b in budgets)
             if m == "jetspec" and expert_off:
                 out.extend(Config(m, NO_EXPERT_SERVER, budget=b) for b in budgets)
+            if m == "jetspec" and draft_vocab_off:
+                out.extend(Config(m, FULL_VOCAB_SERVER, budget=b) for b in budgets)
             if m == "jetspec":
                 autos = ["auto"] if auto is True else list(auto or [])
                 out += [Config(m, AUTO_SERVER if a == "auto" else AUTO_MAX_RESERVE_SERVER) for a in autos]

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, HEAD_SERVERS,
-                                          NO_EXPERT_SERVER, Config, max_budget, servers_needed)
+from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, FULL_VOCAB_SERVER,
+                                          HEAD_SERVERS, NO_EXPERT_SERVER, VARIANT_SERVERS, Config, max_budget,
+                                          servers_needed)
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure, merge_repeats
 from sglang_jetspec.bench.workloads import WorkItem
 
@@ -83,7 +84,7 @@ def server_spec(plan: BenchPlan, key: str):
             extra += ["--attention-backend", VERIFY_BACKEND]
         return ServerSpec(plan.model, extra=extra + SLEEP_ON_IDLE, **common)
     if key in HEAD_SERVERS:
-        head = plan.heads["jetspec" if key in AUTO_SERVERS + (NO_EXPERT_SERVER,) else key]
+        head = plan.heads["jetspec" if key in AUTO_SERVERS + tuple(VARIANT_SERVERS) else key]
         return ServerSpec(plan.model, head, budget=max_budget(plan.configs, key, plan.auto_max_width),
                           width=plan.width, depth=plan.depth, extra=SLEEP_ON_IDLE, **common)
     raise ValueError(f"no server for {key!r}")
@@ -111,6 +112,8 @@ def server_env(key: str, expert_trace: str | None = None) -> dict:
         env["SGLANG_JETSPEC_EXPERT_AWARE"] = "off"
         if expert_trace:  # full trees with their routing, for launch.replay_experts
             env["SGLANG_JETSPEC_EXPERT_TRACE"] = expert_trace
+    if key == FULL_VOCAB_SERVER:
+        env["SGLANG_JETSPEC_DRAFT_VOCAB"] = "off"
     return env
 
 

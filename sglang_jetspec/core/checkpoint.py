@@ -46,8 +46,11 @@ def save_head(head: DraftHead, folder: str, dtype: torch.dtype | None = None) ->
     config.save(folder)
 
 
-def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32) -> DraftHead:
-    """Load a head folder strictly: ValueError names missing/unexpected keys and wrong shapes."""
+def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32,
+              draft_vocab: bool = True) -> DraftHead:
+    """Load a head folder strictly: ValueError names missing/unexpected keys and wrong shapes.
+    draft_vocab: also load the folder's optional draft vocabulary (core/draft_vocab.py) into
+    head.draft_vocab; False drafts over the full vocabulary."""
     config = HeadConfig.load(folder)
     state = _read_weights(folder)
     want = expected_shapes(config)
@@ -68,6 +71,10 @@ def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32) -> 
         head = DraftHead(config)
     head.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()},
                          strict=True, assign=True)
+    if draft_vocab:
+        from sglang_jetspec.core.draft_vocab import DraftVocab
+
+        head.draft_vocab = DraftVocab.load(folder)
     return head.eval()
 
 

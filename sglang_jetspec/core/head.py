@@ -195,6 +195,9 @@ class DraftHead(nn.Module):
         self.hidden_norm = RMSNorm(d, config.rms_norm_eps)
         self.layers = nn.ModuleList(HeadLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(d, config.rms_norm_eps)
+        # optional subset of the target's tokens the draft scores (core/draft_vocab.py); not a
+        # parameter: load_head sets it from the folder's draft_vocab.safetensors
+        self.draft_vocab = None
 
     def project_context(self, target_hidden: torch.Tensor) -> torch.Tensor:
         """[b, t, K*d_target] concatenated target hidden states -> context features [b, t, d]."""

@@ -29,6 +29,11 @@ class Drafter:
         self.head, self.cfg, self.depth, self.vocab_size = head.eval(), cfg, depth, vocab_size
         self.embed_weight = embed_weight  # [V(+pad), d] the target's input embeddings
         self.lm_head_weight = lm_head_weight  # [V(+pad), d] the target's output head
+        self.vocab = head.draft_vocab  # None: score the whole vocabulary (core/draft_vocab.py)
+        if self.vocab is not None:
+            errs = self.vocab.check(vocab_size)
+            if errs:
+                raise ValueError("; ".join(errs))
 
     def _rope(self, positions: torch.Tensor, dtype):
         return rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, dtype)
@@ -72,6 +77,8 @@ class Drafter:
         for layer, (k, v) in zip(self.head.layers, ctx_kv):
             h = layer(h, q_rope, k, v, mask)
         h = self.head.norm(h)[:, 1: 1 + rows]  # [b, rows, d]
+        if self.vocab is not None:  # -inf outside the draft vocabulary
+            return self.vocab.logprobs(h, self.lm_head_weight, self.vocab_size)
         logits = row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float()  # h is strided
         return torch.log_softmax(logits, dim=-1)
 

@@ -176,6 +176,9 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
     errs += [f"draft head {e}" for e in weight_problems(sa.speculative_draft_model_path, head)]
     errs += check_runtime(sa)
     errs += check_budget_mode()
+    from sglang_jetspec.integration.draft_vocab_setting import check_draft_vocab
+
+    errs += check_draft_vocab(sa.speculative_draft_model_path, text.vocab_size, tree.width)
     backend, err = resolve_attention_backend(sa.device, sa.attention_backend)
     if err:
         errs.append(err)

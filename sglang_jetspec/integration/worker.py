@@ -51,6 +51,8 @@ from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
+from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
+from sglang_jetspec.integration.draft_vocab_setting import mode_from_env as draft_vocab_mode
 from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
 from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
@@ -92,7 +94,8 @@ class JetSpecWorker(BaseSpecWorker):
         self.speculative_num_draft_tokens = self.budget
 
         dtype = self.model_runner.model_config.dtype
-        head = load_head(spec.speculative_draft_model_path, device=self.device, dtype=dtype)
+        head = load_head(spec.speculative_draft_model_path, device=self.device, dtype=dtype,
+                         draft_vocab=draft_vocab_mode() == "on")
         text_cfg = self.model_runner.model_config.hf_text_config
         errs = check_head(head.config, TargetDims(
             text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.vocab_size))
@@ -122,6 +125,9 @@ class JetSpecWorker(BaseSpecWorker):
         self._text_cfg = text_cfg
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
+        vocab = head.draft_vocab
+        logger.info("JETSPEC draft vocabulary: %s", "the target's full vocabulary" if vocab is None
+                    else f"{len(vocab)} of {text_cfg.vocab_size} tokens ({DRAFT_VOCAB_FILE})")
 
     def _expert_scheduler(self, text_cfg, server_args) -> ExpertScheduler | None:
         """Expert-aware pruning (expert_schedule.py) when the target is MoE and SGLang captures

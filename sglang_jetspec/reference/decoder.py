@@ -50,6 +50,12 @@ class ReferenceDecoder:
         self.target, self.head, self.tree = target, head.to(target.device).eval(), tree
         self.depth = tree.validate(cfg.block_size)
         self.layer_ids = list(cfg.target_layer_ids)
+        self.vocab = head.draft_vocab  # None: the draft scores the whole vocabulary
+        if self.vocab is not None:
+            errs = self.vocab.check(target.vocab_size, tree.width)
+            if errs:
+                raise ValueError("; ".join(errs))
+            target.lm_head_weight()  # refuses an output head with a bias, here rather than mid-decode
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
@@ -122,5 +128,7 @@ class ReferenceDecoder:
             embeds, (anchor_pos + torch.arange(s, device=dev))[None], ctx,
             feat_pos.to(dev)[None], cache=head_cache,
         )
-        logits = self.target.lm_head(hidden[0, 1 : 1 + rows])  # slot i predicts depth i
-        return torch.log_softmax(logits, dim=-1).cpu()
+        rows_h = hidden[0, 1 : 1 + rows]  # slot i predicts depth i
+        if self.vocab is not None:
+            return self.vocab.logprobs(rows_h, self.target.lm_head_weight(), self.target.vocab_size).cpu()
+        return torch.log_softmax(self.target.lm_head(rows_h), dim=-1).cpu()

@@ -58,6 +58,13 @@ class HFTarget:
         out = row_linear(hidden, head.weight)  # few rows: core/row_linear.py
         return (out if head.bias is None else out + head.bias).float()
 
+    def lm_head_weight(self) -> torch.Tensor:
+        """The output head's weight [V, d] (a draft vocabulary scores a subset of its rows)."""
+        head = self.model.get_output_embeddings()
+        if head.bias is not None:
+            raise ValueError("a draft vocabulary needs an output head without bias")
+        return head.weight
+
     def eos_token_ids(self) -> set[int]:
         ids: set[int] = set()
         tok_eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
