@@ -177,3 +177,15 @@ def test_server_startup_check(tmp_path):
     assert "SGLANG_JETSPEC_DRAFT_VOCAB='of'" in check_draft_vocab(
         str(tmp_path), 50, 7, environ={"SGLANG_JETSPEC_DRAFT_VOCAB": "of"})[0]
     assert mode_from_env({}) == "on"
+
+
+def test_round_cost_times_the_draft_both_ways_when_the_head_has_a_vocabulary():
+    from sglang_jetspec.reference.round_cost import format_round_costs, measure_round_costs
+
+    target, head, _ = _subset_decoder(vocab=50, keep=20)
+    res = measure_round_costs(target, head, [1, 2, 3, 4, 5], budgets=(4,), width=3, repeats=1)
+    assert res["draft_vocab"] == 20 and res["head_full_vocab_ms"] > 0 and res["head_ms"] > 0
+    assert "draft vocabulary of 20 tokens" in format_round_costs(res)
+    head.draft_vocab = None
+    res = measure_round_costs(target, head, [1, 2, 3, 4, 5], budgets=(4,), width=3, repeats=1)
+    assert "draft_vocab" not in res and res["budgets"][4]["nodes"] == 4

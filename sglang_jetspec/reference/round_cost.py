@@ -50,12 +50,20 @@ def measure_round_costs(target: HFTarget, head, prompt_ids: list[int], budgets=(
     pos = (n + torch.arange(cfg.block_size))[None]
     state = {}
 
-    def head_forward():
-        hidden = head(embeds, pos, empty_ctx, torch.zeros(1, 0, dtype=torch.long), cache=head_cache)
-        state["lp"] = torch.log_softmax(target.lm_head(hidden[0, 1:]), -1)
+    vocab = head.draft_vocab  # the decoder drafts over it when the head folder has one
 
-    res = {"context_tokens": n, "decode_ms": _median_ms(decode_step, repeats),
-           "head_ms": _median_ms(head_forward, repeats), "budgets": {}}
+    def head_forward(subset=True):
+        hidden = head(embeds, pos, empty_ctx, torch.zeros(1, 0, dtype=torch.long), cache=head_cache)
+        if vocab is not None and subset:
+            state["lp"] = vocab.logprobs(hidden[0, 1:], target.lm_head_weight(), target.vocab_size)
+        else:
+            state["lp"] = torch.log_softmax(target.lm_head(hidden[0, 1:]), -1)
+
+    res = {"context_tokens": n, "decode_ms": _median_ms(decode_step, repeats), "budgets": {}}
+    if vocab is not None:  # side by side: the same forward over the whole vocabulary
+        res["head_full_vocab_ms"] = _median_ms(lambda: head_forward(subset=False), repeats)
+        res["draft_vocab"] = len(vocab)
+    res["head_ms"] = _median_ms(head_forward, repeats)
     for b in budgets:
         tree = build_tree(anchor, state["lp"], b, width)
         res["budgets"][b] = {
@@ -78,7 +86,9 @@ def _verify(target, cache, n, tree, layer_ids):
 def format_round_costs(res: dict) -> str:
     d = res["decode_ms"]
     lines = [f"context {res['context_tokens']} tokens; one decode step {d:.1f} ms",
-             f"head forward (+ lm_head rows): {res['head_ms']:.1f} ms = {res['head_ms'] / d:.2f} decode steps",
+             f"head forward (+ lm_head rows): {res['head_ms']:.1f} ms = {res['head_ms'] / d:.2f} decode steps"
+             + (f" (draft vocabulary of {res['draft_vocab']} tokens; over the whole vocabulary "
+                f"{res['head_full_vocab_ms']:.1f} ms)" if "draft_vocab" in res else ""),
              f"{'budget':>6} {'nodes':>5} {'tree build ms':>13} {'verify ms':>9} {'verify/decode':>13} {'round/decode':>12}"]
     for b, r in res["budgets"].items():
         rnd = res["head_ms"] + r["tree_build_ms"] + r["verify_ms"]
