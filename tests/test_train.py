@@ -367,3 +367,12 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
                    "--budgets", "6", "--max-new-tokens", "6", "--num-prompts", "1", "--threads", "1",
                    "--draft-vocab", mode])
         assert "heldout" in capsys.readouterr().out
+    from launch.bench_reference import main as wall_main
+
+    wall_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
+               "--budgets", "4", "--num-prompts", "2", "--max-new-tokens", "6", "--draft-vocab", "on,off"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| heldout |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["ar", "reference@4", "reference@4-fullvocab"]
+    assert all(r.split("|")[6].strip().startswith("2/2") for r in rows)  # greedy: every output = ar's
+    with pytest.raises(SystemExit, match="no draft_vocab.safetensors"):
+        wall_main(["--head", str(tmp_path / "bidir"), "--model", str(tiny_model_dir), "--prompts", str(prompts)])

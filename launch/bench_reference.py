@@ -1,0 +1,88 @@
+"""Wall clock of the JetSpec reference decoder against plain decoding on this machine, side by side:
+
+    python -m launch.bench_reference [--head DIR] [--budgets 8,16] [--draft-vocab on,off]
+        [--prompts data/prompts/{code,math,chat}.heldout.jsonl] [--num-prompts 3] [--max-new-tokens 128]
+
+Every prompt is decoded by `ar` and by each configuration in turn (sglang_jetspec/reference/
+wall_clock.py); prints tokens/s, speedup over `ar`, accepted length and output equality per set.
+`--draft-vocab on,off` measures the head with and without its draft vocabulary in the same run.
+"""
+
+import argparse
+import json
+import os
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m launch.bench_reference", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="target Hugging Face folder (default: embedded SmolLM2)")
+    p.add_argument("--head", default=None, help="head folder (default: the target's shipped head)")
+    p.add_argument("--prompts", nargs="+", default=[f"data/prompts/{s}.heldout.jsonl" for s in ("code", "math", "chat")])
+    p.add_argument("--num-prompts", type=int, default=3, help="first N prompts of each file")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--budgets", default="8,16", help="node budgets of the reference decoder")
+    p.add_argument("--width", type=int, default=7)
+    p.add_argument("--draft-vocab", default="on", help="on, off or on,off (both, side by side)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--json", default=None, help="also write the tallies here")
+    args = p.parse_args(argv)
+    try:
+        args.budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError:
+        p.error(f"--budgets {args.budgets!r}: expected comma-separated integers, e.g. 8,16")
+    if any(b < 2 for b in args.budgets):
+        p.error(f"--budgets {args.budgets}: each must be >= 2 (1 is plain decoding, measured as ar anyway)")
+    args.draft_vocab = [m.strip() for m in args.draft_vocab.split(",")]
+    if not args.draft_vocab or any(m not in ("on", "off") for m in args.draft_vocab):
+        p.error(f"--draft-vocab {','.join(args.draft_vocab)!r}: expected on, off or on,off")
+    if args.num_prompts < 1 or args.max_new_tokens < 1:
+        p.error("--num-prompts and --max-new-tokens must be >= 1")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
+    from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
+    from sglang_jetspec.reference.runner import load_head_arg, resolve_model
+    from sglang_jetspec.reference.target import HFTarget
+    from sglang_jetspec.reference.wall_clock import format_wall_clock, run_wall_clock
+
+    target = HFTarget(resolve_model(args.model))
+    heads = {m: load_head_arg(args.head, target, draft_vocab=m == "on") for m in args.draft_vocab}
+    if "on" in heads and heads["on"].draft_vocab is None:
+        raise SystemExit(f"--draft-vocab on: the head {args.head or '(shipped)'} has no draft_vocab.safetensors "
+                         "(python -m launch.draft_vocab makes one); use --draft-vocab off")
+    decoders = {}
+    for b in args.budgets:
+        for m, head in heads.items():
+            label = f"reference@{b}" + ("" if m == "on" or len(heads) == 1 else "-fullvocab")
+            decoders[label] = ReferenceDecoder(target, head, TreeSettings(budget=b, width=args.width))
+    prompts = {os.path.basename(f).removesuffix(".jsonl"): encode_prompts(target.tokenizer, read_prompts(f)[: args.num_prompts])
+               for f in args.prompts}
+    vocab = heads.get("on")
+    print(f"target {target.model_dir}; head {args.head or '(shipped)'}"
+          + (f"; draft vocabulary {len(vocab.draft_vocab)} tokens" if vocab is not None else "")
+          + f"; {args.threads} thread(s); greedy, {args.max_new_tokens} new tokens max", flush=True)
+
+    def progress(name, results):
+        print(f"  {name}: " + ", ".join(f"{k} {len(r.output_ids) / r.seconds:.1f} tok/s" for k, r in results.items()),
+              flush=True)
+
+    tallies = run_wall_clock(target, decoders, prompts, args.max_new_tokens, progress)
+    print()
+    print(format_wall_clock(tallies))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({s: {k: vars(t) for k, t in per.items()} for s, per in tallies.items()}, f, indent=1)
+    bad = [f"{s} {k}: {m}" for s, per in tallies.items() for k, t in per.items() for m in t.mismatch]
+    if bad:
+        raise SystemExit("outputs differ from plain decoding beyond a near-tie:\n" + "\n".join(bad))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Wall clock of the reference decoder against plain decoding, side by side in one process.
+
+Per prompt, plain decoding (`ar`, Hugging Face's own greedy loop) and every reference
+configuration (node budget x draft vocabulary on/off) decode the same prompt one after the
+other, the order rotating from prompt to prompt, so a slow minute of a shared machine falls on
+all of them. Reported per prompt set: tokens/s, speedup over `ar`, accepted length (tokens
+committed per target forward, bonus included) and whether every output equals `ar`'s
+(a divergence is checked for a floating-point near-tie, reference/parity.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sglang_jetspec.reference.ar import generate_ar
+from sglang_jetspec.reference.parity import check_parity
+
+
+@dataclass
+class Tally:
+    tokens: int = 0
+    seconds: float = 0.0
+    rounds: int = 0
+    committed: int = 0
+    same: int = 0
+    near_tie: int = 0
+    mismatch: list[str] = field(default_factory=list)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def accept(self) -> float:
+        return self.committed / self.rounds if self.rounds else 1.0
+
+
+def run_wall_clock(target, decoders: dict, prompts: dict[str, list[list[int]]], max_new_tokens: int,
+                   progress=None) -> dict[str, dict[str, Tally]]:
+    """decoders: label -> ReferenceDecoder. prompts: set name -> encoded prompts.
+    Returns tallies[set][label] with label `ar` first."""
+    labels = ["ar"] + list(decoders)
+    out = {}
+    turn = 0
+    for name, encoded in prompts.items():
+        tallies = {lab: Tally() for lab in labels}
+        for ids in encoded:
+            results = {}
+            order = labels[turn % len(labels):] + labels[: turn % len(labels)]
+            turn += 1
+            for lab in order:
+                if lab == "ar":
+                    results[lab] = generate_ar(target, ids, max_new_tokens)
+                else:
+                    results[lab] = decoders[lab].generate(ids, max_new_tokens)
+            want = results["ar"].output_ids
+            for lab in labels:
+                r, t = results[lab], tallies[lab]
+                t.tokens += len(r.output_ids)
+                t.seconds += r.seconds
+                t.rounds += r.rounds if lab != "ar" else len(r.output_ids)
+                t.committed += sum(r.accepted) if lab != "ar" else len(r.output_ids)
+                rep = check_parity(target.model, ids, want, r.output_ids)
+                if rep.identical:
+                    t.same += 1
+                elif rep.near_tie:
+                    t.near_tie += 1
+                else:
+                    t.mismatch.append(rep.detail)
+            if progress is not None:
+                progress(name, results)
+        out[name] = tallies
+    return out
+
+
+def format_wall_clock(tallies: dict[str, dict[str, Tally]]) -> str:
+    lines = ["| prompts | method | tok/s | speedup vs ar | accept length | outputs = ar |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, per in tallies.items():
+        base = per["ar"].tok_s
+        n = per["ar"].same + per["ar"].near_tie + len(per["ar"].mismatch)
+        for lab, t in per.items():
+            eq = f"{t.same}/{n}" + (f" (+{t.near_tie} near-tie)" if t.near_tie else "")
+            lines.append(f"| {name} | {lab} | {t.tok_s:.2f} | {t.tok_s / base if base else 0:.2f}x | "
+                         f"{t.accept:.2f} | {eq} |")
+    return "\n".join(lines)
