@@ -1,5 +1,6 @@
 """Checks shared by the tests of shipped heads (dense and MoE): a bidirectional twin equals its
-causal head but for the in-block mask, and a head drafts losslessly and usefully."""
+causal head but for the in-block mask, and a head drafts losslessly and usefully over its draft
+vocabulary."""
 
 import json
 from pathlib import Path
@@ -23,6 +24,8 @@ def assert_bidirectional_twin(twin_dir: Path, causal_dir: Path, target_dir: Path
     twin["dflash_config"]["causal_head"] = True
     assert twin == load_head(str(causal_dir)).config.to_dict()  # identical but for the in-block mask
     assert default_head_dir(target_dir) == causal_dir  # the twin is never picked as the default head
+    # both draft over the same tokens, so a comparison of the two measures the mask alone
+    assert torch.equal(load_head(str(twin_dir)).draft_vocab.token_ids, load_head(str(causal_dir)).draft_vocab.token_ids)
 
 
 @torch.no_grad()
@@ -36,6 +39,8 @@ def assert_drafts_losslessly(target, head_dir: Path, causal: bool, max_new_token
 
     head = load_head(str(head_dir), device=str(target.device), dtype=target.dtype)
     assert head.config.causal_head == causal
+    # shipped heads carry a draft vocabulary that fits the target (the decoder below drafts over it)
+    assert head.draft_vocab is not None and head.draft_vocab.check(target.vocab_size, 7) == []
     prompt = read_prompts(Path(__file__).resolve().parent.parent / "data" / "prompts" / "math.heldout.jsonl")[0]
     ids = encode_prompts(target.tokenizer, [prompt])[0]
     ar = generate_ar(target, ids, max_new_tokens)

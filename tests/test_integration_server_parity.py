@@ -10,7 +10,9 @@ server without speculation, through every front door a user has:
   target's own distribution (chi-square against transformers' exact probabilities).
 
 Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
-JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end.
+JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end. The budget-8
+server drafts over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), the budget-32 one over
+the head's draft vocabulary (the default), so every check covers both draft paths.
 """
 
 import json
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 128
 BUDGETS = (8, 32)
+DRAFT_VOCAB = {8: "off", 32: "on"}
 
 
 def _prompts() -> list[str]:
@@ -50,10 +53,14 @@ def servers(smollm2_dir, tmp_path_factory):
         for b in BUDGETS:
             started[b] = Server(smollm2_dir, tmp / f"jetspec{b}.log", *common,
                                 "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path",
-                                str(head), "--speculative-num-draft-tokens", str(b))
+                                str(head), "--speculative-num-draft-tokens", str(b),
+                                env={"SGLANG_JETSPEC_DRAFT_VOCAB": DRAFT_VOCAB[b]})
         deadline = time.time() + STARTUP_TIMEOUT_S
         for s in started.values():
             s.wait_ready(deadline)
+        for b in BUDGETS:  # each server says which draft path it took
+            want = "of 49152 tokens" if DRAFT_VOCAB[b] == "on" else "the target's full vocabulary"
+            assert "JETSPEC draft vocabulary: " in started[b].tail(10**6) and want in started[b].tail(10**6), b
         yield started
         for s in started.values():  # nothing died or logged a traceback under all that load
             assert s.proc.poll() is None, s.tail()
