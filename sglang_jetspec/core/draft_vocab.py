@@ -38,6 +38,7 @@ class DraftVocab:
             raise ValueError(f"draft vocabulary token id {int(ids[0])} is negative")
         self.token_ids = ids
         self._rows: dict[tuple, torch.Tensor] = {}  # lm_head rows per (weight, device, dtype)
+        self._ids: dict[torch.device, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return int(self.token_ids.numel())
@@ -59,7 +60,7 @@ class DraftVocab:
         key = (weight.data_ptr(), weight.device, weight.dtype, tuple(weight.shape))
         rows = self._rows.get(key)
         if rows is None:
-            rows = weight.detach().index_select(0, self.token_ids.to(weight.device)).contiguous()
+            rows = weight.detach().index_select(0, self.ids_on(weight.device)).contiguous()
             self._rows = {key: rows}  # one target per process: keep only the latest
         return rows
 
@@ -68,8 +69,16 @@ class DraftVocab:
         hidden [..., d]; weight the target's lm_head [V(+pad), d]."""
         sub = row_linear(hidden, self.lm_head_rows(weight)).float()  # [..., n]; see row_linear.py
         out = torch.full((*hidden.shape[:-1], vocab_size), float("-inf"), device=hidden.device)
-        out[..., self.token_ids.to(hidden.device)] = torch.log_softmax(sub, dim=-1)
+        out[..., self.ids_on(hidden.device)] = torch.log_softmax(sub, dim=-1)
         return out
+
+    def ids_on(self, device) -> torch.Tensor:
+        """token_ids on `device`, copied there once (no host-to-device copy per draft)."""
+        device = torch.device(device)
+        ids = self._ids.get(device)
+        if ids is None:
+            ids = self._ids[device] = self.token_ids.to(device)
+        return ids
 
     # ---- files ----------------------------------------------------------------------------
 

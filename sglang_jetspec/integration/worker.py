@@ -47,11 +47,11 @@ from sglang.srt.speculative.spec_utils import (
 
 from sglang_jetspec.core.budget_controller import tree_prefix
 from sglang_jetspec.core.checkpoint import load_head
+from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
 from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
-from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
 from sglang_jetspec.integration.draft_vocab_setting import mode_from_env as draft_vocab_mode
 from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
