@@ -198,9 +198,9 @@ def test_sampling_follows_the_target_distribution(servers, smollm2_target):
 
 
 def test_rounds_match_the_reference_decoder(servers, prompt_ids, smollm2_target):
-    """The server and the transformers reference decoder, same shipped head, budget 32, greedy
-    fp32: the same tokens AND the same number of verify rounds per request (the same drafts were
-    accepted). Both sides run different kernels, so a round may legitimately differ at an fp32
+    """The server and the transformers reference decoder, same shipped head (both drafting over
+    its draft vocabulary), budget 32, greedy fp32: the same tokens AND the same number of verify
+    rounds per request (the same drafts were accepted). Both sides run different kernels, so a round may legitimately differ at an fp32
     near-tie of the target's top-2 logits; check_parity reports such a tie, anything else fails."""
     from sglang_jetspec.core.checkpoint import load_head
     from sglang_jetspec.model_store import default_head_dir

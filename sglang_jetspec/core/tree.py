@@ -15,6 +15,8 @@ replacement from the draft distribution.
 Everything here is pure torch; the tree itself is at most a few hundred nodes and is built on
 the host. `build_tree` makes three small device-to-host copies per call (the NaN check, the max
 check and the [max_depth, W] top-W table), which matters only when draft_logprobs lives on a GPU.
+The tree only ever reads each row's top-W, so `build_tree_from_top` takes that table directly:
+the server worker computes it where the draft ran and moves [b, D, W] to the host, not [b, D, V].
 """
 
 from __future__ import annotations
@@ -152,8 +154,49 @@ def build_tree(
 
     w = min(width, vocab)
     top_vals, top_ids = draft_logprobs[:max_depth].float().topk(w, dim=-1)  # [max_depth, w]
-    vals, ids = top_vals.tolist(), top_ids.tolist()
+    return _best_first(root_token, top_vals.tolist(), top_ids.tolist(), budget, w, max_depth,
+                       draft_logprobs.device)
 
+
+def build_tree_from_top(
+    root_token: int,
+    top_vals: torch.Tensor,  # [D, k] each row's k best draft log-probs, descending
+    top_ids: torch.Tensor,  # [D, k] their token ids
+    budget: int,
+    width: int,
+    max_depth: int | None = None,
+) -> DraftTree:
+    """build_tree from each row's top-k table (k >= width gives the same tree as the full rows;
+    a smaller k caps the width at k)."""
+    if top_vals.dim() != 2 or top_vals.shape != top_ids.shape or top_vals.shape[1] < 1:
+        raise ValueError(f"top_vals {tuple(top_vals.shape)} and top_ids {tuple(top_ids.shape)} must both be "
+                         "[D, k] with k >= 1")
+    n_rows = top_vals.shape[0]
+    if max_depth is None:
+        max_depth = n_rows
+    if budget < 1:
+        raise ValueError(f"budget {budget} must be >= 1 (it counts the root)")
+    if width < 1:
+        raise ValueError(f"width {width} must be >= 1")
+    if not 1 <= max_depth <= n_rows:
+        raise ValueError(f"max_depth {max_depth} must be in [1, D = {n_rows}]")
+    if root_token < 0:
+        raise ValueError(f"root_token {root_token} must be >= 0")
+    w = min(width, top_vals.shape[1])
+    vals = top_vals[:max_depth, :w].float()
+    if torch.isnan(vals).any():
+        raise ValueError("top_vals contains NaN")
+    if float(vals.max()) > _LOGPROB_SLACK:
+        raise ValueError(f"top_vals max {float(vals.max())} > 0: pass log-probs (log_softmax), not logits")
+    if w > 1 and bool((vals[:, 1:] > vals[:, :-1]).any()):
+        raise ValueError("top_vals rows must be in descending order (as topk returns them)")
+    return _best_first(root_token, vals.tolist(), top_ids[:max_depth, :w].tolist(), budget, w, max_depth,
+                       top_vals.device)
+
+
+def _best_first(root_token: int, vals: list[list[float]], ids: list[list[int]], budget: int, w: int,
+                max_depth: int, device) -> DraftTree:
+    """The heap walk over the W-ary candidate tree of per-depth top-w tables (lists)."""
     tokens, parents, depths, scores, ranks = [root_token], [-1], [0], [0.0], [0]
     # heap entry: (-score, insertion counter, parent node, depth of the candidate, rank)
     heap: list[tuple[float, int, int, int, int]] = []
@@ -179,7 +222,6 @@ def build_tree(
         if depth < max_depth:  # and the best child
             push(node, depth + 1, 0)
 
-    device = draft_logprobs.device
     return DraftTree(
         tokens=torch.tensor(tokens, dtype=torch.long, device=device),
         parents=torch.tensor(parents, dtype=torch.long, device=device),

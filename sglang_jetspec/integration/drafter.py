@@ -51,6 +51,25 @@ class Drafter:
         return out
 
     @torch.no_grad()
+    def draft_top(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
+                  ctx_kv: list[tuple[torch.Tensor, torch.Tensor]], ctx_valid: torch.Tensor,
+                  rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each depth row's k best draft log-probs and their token ids, ([b, rows, k'], [b, rows, k'])
+        with k' = min(k, tokens scored), on the draft's device: all a tree needs
+        (core/tree.py build_tree_from_top). With a draft vocabulary the top-k is taken over the
+        subset's scores and mapped to token ids; no full-vocabulary tensor is made."""
+        if k < 1:
+            raise ValueError(f"k {k} must be >= 1")
+        h = self._rows_hidden(anchors, anchor_pos, ctx_kv, ctx_valid, rows)
+        if self.vocab is None:
+            lp = torch.log_softmax(row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float(), dim=-1)
+            vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+            return vals, ids
+        sub = torch.log_softmax(row_linear(h, self.vocab.lm_head_rows(self.lm_head_weight)).float(), dim=-1)
+        vals, idx = sub.topk(min(k, sub.shape[-1]), dim=-1)
+        return vals, self.vocab.ids_on(idx.device)[idx]
+
+    @torch.no_grad()
     def draft_logprobs(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
                        ctx_kv: list[tuple[torch.Tensor, torch.Tensor]],
                        ctx_valid: torch.Tensor, rows: int | None = None) -> torch.Tensor:
@@ -62,6 +81,14 @@ class Drafter:
         anchors [b] last committed tokens; anchor_pos [b] their positions; ctx_kv per layer
         (k, v) [b, c, H_kv, hd] from HeadContextPool.gather; ctx_valid [b, c] bool.
         """
+        h = self._rows_hidden(anchors, anchor_pos, ctx_kv, ctx_valid, rows)
+        if self.vocab is not None:  # -inf outside the draft vocabulary
+            return self.vocab.logprobs(h, self.lm_head_weight, self.vocab_size)
+        logits = row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float()  # h is strided
+        return torch.log_softmax(logits, dim=-1)
+
+    def _rows_hidden(self, anchors, anchor_pos, ctx_kv, ctx_valid, rows: int | None) -> torch.Tensor:
+        """The head's final hidden states of depth rows 1..rows, [b, rows, d] (a strided view)."""
         rows = self.depth if rows is None else rows
         if not 1 <= rows <= self.depth:
             raise ValueError(f"rows {rows} must be in [1, depth = {self.depth}]")
@@ -76,11 +103,7 @@ class Drafter:
         mask = self._mask(ctx_valid.to(device), s)
         for layer, (k, v) in zip(self.head.layers, ctx_kv):
             h = layer(h, q_rope, k, v, mask)
-        h = self.head.norm(h)[:, 1: 1 + rows]  # [b, rows, d]
-        if self.vocab is not None:  # -inf outside the draft vocabulary
-            return self.vocab.logprobs(h, self.lm_head_weight, self.vocab_size)
-        logits = row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float()  # h is strided
-        return torch.log_softmax(logits, dim=-1)
+        return self.head.norm(h)[:, 1: 1 + rows]  # [b, rows, d]
 
     def _mask(self, ctx_valid: torch.Tensor, s: int) -> torch.Tensor:
         """bool [b, S, c + S]: valid context keys, then the block (causal for causal heads)."""

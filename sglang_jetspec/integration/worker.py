@@ -48,7 +48,7 @@ from sglang.srt.speculative.spec_utils import (
 from sglang_jetspec.core.budget_controller import tree_prefix
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
-from sglang_jetspec.core.tree import build_tree
+from sglang_jetspec.core.tree import build_tree_from_top
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
@@ -235,15 +235,19 @@ class JetSpecWorker(BaseSpecWorker):
                 t_draft = time.perf_counter()
                 slots, valid = context_slot_table(self.req_to_token_pool.req_to_token,
                                                   batch.req_pool_indices, prefix)
-                logprobs = self.drafter.draft_logprobs(anchors, torch.tensor(prefix),
-                                                       self.head_pool.gather(slots), valid, rows=rows).cpu()
+                # each row's top-W table is all a tree reads: [bs, rows, W] crosses to the host
+                top_w = max(t.width for t in (full if probe else settings))
+                top_vals, top_ids = self.drafter.draft_top(anchors, torch.tensor(prefix),
+                                                           self.head_pool.gather(slots), valid, rows, top_w)
+                top_vals, top_ids = top_vals.cpu(), top_ids.cpu()
                 self.policy.note_draft(bs, rows, time.perf_counter() - t_draft)
             else:  # every tree is its root alone: plain decoding, no head forward (no probe)
-                logprobs, rows, probe = torch.zeros(bs, 1, 1), 1, False
+                top_vals, top_ids = torch.zeros(bs, 1, 1), torch.zeros(bs, 1, 1, dtype=torch.long)
+                rows, probe = 1, False
         dev = self.device
         with stats.phase("tree"):
-            trees = [build_tree(int(root), lp, t.budget, t.width, min(t.depth, rows))
-                     for root, lp, t in zip(anchors.tolist(), logprobs, full if probe else settings)]
+            trees = [build_tree_from_top(int(root), v, i, t.budget, t.width, min(t.depth, rows))
+                     for root, v, i, t in zip(anchors.tolist(), top_vals, top_ids, full if probe else settings)]
             probe_trees = trees if probe else None
             if probe:  # verify the prefix of this width: the tree its budget builds
                 trees = [tree_prefix(p, min(p.n, t.budget)) for p, t in zip(probe_trees, settings)]
