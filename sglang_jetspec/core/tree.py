@@ -122,6 +122,21 @@ def _check_logprobs(draft_logprobs: torch.Tensor) -> None:
         raise ValueError(f"draft_logprobs shape {tuple(draft_logprobs.shape)} must have D >= 1 and V >= 1")
 
 
+def _check_tree_args(root_token: int, budget: int, width: int, max_depth: int | None, n_rows: int) -> int:
+    """Validate the shared arguments of the tree builders; returns max_depth (default: n_rows)."""
+    if max_depth is None:
+        max_depth = n_rows
+    if budget < 1:
+        raise ValueError(f"budget {budget} must be >= 1 (it counts the root)")
+    if width < 1:
+        raise ValueError(f"width {width} must be >= 1")
+    if not 1 <= max_depth <= n_rows:
+        raise ValueError(f"max_depth {max_depth} must be in [1, D = {n_rows}]")
+    if root_token < 0:
+        raise ValueError(f"root_token {root_token} must be >= 0")
+    return max_depth
+
+
 def build_tree(
     root_token: int,
     draft_logprobs: torch.Tensor,  # [D, V], row d scores the token at depth d+1
@@ -136,16 +151,7 @@ def build_tree(
     """
     _check_logprobs(draft_logprobs)
     n_rows, vocab = draft_logprobs.shape
-    if max_depth is None:
-        max_depth = n_rows
-    if budget < 1:
-        raise ValueError(f"budget {budget} must be >= 1 (it counts the root)")
-    if width < 1:
-        raise ValueError(f"width {width} must be >= 1")
-    if not 1 <= max_depth <= n_rows:
-        raise ValueError(f"max_depth {max_depth} must be in [1, D = {n_rows}]")
-    if root_token < 0:
-        raise ValueError(f"root_token {root_token} must be >= 0")
+    max_depth = _check_tree_args(root_token, budget, width, max_depth, n_rows)
     if torch.isnan(draft_logprobs).any():
         raise ValueError("draft_logprobs contains NaN")
     top = float(draft_logprobs.max())
@@ -172,16 +178,7 @@ def build_tree_from_top(
         raise ValueError(f"top_vals {tuple(top_vals.shape)} and top_ids {tuple(top_ids.shape)} must both be "
                          "[D, k] with k >= 1")
     n_rows = top_vals.shape[0]
-    if max_depth is None:
-        max_depth = n_rows
-    if budget < 1:
-        raise ValueError(f"budget {budget} must be >= 1 (it counts the root)")
-    if width < 1:
-        raise ValueError(f"width {width} must be >= 1")
-    if not 1 <= max_depth <= n_rows:
-        raise ValueError(f"max_depth {max_depth} must be in [1, D = {n_rows}]")
-    if root_token < 0:
-        raise ValueError(f"root_token {root_token} must be >= 0")
+    max_depth = _check_tree_args(root_token, budget, width, max_depth, n_rows)
     w = min(width, top_vals.shape[1])
     vals = top_vals[:max_depth, :w].float()
     if torch.isnan(vals).any():
