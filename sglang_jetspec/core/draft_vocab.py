@@ -67,10 +67,14 @@ class DraftVocab:
     def logprobs(self, hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Draft log-probs [..., vocab_size] (fp32) normalised over the subset, -inf elsewhere.
         hidden [..., d]; weight the target's lm_head [V(+pad), d]."""
-        sub = row_linear(hidden, self.lm_head_rows(weight)).float()  # [..., n]; see row_linear.py
         out = torch.full((*hidden.shape[:-1], vocab_size), float("-inf"), device=hidden.device)
-        out[..., self.ids_on(hidden.device)] = torch.log_softmax(sub, dim=-1)
+        out[..., self.ids_on(hidden.device)] = self.subset_logprobs(hidden, weight)
         return out
+
+    def subset_logprobs(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Draft log-probs over the subset only, [..., n] fp32 (column j scores token_ids[j])."""
+        sub = row_linear(hidden, self.lm_head_rows(weight)).float()  # see row_linear.py
+        return torch.log_softmax(sub, dim=-1)
 
     def ids_on(self, device) -> torch.Tensor:
         """token_ids on `device`, copied there once (no host-to-device copy per draft)."""

@@ -62,10 +62,10 @@ class Drafter:
             raise ValueError(f"k {k} must be >= 1")
         h = self._rows_hidden(anchors, anchor_pos, ctx_kv, ctx_valid, rows)
         if self.vocab is None:
-            lp = torch.log_softmax(row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float(), dim=-1)
+            lp = self._full_logprobs(h)
             vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
             return vals, ids
-        sub = torch.log_softmax(row_linear(h, self.vocab.lm_head_rows(self.lm_head_weight)).float(), dim=-1)
+        sub = self.vocab.subset_logprobs(h, self.lm_head_weight)
         vals, idx = sub.topk(min(k, sub.shape[-1]), dim=-1)
         return vals, self.vocab.ids_on(idx.device)[idx]
 
@@ -84,8 +84,11 @@ class Drafter:
         h = self._rows_hidden(anchors, anchor_pos, ctx_kv, ctx_valid, rows)
         if self.vocab is not None:  # -inf outside the draft vocabulary
             return self.vocab.logprobs(h, self.lm_head_weight, self.vocab_size)
-        logits = row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float()  # h is strided
-        return torch.log_softmax(logits, dim=-1)
+        return self._full_logprobs(h)
+
+    def _full_logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        """Log-probs over the target's whole vocabulary [..., V] fp32 (h may be strided)."""
+        return torch.log_softmax(row_linear(h, self.lm_head_weight)[..., : self.vocab_size].float(), dim=-1)
 
     def _rows_hidden(self, anchors, anchor_pos, ctx_kv, ctx_valid, rows: int | None) -> torch.Tensor:
         """The head's final hidden states of depth rows 1..rows, [b, rows, d] (a strided view)."""
