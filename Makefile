@@ -29,7 +29,7 @@ demo: venv
 
 test: venv
 	$(PY) -m launch.models path smollm2 >/dev/null
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=25 tests
 
 test-fast: venv
 	$(PY) -m pytest -q -ra -m "not slow" tests

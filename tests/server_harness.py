@@ -36,10 +36,12 @@ class Server:
                    XDG_CACHE_HOME=str(ROOT / "build" / "xdg-cache"),
                    TORCHINDUCTOR_CACHE_DIR=str(ROOT / "build" / "inductor"),
                    TRITON_CACHE_DIR=str(ROOT / "build" / "triton"), **extra_env)
+        # --sleep-on-idle: an idle SGLang scheduler otherwise spins a whole core; a module keeps
+        # up to four servers, so the idle ones used to take the CPU from the one under test
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model),
                "--device", "cpu", "--dtype", "float32", "--attention-backend", "torch_native",
                "--host", "127.0.0.1", "--port", str(self.port), "--max-total-tokens", "2048",
-               "--skip-server-warmup", *extra]
+               "--skip-server-warmup", "--sleep-on-idle", *extra]
         if "--max-running-requests" not in extra:
             cmd += ["--max-running-requests", "8"]
         self.log = log

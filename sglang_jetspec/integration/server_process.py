@@ -41,6 +41,8 @@ class ServerSpec:
                "--max-total-tokens", str(self.max_total_tokens)]
         if not torch.cuda.is_available():
             cmd += ["--device", "cpu", "--dtype", "float32", "--attention-backend", "torch_native"]
+            if "--sleep-on-idle" not in self.extra:  # an idle scheduler would spin a whole core
+                cmd.append("--sleep-on-idle")
         if self.head is not None:
             cmd += ["--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path", str(self.head)]
             for flag, value in (("--speculative-num-draft-tokens", self.budget),
