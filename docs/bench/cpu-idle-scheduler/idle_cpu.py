@@ -2,44 +2,59 @@
 
     python docs/bench/cpu-idle-scheduler/idle_cpu.py on|off     (from the repository root)
 
-Starts one plain SmolLM2 server through the tests' harness (which passes --sleep-on-idle; `off`
-strips the flag), waits until it is ready, then reads the scheduler process's cpu time across
-20 idle seconds.
+Starts one plain SmolLM2 server with the project's own launcher (LocalServer, which passes
+--sleep-on-idle on CPU; `off` removes the flag from its command), waits until it is ready, then
+reads the cpu time of that server's scheduler process across 20 idle seconds.
 """
+
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, "tests")
-import server_harness as H
+from sglang_jetspec.integration.server_process import LocalServer, ServerSpec
 from sglang_jetspec.model_store import model_path
 
-def sched_cpu():
-    """cpu seconds of every running SGLang scheduler process (ps truncates the name)."""
-    tot = 0.0
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm=,cputime="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        _pid, _ppid, comm, cpu = line.split(None, 3)
-        if comm.startswith("sglang::sched"):
-            h, m, s = cpu.strip().split(":")
-            tot += int(h) * 3600 + int(m) * 60 + int(s)
-    return tot
+FLAG = "--sleep-on-idle"
 
-model = model_path("smollm2")
-tmp = Path(tempfile.mkdtemp())
-flag = sys.argv[1]
-if flag == "off":  # drop the flag to compare
-    real_popen = subprocess.Popen
-    def popen(cmd, *a, **k):
-        if isinstance(cmd, list) and "--sleep-on-idle" in cmd:
-            cmd = [c for c in cmd if c != "--sleep-on-idle"]
-        return real_popen(cmd, *a, **k)
-    H.subprocess.Popen = popen
-s = H.Server(model, tmp / f"idle_{flag}.log")
-s.wait_ready(time.time() + 600)
-time.sleep(3)
-c0 = sched_cpu(); time.sleep(20); c1 = sched_cpu()
-print(f"--sleep-on-idle {flag}: idle scheduler used {c1 - c0:.0f} cpu-s in 20 s", flush=True)
-s.kill()
+
+class CommandWithout:
+    """A ServerSpec whose command leaves out one flag."""
+
+    def __init__(self, spec: ServerSpec, flag: str):
+        self.spec, self.flag = spec, flag
+
+    def command(self, port: int) -> list[str]:
+        return [c for c in self.spec.command(port) if c != self.flag]
+
+
+def scheduler_cpu_s(session_id: int) -> int:
+    """cpu seconds of the server's scheduler (ps shows it as `sglang::schedul`, truncated)."""
+    out = subprocess.run(["ps", "--sid", str(session_id), "-o", "comm=,cputime="],
+                         capture_output=True, text=True, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        comm, cpu = line.split()
+        if comm.startswith("sglang::sched"):
+            h, m, s = cpu.split(":")
+            total += int(h) * 3600 + int(m) * 60 + int(s)
+    return total
+
+
+def main(mode: str) -> None:
+    if mode not in ("on", "off"):
+        raise SystemExit(f"usage: idle_cpu.py on|off (got {mode!r})")
+    spec = ServerSpec(str(model_path("smollm2")))
+    server = LocalServer(spec if mode == "on" else CommandWithout(spec, FLAG)).start()
+    try:
+        server.wait_ready()
+        time.sleep(3)
+        before = scheduler_cpu_s(server.proc.pid)  # the server runs in its own session
+        time.sleep(20)
+        used = scheduler_cpu_s(server.proc.pid) - before
+        print(f"{FLAG} {mode}: idle scheduler used {used} cpu-s in 20 s", flush=True)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
