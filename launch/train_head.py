@@ -50,6 +50,17 @@ def check_shape_flags(args, folder: str, why: str, causal: bool | None = None) -
                          + (" (add --bidirectional)" if not cfg.causal_head else " (drop --bidirectional)"))
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N, two integers such as 0/2") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: K/N needs 0 <= K < N")
+    return k, n
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m launch.train_head", description=__doc__)
     p.add_argument("--model", default=None, help="target Hugging Face folder (default: embedded SmolLM2)")
@@ -112,6 +123,9 @@ def parse_args(argv=None):
                    help="keep the target's features and top-k teacher per training sequence in DIR "
                         "(built once, missing entries first; then no target pass per step)")
     p.add_argument("--cache-only", action="store_true", help="build --feature-cache and exit")
+    p.add_argument("--cache-shard", type=parse_shard, default=None, metavar="K/N",
+                   help="with --cache-only: build only every N-th training sequence starting at K (0-based), "
+                        "so N processes can fill one cache folder side by side")
     p.add_argument("--teacher-topk", type=int, default=None,
                    help="top-k teacher + rest bucket (default: exact full distribution; 32 with a cache)")
     p.add_argument("--loss-vocab", type=int, default=None,
@@ -163,7 +177,8 @@ def open_feature_cache(args, hf, target, train_seqs, layer_ids, info):
                               str(hf.model_dir))
     topk = cache.topk
     if info.is_main:
-        added = build_missing(cache, target, train_seqs, progress=not args.no_progress)
+        k, n = args.cache_shard or (0, 1)
+        added = build_missing(cache, target, train_seqs[k::n], progress=not args.no_progress)
         print(f"[feature cache] {args.feature_cache}: {added} sequences added, {len(cache)} cached "
               f"(taps {layer_ids}, teacher top-{topk})")
     dist_util.barrier(info)
@@ -191,6 +206,9 @@ def main(argv=None) -> None:
     outs = [args.out] + ([args.also_bidirectional] if args.also_bidirectional else [])
     if args.also_bidirectional and args.bidirectional:
         raise SystemExit("--also-bidirectional trains the bidirectional twin of a causal head; drop --bidirectional")
+    if args.cache_shard and not (args.cache_only and args.feature_cache):
+        raise SystemExit(f"--cache-shard {args.cache_shard[0]}/{args.cache_shard[1]} builds part of a cache; "
+                         "it needs --feature-cache DIR and --cache-only (training needs every sequence)")
     if args.mlp_size is not None and args.mlp_size < 1:
         raise SystemExit(f"--mlp-size {args.mlp_size}: the head's MLP width must be a positive integer")
     if args.mlp_size is not None and args.init_head:

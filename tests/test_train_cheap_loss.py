@@ -147,6 +147,47 @@ def test_train_command_line_builds_and_uses_the_cache(tiny_model_dir, tiny_data,
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
 
 
+def test_cache_shards_fill_one_folder_side_by_side(tiny_model_dir, tiny_data, tmp_path, capsys):
+    """--cache-shard K/N builds every N-th sequence; N builders write one folder without clashing
+    chunk names, and together they leave nothing for training to add."""
+    from launch.train_head import main as train_main
+
+    data, _ = tiny_data
+    cache = tmp_path / "fcache"
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--num-layers", "1", "--block-size", "4",
+              "--anchors-per-seq", "4", "--val-percent", "40", "--val-seqs", "2", "--val-anchors", "4",
+              "--no-progress", "--threads", "1", "--eval-every", "0", "--feature-cache", str(cache)]
+    added = []
+    for k in (0, 1):
+        train_main(common + ["--out", str(tmp_path / "a"), "--cache-only", "--cache-shard", f"{k}/2"])
+        added.append(int(capsys.readouterr().out.split("[feature cache]")[1].split(":")[1].split()[0]))
+    assert min(added) >= 1  # each shard built its own part
+    assert len(set(p.name for p in cache.glob("chunk_*.pt"))) == 2  # the second builder did not overwrite
+    train_main(common + ["--out", str(tmp_path / "b"), "--steps", "1", "--loss-vocab", "64", "--teacher-topk", "8"])
+    assert f"0 sequences added, {sum(added)} cached" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--cache-shard", "2/2", "--cache-only"], "0 <= K < N"),
+    (["--cache-shard", "x", "--cache-only"], "expected K/N"),
+])
+def test_cache_shard_values_are_checked(bad, message, tmp_path, capsys):
+    from launch.train_head import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--feature-cache", str(tmp_path)] + bad)
+    assert message in capsys.readouterr().err
+
+
+def test_cache_shard_without_cache_only_is_refused(tiny_model_dir, tiny_data, tmp_path):
+    from launch.train_head import main as train_main
+
+    data, _ = tiny_data
+    with pytest.raises(SystemExit, match="--cache-shard 0/2 builds part of a cache"):
+        train_main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o"),
+                    "--feature-cache", str(tmp_path / "c"), "--cache-shard", "0/2"])
+
+
 # ---- initialisation -------------------------------------------------------------------------
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ of a training step, and it is the same every epoch. The cache holds, per trainin
     kept, not their projection), computed in fp32 exactly as the reference decoder does;
   - a compact teacher: the top-k token ids and log-probs of rows prompt_len .. T-2 (the rows a
     block can be graded against: anchors start at prompt_len, slot i >= 1 uses row a + i - 1).
-Files: chunk_NNNNN.pt (torch.save dicts, loaded memory-mapped) and cache_meta.json. Sequences
+Files: chunk_NNNNN_<first key>.pt (torch.save dicts, loaded memory-mapped) and cache_meta.json. Sequences
 are keyed by a hash of their token ids, so the cache survives a reordering or growth of the data;
 a cache is only valid for one target, one tap list and one k (checked, see `open`).
 """
@@ -139,7 +139,8 @@ def build_missing(cache: FeatureCache, target, seqs, chunk_size: int = 128, prog
         chunk = {"keys": [k for k, _ in part], "feats": torch.cat(feats), "feat_off": torch.tensor(foff),
                  "top_ids": torch.cat(ids), "top_lp": torch.cat(lps), "row_off": torch.tensor(roff),
                  "first_row": torch.tensor(first)}
-        path = os.path.join(cache.folder, f"chunk_{n_existing + start // chunk_size:05d}.pt")
+        # the first key in the name keeps chunks of builders running side by side (--cache-shard) apart
+        path = os.path.join(cache.folder, f"chunk_{n_existing + start // chunk_size:05d}_{part[0][0][:12]}.pt")
         torch.save(chunk, path + ".tmp")
         os.replace(path + ".tmp", path)
     bar.close()
