@@ -2,6 +2,8 @@
 per node budget and prompt file, through the greedy reference decoder:
 ``python -m launch.eval_head --head DIR --prompts FILE [FILE...] [--budgets 8,16,32,64]``.
 With ``--compare-head DIR`` (e.g. the bidirectional baseline) the two heads side by side.
+With ``--heldout-data REGEN_DIR`` also the teacher-forced accuracy per block depth on held-out
+answers of the target (the trainer's own split), the cheap number that tracks training.
 """
 
 import argparse
@@ -27,6 +29,12 @@ def parse_args(argv=None):
     p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
                    help="draft over each head folder's draft_vocab.safetensors when it has one (off: the whole "
                         "vocabulary)")
+    p.add_argument("--heldout-data", default=None, metavar="REGEN_DIR",
+                   help="also print per-depth accuracy on the held-out answers of this regenerated data "
+                        "(split by prompt hash as launch.train_head splits it)")
+    p.add_argument("--val-percent", type=float, default=3.0, help="the split's held-out share (as in training)")
+    p.add_argument("--heldout-seqs", type=int, default=48, help="held-out answers scored")
+    p.add_argument("--heldout-anchors", type=int, default=32, help="random anchors per held-out answer")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     return p.parse_args(argv)
@@ -57,6 +65,16 @@ def format_table(results: dict, budgets: list[int]) -> str:
     return "\n".join(lines)
 
 
+def depth_line(label: str, hf_target, head, seqs, anchors: int, depths: int = 6) -> str:
+    """One line: the head's teacher-forced argmax accuracy at block depths 1..`depths`."""
+    from sglang_jetspec.train.evaluate import depth_metrics
+    from sglang_jetspec.train.teacher import FrozenTarget
+
+    m = depth_metrics(FrozenTarget(hf_target.model), head, seqs, anchors)
+    accs = " ".join(f"d{i + 1} {a:.1%}" for i, a in enumerate(m.accuracy[:depths]))
+    return f"{label} held-out accuracy per depth ({len(seqs)} answers x {anchors} anchors, {m.slots} slots): {accs}"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
@@ -73,7 +91,14 @@ def main(argv=None) -> None:
         stem = os.path.basename(f).removesuffix(".jsonl")
         prompts[stem] = encode_prompts(target.tokenizer, read_prompts(f)[: args.num_prompts])
     folders = [args.head] + ([args.compare_head] if args.compare_head else [])
-    results = {}
+    heldout = None
+    if args.heldout_data:
+        from sglang_jetspec.train.dataset import load_sequences, split_validation
+
+        _, heldout = split_validation(load_sequences([args.heldout_data]), args.val_percent, args.heldout_seqs)
+        if not heldout:
+            raise SystemExit(f"--heldout-data {args.heldout_data}: no held-out answers at --val-percent {args.val_percent}")
+    results, depth_lines = {}, []
     for folder in folders:
         head = load_head(folder, device=str(target.device), dtype=target.dtype,
                          draft_vocab=args.draft_vocab == "on")
@@ -81,6 +106,9 @@ def main(argv=None) -> None:
         if label in results:
             label += "#2"
         results[label] = {}
+        if heldout is not None:
+            depth_lines.append(depth_line(label, target, head, heldout, args.heldout_anchors))
+            print(depth_lines[-1], flush=True)
         for stem, ids in prompts.items():
             results[label][stem] = {}
             for b in args.budgets:
@@ -90,6 +118,8 @@ def main(argv=None) -> None:
                       f"({rep.tokens} tokens / {rep.rounds} rounds)", flush=True)
     print()
     print(format_table(results, args.budgets))
+    if depth_lines:
+        print("\n".join([""] + depth_lines))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -344,9 +344,13 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
 
     eval_main(["--head", str(tmp_path / "causal"), "--compare-head", str(tmp_path / "bidir"),
                "--model", str(tiny_model_dir), "--prompts", str(prompts), "--budgets", "1,6",
-               "--max-new-tokens", "6", "--num-prompts", "1", "--threads", "1"])
+               "--max-new-tokens", "6", "--num-prompts", "1", "--threads", "1",
+               "--heldout-data", str(data), "--val-percent", "40", "--heldout-seqs", "2", "--heldout-anchors", "4"])
     out = capsys.readouterr().out
     assert "causal:causal @6" in out and "bidirectional:bidir @6" in out and "ratio @6" in out
+    for label in ("causal:causal", "bidirectional:bidir"):  # per-depth accuracy on the trainer's held-out split
+        line = [x for x in out.splitlines() if x.startswith(f"{label} held-out accuracy per depth (2 answers x 4 anchors")]
+        assert line and " d1 " in line[-1] and line[-1].endswith("%")
     row = [line for line in out.splitlines() if line.startswith("heldout")][0]
     assert row.split("|")[1].strip() == "1.000"  # budget 1 = plain decoding: exactly 1 token per forward
 
