@@ -93,9 +93,11 @@ def main(argv=None) -> None:
     folders = [args.head] + ([args.compare_head] if args.compare_head else [])
     heldout = None
     if args.heldout_data:
-        from sglang_jetspec.train.dataset import load_sequences, split_validation
+        from sglang_jetspec.train.dataset import DEFAULT_MAX_LEN, load_sequences, split_validation
 
-        _, heldout = split_validation(load_sequences([args.heldout_data]), args.val_percent, args.heldout_seqs)
+        # cut and split exactly as launch.train_head does by default, so these are its held-out answers
+        seqs = load_sequences([args.heldout_data], DEFAULT_MAX_LEN)
+        _, heldout = split_validation(seqs, args.val_percent, args.heldout_seqs)
         if not heldout:
             raise SystemExit(f"--heldout-data {args.heldout_data}: no held-out answers at --val-percent {args.val_percent}")
     results, depth_lines = {}, []

@@ -13,7 +13,7 @@ from sglang_jetspec.core.head import DraftHead
 from sglang_jetspec.core.head_config import HeadConfig
 from sglang_jetspec.train import distributed as dist_util
 from sglang_jetspec.train.checkpointing import has_training_state
-from sglang_jetspec.train.dataset import load_sequences, split_validation
+from sglang_jetspec.train.dataset import DEFAULT_MAX_LEN, load_sequences, split_validation
 from sglang_jetspec.train.evaluate import depth_metrics, mean_accepted_length
 from sglang_jetspec.train.head_init import build_head
 from sglang_jetspec.train.ngram import NgramTable
@@ -109,7 +109,7 @@ def parse_args(argv=None):
     p.add_argument("--anchors-per-seq", type=int, default=64)
     p.add_argument("--seqs-per-step", type=int, default=1)
     p.add_argument("--gamma", type=float, default=0.0, help="depth weight exp(-(i-1)/gamma); 0 = uniform")
-    p.add_argument("--max-len", type=int, default=1024, help="cut sequences to this many tokens")
+    p.add_argument("--max-len", type=int, default=DEFAULT_MAX_LEN, help="cut sequences to this many tokens")
     p.add_argument("--val-percent", type=float, default=3.0, help="share of the data held out (by prompt hash)")
     p.add_argument("--val-seqs", type=int, default=16, help="held-out answers scored at each evaluation")
     p.add_argument("--val-anchors", type=int, default=32)

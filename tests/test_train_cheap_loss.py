@@ -128,14 +128,19 @@ def test_feature_cache_reproduces_the_online_teacher(model, tmp_path):
 from test_train import tiny_data, tiny_model_dir  # noqa: E402,F401  (fixtures)
 
 
+def _cache_cli(model_dir, data, cache) -> list[str]:
+    """launch.train_head flags of a one-layer head on the tiny model and data, with a feature cache."""
+    return ["--model", str(model_dir), "--data", str(data), "--num-layers", "1", "--block-size", "4",
+            "--anchors-per-seq", "4", "--val-percent", "40", "--val-seqs", "2", "--val-anchors", "4",
+            "--no-progress", "--threads", "1", "--eval-every", "0", "--feature-cache", str(cache)]
+
+
 def test_train_command_line_builds_and_uses_the_cache(tiny_model_dir, tiny_data, tmp_path, capsys):
     from launch.train_head import main as train_main
 
     data, _ = tiny_data
     cache = tmp_path / "fcache"
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--num-layers", "1", "--block-size", "4",
-              "--anchors-per-seq", "4", "--val-percent", "40", "--val-seqs", "2", "--val-anchors", "4",
-              "--no-progress", "--threads", "1", "--eval-every", "0", "--feature-cache", str(cache)]
+    common = _cache_cli(tiny_model_dir, data, cache)
     train_main(common + ["--out", str(tmp_path / "a"), "--cache-only"])
     first = capsys.readouterr().out
     assert "sequences added" in first and not (tmp_path / "a" / "trainer_state.pt").exists()
@@ -154,9 +159,7 @@ def test_cache_shards_fill_one_folder_side_by_side(tiny_model_dir, tiny_data, tm
 
     data, _ = tiny_data
     cache = tmp_path / "fcache"
-    common = ["--model", str(tiny_model_dir), "--data", str(data), "--num-layers", "1", "--block-size", "4",
-              "--anchors-per-seq", "4", "--val-percent", "40", "--val-seqs", "2", "--val-anchors", "4",
-              "--no-progress", "--threads", "1", "--eval-every", "0", "--feature-cache", str(cache)]
+    common = _cache_cli(tiny_model_dir, data, cache)
     added = []
     for k in (0, 1):
         train_main(common + ["--out", str(tmp_path / "a"), "--cache-only", "--cache-shard", f"{k}/2"])

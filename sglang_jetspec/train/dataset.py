@@ -29,6 +29,9 @@ class TrainSequence:
         return max(0, len(self.ids) - 1 - self.prompt_len)
 
 
+DEFAULT_MAX_LEN = 1024  # tokens a training sequence is cut to (launch.train_head --max-len)
+
+
 def load_sequences(dirs: list[str | Path], max_len: int | None = None) -> list[TrainSequence]:
     """Every complete record of the regenerated shard folders, in order.
 
