@@ -12,7 +12,10 @@
 #   4. exports both heads in bf16 and packs the regenerated answers into OUT_DIR.
 # Knobs (environment): DEVICE (cuda), REGEN_BATCH (512), REGEN_LIMIT (all prompts), REGEN_SECONDS
 # (no limit; the answers written before it stop are kept and used),
-# TRAIN_MINUTES (4), TRAIN_STEPS (upper bound, 4000), SEQS_PER_STEP (16), ANCHORS (64), LR (1e-3).
+# TRAIN_MINUTES (4), TRAIN_STEPS (upper bound, 4000), SEQS_PER_STEP (16), ANCHORS (64), LR (1e-3),
+# INIT_HEAD + INIT_TWIN (continue an existing causal/bidirectional pair instead of starting
+# fresh; for the shipped pair: INIT_HEAD=models/smollm2-135m-jetspec
+# INIT_TWIN=models/smollm2-135m-jetspec-bidir, with a lower LR such as 4e-4).
 set -euo pipefail
 out=${1:?usage: launch/gpu_train_heads.sh OUT_DIR}
 mkdir -p "$out"
@@ -43,8 +46,13 @@ regen_timeout=()
 stamp "regeneration done"
 
 rm -rf "$work/causal" "$work/bidirectional"
+init=()
+if [ -n "${INIT_HEAD:-}${INIT_TWIN:-}" ]; then
+  init=(--init-head "${INIT_HEAD:?INIT_TWIN needs INIT_HEAD}" --init-twin "${INIT_TWIN:?INIT_HEAD needs INIT_TWIN}")
+  stamp "continuing the pair $INIT_HEAD / $INIT_TWIN"
+fi
 $py -m launch.train_head --model "$model" --data "$work/regen" --out "$work/causal" \
-  --also-bidirectional "$work/bidirectional" --num-layers 2 --block-size 16 \
+  --also-bidirectional "$work/bidirectional" "${init[@]}" --num-layers 2 --block-size 16 \
   --steps "${TRAIN_STEPS:-4000}" --time-budget-min "${TRAIN_MINUTES:-4}" \
   --seqs-per-step "${SEQS_PER_STEP:-16}" --anchors-per-seq "${ANCHORS:-64}" --lr "${LR:-1e-3}" \
   --gamma 0 --val-seqs 32 --eval-every "${EVAL_EVERY:-200}" --seed 0 --no-progress

@@ -50,6 +50,26 @@ def check_shape_flags(args, folder: str, why: str, causal: bool | None = None) -
                          + (" (add --bidirectional)" if not cfg.causal_head else " (drop --bidirectional)"))
 
 
+def check_twin_start(args, resume: bool) -> None:
+    """--init-head with --also-bidirectional continues a pair: the twin needs its own start
+    (--init-twin, a bidirectional head of the same shapes), refused at startup otherwise."""
+    if args.init_twin and not args.also_bidirectional:
+        raise SystemExit(f"--init-twin {args.init_twin} starts the bidirectional twin; add --also-bidirectional DIR")
+    if resume or not args.also_bidirectional or not (args.init_head or args.init_twin):
+        return
+    if not (args.init_head and args.init_twin):
+        raise SystemExit("--also-bidirectional with a started head needs both starts: --init-head DIR (causal) "
+                         "and --init-twin DIR (bidirectional), so the pair stays trained identically")
+    check_shape_flags(args, args.init_twin, "is the --init-twin", causal=False)
+    pair = [HeadConfig.load(args.init_head).to_dict(), HeadConfig.load(args.init_twin).to_dict()]
+    for cfg in pair:
+        cfg["dflash_config"] = {k: v for k, v in cfg["dflash_config"].items() if k != "causal_head"}
+    differ = sorted(k for k in set(pair[0]) | set(pair[1]) if pair[0].get(k) != pair[1].get(k))
+    if differ:
+        raise SystemExit(f"--init-twin {args.init_twin} and --init-head {args.init_head} differ in {', '.join(differ)}; "
+                         "a twin has its causal head's config but for the in-block mask")
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'K/N' -> (K, N) with 0 <= K < N."""
     try:
@@ -101,6 +121,9 @@ def parse_args(argv=None):
     p.add_argument("--also-bidirectional", metavar="DIR", default=None,
                    help="also train a bidirectional head (the DFlash baseline) into DIR in lockstep: "
                         "same data, batches, anchors, steps and hyperparameters, one shared target pass")
+    p.add_argument("--init-twin", default=None, metavar="DIR",
+                   help="with --also-bidirectional and --init-head: start the twin from this bidirectional "
+                        "head folder (the continuation of an existing causal/bidirectional pair)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=None, help="default: min(50, steps // 10)")
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
@@ -222,6 +245,7 @@ def main(argv=None) -> None:
             check_shape_flags(args, out, "is resumed", causal=(not args.bidirectional) if out == args.out else False)
     if args.init_head and not resume:
         check_shape_flags(args, args.init_head, "is the --init-head")
+    check_twin_start(args, resume)
 
     hf = HFTarget(resolve_model(args.model), device=str(device))
     target = FrozenTarget(hf.model, memo=2 * args.seqs_per_step if args.also_bidirectional else 0)
@@ -237,15 +261,15 @@ def main(argv=None) -> None:
             print(f"[init] no recency init: the target has {hf.model.config.num_key_value_heads} kv head(s), "
                   "the init needs 2 groups")
 
-    def new_head(out, causal):
+    def new_head(out, causal, init):
         if resume:
             return DraftHead(HeadConfig.load(out)).to(device)
-        if args.init_head:
+        if init:
             from sglang_jetspec.core.checkpoint import load_head
 
-            start = load_head(args.init_head)
+            start = load_head(init)
             if start.config.causal_head != causal:
-                raise SystemExit(f"--init-head {args.init_head} is a {'causal' if start.config.causal_head else 'bidirectional'}"
+                raise SystemExit(f"{init} is a {'causal' if start.config.causal_head else 'bidirectional'}"
                                  f" head; this run trains a {'causal' if causal else 'bidirectional'} one")
             return start.train().to(device)
         return build_head(hf.model, args.num_layers or DEFAULT_NUM_LAYERS, args.block_size or DEFAULT_BLOCK_SIZE,
@@ -255,7 +279,7 @@ def main(argv=None) -> None:
                           recency_init=recency_init, calib_ids=train_seqs[0].ids.to(device),
                           qk_scale_init=args.qk_scale_init, intermediate_size=args.mlp_size).to(device)
 
-    head = new_head(args.out, not args.bidirectional)
+    head = new_head(args.out, not args.bidirectional, args.init_head)
     head.config.check_target(target.hidden_size, target.num_layers, target.vocab_size)
     cache = None
     if args.feature_cache:
@@ -280,7 +304,7 @@ def main(argv=None) -> None:
     if resume:
         print(f"resuming {args.out} at step {trainer.resume()} (head config from the checkpoint)")
     if args.also_bidirectional:
-        twin = Trainer(make_cfg(), target, new_head(args.also_bidirectional, False), train_seqs,
+        twin = Trainer(make_cfg(), target, new_head(args.also_bidirectional, False, args.init_twin), train_seqs,
                        args.also_bidirectional, info, evaluator, progress=False, feature_cache=cache)
         if resume:
             twin.resume()

@@ -380,3 +380,36 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
     assert all(r.split("|")[6].strip().startswith("2/2") for r in rows)  # greedy: every output = ar's
     with pytest.raises(SystemExit, match="no draft_vocab.safetensors"):
         wall_main(["--head", str(tmp_path / "bidir"), "--model", str(tiny_model_dir), "--prompts", str(prompts)])
+
+
+def test_continue_a_causal_bidirectional_pair(tiny_model_dir, tiny_data, tmp_path):
+    """--init-head + --init-twin: each head of an existing pair continues from its OWN weights in
+    lockstep; a started pair missing one start, or a twin start that is not bidirectional, is
+    refused before the target loads."""
+    from launch.train_head import main as train_main
+
+    data, _ = tiny_data
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--anchors-per-seq", "4", "--val-percent", "40",
+              "--val-seqs", "2", "--eval-every", "0", "--no-progress", "--threads", "1"]
+    shapes = ["--num-layers", "1", "--block-size", "4"]
+    causal, bidir = str(tmp_path / "causal"), str(tmp_path / "bidir")
+    train_main(common + shapes + ["--out", causal, "--steps", "2", "--seed", "1"])
+    train_main(common + shapes + ["--out", bidir, "--steps", "1", "--seed", "2", "--bidirectional"])
+    pair = ["--out", str(tmp_path / "c2"), "--also-bidirectional", str(tmp_path / "b2"), "--steps", "1"]
+    train_main(common + pair + ["--init-head", causal, "--init-twin", bidir, "--lr", "1e-12"])
+
+    def same(a, b):
+        a, b = load_head(a).state_dict(), load_head(b).state_dict()
+        return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+
+    assert not same(causal, bidir)  # two different starts...
+    assert same(causal, str(tmp_path / "c2")) and same(bidir, str(tmp_path / "b2"))  # ...each kept (lr ~0)
+    assert load_head(str(tmp_path / "b2")).config.causal_head is False
+    other = ["--out", str(tmp_path / "c3"), "--steps", "1"]
+    for extra, match in [(["--also-bidirectional", str(tmp_path / "b3"), "--init-head", causal], "needs both starts"),
+                         (["--init-head", causal, "--init-twin", bidir], "add --also-bidirectional"),
+                         (["--also-bidirectional", str(tmp_path / "b3"), "--init-head", causal, "--init-twin", causal],
+                          "holds a causal head")]:
+        with pytest.raises(SystemExit, match=match):
+            train_main(common + other + extra)
+    assert not (tmp_path / "c3").exists() and not (tmp_path / "b3").exists()
