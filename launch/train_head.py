@@ -244,7 +244,7 @@ def main(argv=None) -> None:
         if resume:
             check_shape_flags(args, out, "is resumed", causal=(not args.bidirectional) if out == args.out else False)
     if args.init_head and not resume:
-        check_shape_flags(args, args.init_head, "is the --init-head")
+        check_shape_flags(args, args.init_head, "is the --init-head", causal=not args.bidirectional)
     check_twin_start(args, resume)
 
     hf = HFTarget(resolve_model(args.model), device=str(device))
@@ -267,11 +267,7 @@ def main(argv=None) -> None:
         if init:
             from sglang_jetspec.core.checkpoint import load_head
 
-            start = load_head(init)
-            if start.config.causal_head != causal:
-                raise SystemExit(f"{init} is a {'causal' if start.config.causal_head else 'bidirectional'}"
-                                 f" head; this run trains a {'causal' if causal else 'bidirectional'} one")
-            return start.train().to(device)
+            return load_head(init).train().to(device)  # its mask was checked at startup
         return build_head(hf.model, args.num_layers or DEFAULT_NUM_LAYERS, args.block_size or DEFAULT_BLOCK_SIZE,
                           causal=causal,
                           mask_token_id=default_mask_token_id(hf.tokenizer), init_from_target=args.init_from_target,

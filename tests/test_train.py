@@ -384,8 +384,10 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
 
 def test_continue_a_causal_bidirectional_pair(tiny_model_dir, tiny_data, tmp_path):
     """--init-head + --init-twin: each head of an existing pair continues from its OWN weights in
-    lockstep; a started pair missing one start, or a twin start that is not bidirectional, is
-    refused before the target loads."""
+    lockstep; a start of the wrong mask, a started pair missing one start, or a twin start whose
+    config is not the causal head's is refused before the target loads."""
+    import shutil
+
     from launch.train_head import main as train_main
 
     data, _ = tiny_data
@@ -406,7 +408,14 @@ def test_continue_a_causal_bidirectional_pair(tiny_model_dir, tiny_data, tmp_pat
     assert same(causal, str(tmp_path / "c2")) and same(bidir, str(tmp_path / "b2"))  # ...each kept (lr ~0)
     assert load_head(str(tmp_path / "b2")).config.causal_head is False
     other = ["--out", str(tmp_path / "c3"), "--steps", "1"]
+    wider = tmp_path / "bidir_block5"  # a bidirectional start whose config is not the causal one's
+    shutil.copytree(bidir, wider)
+    cfg = json.loads((wider / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps({**cfg, "block_size": 5}))
     for extra, match in [(["--also-bidirectional", str(tmp_path / "b3"), "--init-head", causal], "needs both starts"),
+                         (["--init-head", bidir], "is the --init-head and holds a bidirectional head"),
+                         (["--also-bidirectional", str(tmp_path / "b3"), "--init-head", causal, "--init-twin", str(wider)],
+                          "differ in block_size"),
                          (["--init-head", causal, "--init-twin", bidir], "add --also-bidirectional"),
                          (["--also-bidirectional", str(tmp_path / "b3"), "--init-head", causal, "--init-twin", causal],
                           "holds a causal head")]:
