@@ -4,24 +4,19 @@ a matmul with a pre-transposed copy. Median ms of 15 calls.
     python docs/bench/cpu-smollm2-probes/lm_head_layout.py THREADS
 """
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+
+from sglang_jetspec.reference.round_cost import _median_ms  # warm-up call, then the median
 
 torch.set_num_threads(int(sys.argv[1]))
 W = torch.randn(49152, 576)
 Wt = W.t().contiguous()
 
 
-def median_ms(fn, r=15):
-    fn()
-    ts = []
-    for _ in range(r):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[r // 2] * 1e3
+def median_ms(fn):
+    return _median_ms(fn, repeats=15)
 
 
 for m in (1, 4, 8):
