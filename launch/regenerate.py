@@ -23,6 +23,8 @@ def main(argv=None) -> None:
     parser.add_argument("--backend", choices=("auto", "hf", "sglang"), default="auto",
                         help="auto: sglang on a CUDA machine where it is installed, else transformers")
     parser.add_argument("--device", default=None, help="device of the transformers backend (default: cuda if present)")
+    parser.add_argument("--skip-answered", nargs="+", default=[], metavar="DIR",
+                        help="answer folders whose prompts count as done (extend a published set into a new --out)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -30,7 +32,7 @@ def main(argv=None) -> None:
     generator = load_generator(args.model, args.backend, args.device)
     try:
         stats = regenerate(generator, args.prompts, args.out, args.max_new_tokens, args.batch_size, args.limit,
-                           args.shard_size, model_name=Path(args.model).name)
+                           args.shard_size, model_name=Path(args.model).name, skip_answered=args.skip_answered)
     finally:
         generator.close()
     print(f"listed {stats.listed}, already done {stats.skipped}, answered {stats.answered} "

@@ -86,6 +86,23 @@ def test_resume_refuses_other_max_new_tokens(resumed_run, generator):
         regenerate(generator, [], resumed_run[0], max_new_tokens=4, progress=False)
 
 
+def test_skip_answered_extends_a_set_into_a_new_folder(resumed_run, generator, tmp_path):
+    published, *_ = resumed_run  # holds answers to all of PROMPTS, made with max_new_tokens=NEW
+    files = [_write_prompts(tmp_path / "more.jsonl", PROMPTS + ["Say hello."])]
+    out = tmp_path / "extra"
+    stats = regenerate(generator, files, out, max_new_tokens=NEW, batch_size=2, progress=False,
+                       skip_answered=[published])
+    assert (stats.listed, stats.skipped, stats.answered) == (4, 3, 1)
+    assert [r["prompt"] for r in read_records(out)] == ["Say hello."]
+    assert [r["prompt"] for r in read_records(published)] == PROMPTS, "the published folder changed"
+    with pytest.raises(ValueError, match="max_new_tokens=8.*max_new_tokens=4"):  # refused before writing
+        regenerate(generator, files, tmp_path / "other", max_new_tokens=4, progress=False,
+                   skip_answered=[published])
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="expected a regenerated answer folder"):
+        regenerate(generator, files, out, max_new_tokens=NEW, progress=False, skip_answered=[tmp_path / "nope"])
+
+
 def test_cli_runs_and_resumes(smollm2_dir, tmp_path, capsys):
     from launch.regenerate import main
 

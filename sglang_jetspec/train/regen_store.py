@@ -68,6 +68,22 @@ def check_meta(out_dir: str | Path, meta: dict) -> None:
     path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
+def check_other_answers(other_dir: str | Path, meta: dict) -> None:
+    """An answer folder whose prompts a run may skip (``--skip-answered``): it must exist, hold
+    shards, and have been made with the same model and max_new_tokens (else the prompts it skips
+    would be answered differently from the ones this run writes)."""
+    other = Path(other_dir)
+    path = other / "meta.json"
+    if not path.is_file() or not shard_paths(other):
+        raise ValueError(f"--skip-answered {other_dir}: expected a regenerated answer folder (meta.json + "
+                         f"shard_*.jsonl), found none")
+    old = json.loads(path.read_text())
+    for key in ("model", "max_new_tokens", "chat_template"):
+        if old.get(key) != meta.get(key):
+            raise ValueError(f"--skip-answered {other_dir}: its answers used {key}={old.get(key)!r}, "
+                             f"this run {key}={meta.get(key)!r}; expected the same")
+
+
 class ShardWriter:
     """Appends records to fresh shards of at most ``shard_size`` lines, durable after each ``write``."""
 

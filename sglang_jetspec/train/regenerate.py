@@ -4,7 +4,8 @@ The paper trains on the target's own answers, not on the corpus' answers (heads 
 data are far weaker), so every prompt is answered by the target and stored with its token ids.
 Prompts from several files are interleaved round-robin so that a run stopped early still holds
 data from every file. ``limit`` caps the work LIST (its first N prompts), not the new answers,
-so ``limit=2`` then no limit answers prompts 0-1, then 2.. without redoing 0-1.
+so ``limit=2`` then no limit answers prompts 0-1, then 2.. without redoing 0-1. ``skip_answered``
+folders extend a published answer set into a new folder: their prompts count as done here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
-from sglang_jetspec.train.regen_store import ShardWriter, check_meta, done_prompts
+from sglang_jetspec.train.regen_store import ShardWriter, check_meta, check_other_answers, done_prompts
 
 
 @dataclass
@@ -57,7 +58,8 @@ def interleave(files: list[str | Path]) -> list[WorkItem]:
 
 def regenerate(generator, prompt_files: list[str | Path], out_dir: str | Path, max_new_tokens: int = 160,
                batch_size: int = 16, limit: int | None = None, shard_size: int = 1000,
-               model_name: str = "", progress: bool = True) -> RegenStats:
+               model_name: str = "", progress: bool = True,
+               skip_answered: list[str | Path] = ()) -> RegenStats:
     """Answer every not-yet-answered prompt of ``prompt_files`` into shards under ``out_dir``.
 
     ``generator`` is an ``HFGenerator`` or ``SGLangGenerator`` (``regen_backends``).
@@ -66,9 +68,14 @@ def regenerate(generator, prompt_files: list[str | Path], out_dir: str | Path, m
         raise ValueError(f"max_new_tokens {max_new_tokens} and batch_size {batch_size} must be >= 1")
     if limit is not None and limit < 0:
         raise ValueError(f"limit {limit} must be >= 0")
-    check_meta(out_dir, {"model": model_name, "max_new_tokens": max_new_tokens, "chat_template": True})
+    meta = {"model": model_name, "max_new_tokens": max_new_tokens, "chat_template": True}
+    for other in skip_answered:  # checked before anything is written
+        check_other_answers(other, meta)
+    check_meta(out_dir, meta)
     work = interleave(prompt_files)[:limit]
     done = done_prompts(out_dir)
+    for other in skip_answered:
+        done |= done_prompts(other)
     todo = [w for w in work if w.prompt not in done]
 
     start = time.perf_counter()
@@ -90,7 +97,7 @@ def regenerate(generator, prompt_files: list[str | Path], out_dir: str | Path, m
             bar.update(len(items))
             bar.set_postfix(tok_s=f"{tokens / elapsed:.1f}", batch_s=f"{time.perf_counter() - t0:.1f}")
             if progress:
-                tqdm.write(f"[regen] {len(done) + answered}/{len(work)} answered; batch of {len(items)}: "
+                tqdm.write(f"[regen] {len(work) - len(todo) + answered}/{len(work)} answered; batch of {len(items)}: "
                            f"{new_tokens} tokens in {time.perf_counter() - t0:.1f}s; run: "
                            f"{60 * answered / elapsed:.1f} answers/min, {tokens / elapsed:.1f} tok/s")
     bar.close()
