@@ -15,3 +15,17 @@ def test_cpu_servers_sleep_when_idle_and_the_flag_is_never_doubled():
     assert asked.count("--sleep-on-idle") == 1
     assert asked[asked.index("--speculative-num-draft-tokens") + 1] == "8"
     assert plain[plain.index("--port") + 1] == "30000"
+
+
+def test_the_test_servers_command_takes_each_limit_once_and_a_tests_own_value_wins():
+    from server_harness import spec_for_test
+
+    default = spec_for_test("target", ("--speculative-algorithm", "JETSPEC")).command(30000)
+    own = spec_for_test("target", ("--max-total-tokens", "4096", "--speculative-algorithm", "JETSPEC",
+                                   "--max-running-requests", "16")).command(30000)
+    for cmd, running, total in ((default, "8", "2048"), (own, "16", "4096")):
+        assert cmd.count("--max-running-requests") == 1 and cmd.count("--max-total-tokens") == 1
+        assert cmd[cmd.index("--max-running-requests") + 1] == running
+        assert cmd[cmd.index("--max-total-tokens") + 1] == total
+        assert cmd[cmd.index("--speculative-algorithm") + 1] == "JETSPEC"
+        assert cmd.count("--speculative-algorithm") == 1
