@@ -6,7 +6,8 @@
 # What it does (the recipe of models/smollm2-135m-jetspec/README.md):
 #   1. prepares the embedded SmolLM2-135M-Instruct (python -m launch.models path smollm2);
 #   2. answers every training prompt (data/prompts/*.train.jsonl) with the target itself, greedy,
-#      fp32, batched transformers on the GPU, resuming from the answers already in data/regen;
+#      fp32, batched transformers on the GPU, resuming from the answers already in data/regen
+#      (data/regen/smollm2, plus any committed data/regen/smollm2-* extension, also trained on);
 #   3. trains the causal head and, in lockstep on the same batches, the bidirectional baseline
 #      (launch.train_head --also-bidirectional), within TRAIN_MINUTES of wall clock;
 #   4. exports both heads in bf16 and packs the regenerated answers into OUT_DIR.
@@ -34,6 +35,12 @@ stamp "target at $model"
 mkdir -p "$work"
 # resume: answers left in the work folder by an earlier try, else the ones committed in data/regen
 [ -d "$work/regen" ] || cp -r data/regen/smollm2 "$work/regen"
+# committed extensions of that set (data/regen/smollm2-*, e.g. answers made on a CPU with
+# launch.regenerate --skip-answered): their prompts are not answered again, their answers are trained on
+extra=()
+for d in data/regen/smollm2-*/; do [ -f "$d/meta.json" ] && extra+=("${d%/}"); done
+skip=()
+[ ${#extra[@]} -gt 0 ] && skip=(--skip-answered "${extra[@]}") && stamp "also using ${extra[*]}"
 limit=()
 [ -n "${REGEN_LIMIT:-}" ] && limit=(--limit "$REGEN_LIMIT")
 stamp "regenerating"
@@ -41,7 +48,7 @@ regen_timeout=()
 [ -n "${REGEN_SECONDS:-}" ] && regen_timeout=(timeout "$REGEN_SECONDS")  # answers so far are kept
 "${regen_timeout[@]}" $py -m launch.regenerate --model "$model" --backend hf --device "$device" \
   --prompts data/prompts/code.train.jsonl data/prompts/math.train.jsonl data/prompts/chat.train.jsonl \
-  --out "$work/regen" --max-new-tokens 160 --batch-size "${REGEN_BATCH:-512}" "${limit[@]}" 2>&1 \
+  --out "$work/regen" --max-new-tokens 160 --batch-size "${REGEN_BATCH:-512}" "${limit[@]}" "${skip[@]}" 2>&1 \
   | grep -v "it/s\]$" || true
 stamp "regeneration done"
 
@@ -51,7 +58,7 @@ if [ -n "${INIT_HEAD:-}${INIT_TWIN:-}" ]; then
   init=(--init-head "${INIT_HEAD:?INIT_TWIN needs INIT_HEAD}" --init-twin "${INIT_TWIN:?INIT_HEAD needs INIT_TWIN}")
   stamp "continuing the pair $INIT_HEAD / $INIT_TWIN"
 fi
-$py -m launch.train_head --model "$model" --data "$work/regen" --out "$work/causal" \
+$py -m launch.train_head --model "$model" --data "$work/regen" "${extra[@]}" --out "$work/causal" \
   --also-bidirectional "$work/bidirectional" "${init[@]}" --num-layers 2 --block-size 16 \
   --steps "${TRAIN_STEPS:-4000}" --time-budget-min "${TRAIN_MINUTES:-4}" \
   --seqs-per-step "${SEQS_PER_STEP:-16}" --anchors-per-seq "${ANCHORS:-64}" --lr "${LR:-1e-3}" \
