@@ -8,7 +8,7 @@ import torch
 from sglang_jetspec.reference.prompts import encode_prompts
 from sglang_jetspec.train.regen_backends import Answer, HFGenerator, cut_at_eos
 from sglang_jetspec.train.regen_store import ShardWriter, check_meta, done_prompts, read_records, shard_paths
-from sglang_jetspec.train.regenerate import interleave, regenerate
+from sglang_jetspec.train.regenerate import interleave, length_sorted_order, regenerate
 
 PROMPTS = ["What is 2 + 3?", "Write a Python function that reverses a string.",
            "Name one planet of the solar system and say one fact about it in a sentence."]
@@ -123,6 +123,16 @@ def test_interleave_round_robin_and_dedupe(tmp_path):
     items = interleave([a, b])
     assert [w.prompt for w in items] == ["a1", "b1", "a2", "shared", "a3"]
     assert [w.file for w in items] == ["code.train", "math.train", "code.train", "math.train", "code.train"]
+
+
+def test_batches_are_cut_from_length_sorted_windows():
+    lengths = [5, 1, 4, 2, 9, 3, 3, 7]
+    order = length_sorted_order(lengths, window=4)
+    assert order == [1, 3, 2, 0, 5, 6, 7, 4]  # each window sorted, stable on ties, windows kept in place
+    assert sorted(order) == list(range(len(lengths)))
+    assert length_sorted_order(lengths, window=1) == list(range(len(lengths)))
+    with pytest.raises(ValueError, match="window 0"):
+        length_sorted_order(lengths, window=0)
 
 
 def test_torn_last_line_is_dropped_and_middle_corruption_is_an_error(tmp_path):
