@@ -70,8 +70,8 @@ def check_meta(out_dir: str | Path, meta: dict) -> None:
 
 def check_other_answers(other_dir: str | Path, meta: dict) -> None:
     """An answer folder whose prompts a run may skip (``--skip-answered``): it must exist, hold
-    shards, and have been made with the same model and max_new_tokens (else the prompts it skips
-    would be answered differently from the ones this run writes)."""
+    shards, and have been made with the same model, max_new_tokens and chat template (else the
+    prompts it skips would be answered differently from the ones this run writes)."""
     other = Path(other_dir)
     path = other / "meta.json"
     if not path.is_file() or not shard_paths(other):

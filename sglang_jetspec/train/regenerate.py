@@ -16,14 +16,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# Prompts are batched in order of length within windows of this many batches: left padding to a
-# batch's longest prompt made the CPU prefill 2.4x the prompt tokens on the unanswered SmolLM2 code
-# and chat prompts (660K padded for 275K real, batch 16); sorted, 1.01x. Windows keep the
-# interleaving's promise that a run stopped early holds answers from every file.
-SORT_WINDOW_BATCHES = 8
-
 from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
 from sglang_jetspec.train.regen_store import ShardWriter, check_meta, check_other_answers, done_prompts
+
+# Prompts are batched in order of length within windows of this many batches: left padding to a
+# batch's longest prompt made the prefill 2.4x the prompt tokens on the unanswered SmolLM2 code
+# and chat prompts (660K padded for 275K real, batch 16); sorted, 1.01x. (On this CPU decoding
+# dominates a batch, so its wall clock barely moved; a GPU batch of 512 pads far more.) Windows
+# keep the interleaving's promise that a run stopped early holds answers from every file.
+SORT_WINDOW_BATCHES = 8
 
 
 @dataclass
