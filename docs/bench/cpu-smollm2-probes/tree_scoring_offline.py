@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import torch
 
+from sglang_jetspec.core.isotonic import isotonic  # the calibrator's pool-adjacent-violators fit
+
 data = torch.load(sys.argv[1])
 V, I, T = data["vals"].numpy(), data["ids"].numpy(), data["truth"].numpy()
 N, DEPTH, W = V.shape
@@ -36,17 +38,6 @@ def step_rows(anchors):
     return np.array(rows)
 
 
-def isotonic(y, w):
-    blocks = []  # pool adjacent violators: [mean, weight, count]
-    for yi, wi in zip(y, w):
-        blocks.append([yi, wi, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            b, a = blocks.pop(), blocks.pop()
-            tw = a[1] + b[1]
-            blocks.append([(a[0] * a[1] + b[0] * b[1]) / max(tw, 1e-9), tw, a[2] + b[2]])
-    return np.array([m for m, _, k in blocks for _ in range(k)])
-
-
 def fit(rows, prior=20.0):
     """Per deviation bucket: binned acceptance rate with a Beta prior at exp(bin centre), isotonic."""
     centres = np.exp((EDGES[:-1] + EDGES[1:]) / 2)
@@ -55,7 +46,7 @@ def fit(rows, prior=20.0):
         q, y = rows[rows[:, 0] == b, 1], rows[rows[:, 0] == b, 2]
         k = np.clip(np.searchsorted(EDGES, q, side="right") - 1, 0, len(centres) - 1)
         s, c = np.bincount(k, y, len(centres)), np.bincount(k, None, len(centres))
-        tables.append(np.clip(isotonic((s + prior * centres) / (c + prior), c + prior), 1e-6, 1.0))
+        tables.append(np.clip(np.array(isotonic((s + prior * centres) / (c + prior), c + prior)), 1e-6, 1.0))
     return tables
 
 
