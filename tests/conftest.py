@@ -9,10 +9,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_for_the_session():
+    """The same for module and session fixtures, which run before any function fixture."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny torch ops on a shared 2-core machine: extra threads only add contention (10x slower).
-    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    """Every test runs torch on ONE intra-op thread (a test may raise it itself). The tests' torch
+    work is tiny ops or memory-bound SmolLM2 forwards, where a second OpenMP thread gains little
+    and costs a lot as soon as anything else wants a core: the draft-vocabulary chi-square test
+    took 29 s on one thread and was stopped after 570 s on two, beside a niced training job on
+    this 2-core machine. Servers and `launch.*` subprocesses set their own threads."""
     import torch
 
     old = torch.get_num_threads()

@@ -6,12 +6,8 @@ the shipped causal head's config in every other field, is never picked as the de
 drafts usefully and losslessly on a held-out prompt through the reference decoder.
 """
 
-import pytest
-
 from head_checks import assert_bidirectional_twin, assert_drafts_losslessly
 from sglang_jetspec.model_store import shipped_head_dir
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_twin_is_the_causal_heads_config_but_for_the_mask(smollm2_dir):

@@ -10,10 +10,8 @@ from sglang_jetspec.core.expert_load import contiguous_expert_to_rank, expert_un
 from sglang_jetspec.core.tree import DraftTree, build_tree
 from sglang_jetspec.core.verify_layout import to_verify_layout
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 L, E, K, V = 3, 8, 2, 12
-
 
 
 def _case(g, n, table=None):

@@ -10,10 +10,8 @@ import torch
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_set_metrics, expert_union_metrics
 from sglang_jetspec.core.tree import build_tree
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 L, E, K = 3, 8, 2
-
 
 
 def _table(g, vocab):

@@ -5,10 +5,8 @@ import torch
 
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 L = 4
-
 
 
 def _points(g, count, ep=False):

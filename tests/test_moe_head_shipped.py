@@ -18,8 +18,6 @@ import torch
 from head_checks import assert_bidirectional_twin, assert_drafts_losslessly
 from sglang_jetspec.model_store import default_head_dir, model_path, shipped_head_dir
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 HEADS = {"qwen3moe": "qwen3moe-tiny-jetspec", "qwen3moe-e64": "qwen3moe-e64-jetspec"}
 

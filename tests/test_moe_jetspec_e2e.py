@@ -16,7 +16,7 @@ import torch
 
 from sglang_jetspec.model_store import model_path, shipped_head_dir
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 40
 

@@ -18,7 +18,6 @@ import torch
 
 from sglang_jetspec.model_store import model_path
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 MAX_BYTES = 60 * 10**6
 
@@ -49,7 +48,6 @@ def heldout(moe_dir):
     settings = report["settings"]
     _, val = split_validation(load_sequences(settings["data_dirs"]), settings["val_percent"])
     return val[:8]
-
 
 
 def test_launcher_prints_the_folder(moe_name, moe_dir, capsys):

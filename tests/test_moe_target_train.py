@@ -19,9 +19,6 @@ from sglang_jetspec.train.moe_target.losses import (balance_loss, fused_vocab_gr
 from sglang_jetspec.train.moe_target.router_stats import (RouterRecorder, consecutive_reuse, expert_load,
                                                           normalized_entropy, random_reuse_baseline)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 
 def _teacher_topk(m, vocab, k, gen, sharp=3.0):
     lp = (torch.randn(m, vocab, generator=gen) * sharp).log_softmax(-1).topk(k, -1)

@@ -18,7 +18,6 @@ from sglang_jetspec.train.ngram import NgramTable
 from sglang_jetspec.train.teacher import FrozenTarget
 from sglang_jetspec.train.trainer import TrainConfig, Trainer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 VOCAB, MASK, BLOCK = 61, 3, 5
 
@@ -35,7 +34,6 @@ def tiny_seqs(n=3, seed=1, prompt=6, answer=14):
     g = torch.Generator().manual_seed(seed)
     return [TrainSequence(torch.randint(4, VOCAB, (prompt + answer + i,), generator=g), prompt, f"p{i}")
             for i in range(n)]
-
 
 
 @pytest.fixture(scope="module")

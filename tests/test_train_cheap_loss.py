@@ -14,8 +14,6 @@ from sglang_jetspec.train.topk_loss import TopKTeacher, pick_candidates, topk_kl
 
 from test_train import BLOCK, MASK, VOCAB, tiny_seqs, tiny_target  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _rows(m=6, d=16, v=200, seed=0, sharp=3.0):
     g = torch.Generator().manual_seed(seed)

@@ -15,7 +15,6 @@ from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.train.head_init import build_head
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 MASK = 3
