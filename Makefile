@@ -29,10 +29,10 @@ demo: venv
 
 test: venv
 	$(PY) -m launch.models path smollm2 >/dev/null
-	$(PY) -m pytest -q -ra --durations=25 tests
+	$(PY) -m pytest -q -ra --durations=25 -n 2 --dist loadfile tests
 
 test-fast: venv
-	$(PY) -m pytest -q -ra -m "not slow" tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf build .venv

@@ -9,6 +9,31 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# `make test` spreads test modules over two pytest-xdist workers (`-n 2 --dist loadfile`), one per
+# core. xdist hands out modules in collection order, so the long end-to-end modules go first
+# (longest-processing-time-first): the lighter ones then fill in behind them on whichever worker
+# frees up, instead of one worker finishing with a 19-minute module while the other sits idle.
+# Order by the module times of a full run here (the slowest first); modules not listed keep their
+# file order after these. Only the order changes: every test still runs.
+LONG_MODULES_FIRST = (
+    "test_lossless_reference.py",
+    "test_reliability_server.py",
+    "test_bench_e2e.py",
+    "test_integration_server_parity.py",
+    "test_integration_e2e.py",
+    "test_moe_jetspec_e2e.py",
+    "test_moe_target.py",
+    "test_generate_sglang.py",
+    "test_demo.py",
+    "test_integration_server_args.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread_for_the_session():
     """The same for module and session fixtures, which run before any function fixture."""
