@@ -6,11 +6,7 @@ import argparse
 import os
 import shutil
 
-import torch
-
-from sglang_jetspec.core.checkpoint import load_head, save_head
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from sglang_jetspec.core.checkpoint import DTYPES, load_head, save_head
 
 
 def main(argv=None) -> None:

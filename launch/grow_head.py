@@ -6,12 +6,8 @@ any, is copied along. Written in the source's dtype."""
 import argparse
 import os
 
-import torch
-
-from sglang_jetspec.core.checkpoint import load_head, save_head
+from sglang_jetspec.core.checkpoint import load_head, save_head, stored_dtype
 from sglang_jetspec.train.head_grow import grow_head
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def main(argv=None) -> None:
@@ -23,12 +19,11 @@ def main(argv=None) -> None:
     if os.path.abspath(args.head) == os.path.abspath(args.out):
         raise SystemExit("--out must differ from --head")
     head = load_head(args.head)  # fp32; written back in the dtype its config.json names
-    dtype = DTYPES.get(head.config.extra.get("torch_dtype") or head.config.extra.get("dtype"), torch.float32)
     try:
         grown = grow_head(head, args.num_layers)
     except ValueError as exc:
         raise SystemExit(f"--num-layers: {exc}") from None
-    save_head(grown, args.out, dtype=dtype)
+    save_head(grown, args.out, dtype=stored_dtype(head.config))
     if grown.draft_vocab is not None:
         grown.draft_vocab.save(args.out)
     print(f"grew {args.head} from {head.config.num_hidden_layers} to {args.num_layers} layers -> {args.out}")

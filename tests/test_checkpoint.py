@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sglang_jetspec.core.checkpoint import expected_shapes, load_head, save_head
+from sglang_jetspec.core.checkpoint import expected_shapes, load_head, save_head, stored_dtype
 from sglang_jetspec.core.head import DraftHead
 from sglang_jetspec.core.head_config import HeadConfig
 
@@ -114,6 +114,15 @@ def test_bf16_save_sets_dtype(tmp_path):
     loaded = load_head(str(tmp_path), dtype=torch.bfloat16)
     assert loaded.fc.weight.dtype == torch.bfloat16
     assert torch.equal(loaded.fc.weight, head.fc.weight.to(torch.bfloat16))
+    assert stored_dtype(HeadConfig.load(str(tmp_path))) == torch.bfloat16  # what save_head wrote
+
+
+def test_stored_dtype_reads_either_key():
+    cfg = random_head().config
+    cfg.extra.pop("torch_dtype", None)
+    assert stored_dtype(cfg) == torch.float32  # nothing named: fp32
+    cfg.extra["dtype"] = "float16"
+    assert stored_dtype(cfg) == torch.float16
 
 
 def test_sharded_checkpoint_loads(saved, tmp_path):

@@ -44,7 +44,7 @@ def test_grow_needs_more_layers():
         grow_head(make_head(layers=2), 2)
 
 
-def test_cli_round_trip(tmp_path, capsys):
+def test_cli_round_trip(tmp_path):
     head = make_head(layers=2)
     head.config.extra["layer_types"] = ["full_attention"] * 2
     save_head(head, str(tmp_path / "src"), dtype=torch.bfloat16)

@@ -20,7 +20,9 @@ from .head_config import CONFIG_NAME, HeadConfig
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # config name -> dtype
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_DTYPE_KEYS = ("torch_dtype", "dtype")  # where a config.json names its weights' dtype
 
 
 def expected_shapes(config: HeadConfig) -> dict[str, tuple[int, ...]]:
@@ -40,10 +42,16 @@ def save_head(head: DraftHead, folder: str, dtype: torch.dtype | None = None) ->
     stored = next(iter(tensors.values())).dtype
     if stored in _DTYPE_NAMES:
         config = copy.deepcopy(config)  # the head's own config stays as is
-        keys = [k for k in ("torch_dtype", "dtype") if k in config.extra] or ["torch_dtype"]
+        keys = [k for k in _DTYPE_KEYS if k in config.extra] or ["torch_dtype"]
         for k in keys:
             config.extra[k] = _DTYPE_NAMES[stored]
     config.save(folder)
+
+
+def stored_dtype(config: HeadConfig) -> torch.dtype:
+    """The weights' dtype a head's config.json names (as save_head writes it); fp32 if none."""
+    name = next((config.extra[k] for k in _DTYPE_KEYS if config.extra.get(k)), None)
+    return DTYPES.get(name, torch.float32)
 
 
 def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32,
