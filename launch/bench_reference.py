@@ -6,6 +6,8 @@
 Every prompt is decoded by `ar` and by each configuration in turn (sglang_jetspec/reference/
 wall_clock.py); prints tokens/s, speedup over `ar`, accepted length and output equality per set.
 `--draft-vocab on,off` measures the head with and without its draft vocabulary in the same run.
+`--cpu-linear onednn,torch` also times plain decoding with PyTorch's own CPU linear (`ar[torch]`)
+beside the packed oneDNN one every configuration uses by default (core/packed_linear.py).
 """
 
 import argparse
@@ -25,6 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=7)
     p.add_argument("--draft-vocab", default="on", help="on, off or on,off (both, side by side)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--cpu-linear", default=None,
+                   help="CPU fp32 linear backend of the target: onednn (default; core/packed_linear.py) or "
+                        "torch; onednn,torch also times plain decoding with the second one, as ar[torch]")
     p.add_argument("--json", default=None, help="also write the tallies here")
     args = p.parse_args(argv)
     try:
@@ -36,6 +41,9 @@ def parse_args(argv=None):
     args.draft_vocab = [m.strip() for m in args.draft_vocab.split(",")]
     if not args.draft_vocab or any(m not in ("on", "off") for m in args.draft_vocab):
         p.error(f"--draft-vocab {','.join(args.draft_vocab)!r}: expected on, off or on,off")
+    args.cpu_linear = [b.strip() for b in args.cpu_linear.split(",")] if args.cpu_linear else [None]
+    if any(b not in (None, "onednn", "torch") for b in args.cpu_linear) or len(set(args.cpu_linear)) != len(args.cpu_linear):
+        p.error(f"--cpu-linear {','.join(map(str, args.cpu_linear))!r}: expected onednn, torch, onednn,torch or torch,onednn")
     if args.num_prompts < 1 or args.max_new_tokens < 1:
         p.error("--num-prompts and --max-new-tokens must be >= 1")
     return args
@@ -52,7 +60,11 @@ def main(argv=None) -> None:
     from sglang_jetspec.reference.target import HFTarget
     from sglang_jetspec.reference.wall_clock import format_wall_clock, run_wall_clock
 
-    target = HFTarget(resolve_model(args.model))
+    target = HFTarget(resolve_model(args.model), linear_backend=args.cpu_linear[0])
+    other_ar = {}
+    for b in args.cpu_linear[1:]:
+        other = HFTarget(resolve_model(args.model), linear_backend=b)
+        other_ar[f"ar[{other.linear_backend}]"] = other
     heads = {m: load_head_arg(args.head, target, draft_vocab=m == "on") for m in args.draft_vocab}
     if "on" in heads and heads["on"].draft_vocab is None:
         raise SystemExit(f"--draft-vocab on: the head {args.head or '(shipped)'} has no draft_vocab.safetensors "
@@ -67,13 +79,15 @@ def main(argv=None) -> None:
     vocab = heads.get("on")
     print(f"target {target.model_dir}; head {args.head or '(shipped)'}"
           + (f"; draft vocabulary {len(vocab.draft_vocab)} tokens" if vocab is not None else "")
-          + f"; {args.threads} thread(s); greedy, {args.max_new_tokens} new tokens max", flush=True)
+          + f"; {args.threads} thread(s); CPU linear {target.linear_backend}"
+          + "".join(f" (and {lab} for plain decoding)" for lab in other_ar)
+          + f"; greedy, {args.max_new_tokens} new tokens max", flush=True)
 
     def progress(name, results):
         print(f"  {name}: " + ", ".join(f"{k} {len(r.output_ids) / r.seconds:.1f} tok/s" for k, r in results.items()),
               flush=True)
 
-    tallies = run_wall_clock(target, decoders, prompts, args.max_new_tokens, progress)
+    tallies = run_wall_clock(target, decoders, prompts, args.max_new_tokens, progress, other_ar)
     print()
     print(format_wall_clock(tallies))
     if args.json:

@@ -378,6 +378,17 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
     assert all(r.split("|")[6].strip().startswith("2/2") for r in rows)  # greedy: every output = ar's
     with pytest.raises(SystemExit, match="no draft_vocab.safetensors"):
         wall_main(["--head", str(tmp_path / "bidir"), "--model", str(tiny_model_dir), "--prompts", str(prompts)])
+    # plain decoding with PyTorch's own CPU linear timed beside the packed oneDNN one
+    wall_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
+               "--budgets", "4", "--num-prompts", "1", "--max-new-tokens", "6", "--cpu-linear", "onednn,torch"])
+    out = capsys.readouterr().out
+    assert "CPU linear onednn (and ar[torch] for plain decoding)" in out
+    rows = [r for r in out.splitlines() if r.startswith("| heldout |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["ar", "ar[torch]", "reference@4"]
+    assert all(r.split("|")[6].strip().startswith("1/1") for r in rows)
+    with pytest.raises(SystemExit):
+        wall_main(["--model", str(tiny_model_dir), "--cpu-linear", "mkl"])
+    assert "--cpu-linear 'mkl': expected onednn, torch" in capsys.readouterr().err
 
 
 def test_continue_a_causal_bidirectional_pair(tiny_model_dir, tiny_data, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sglang_jetspec.core.packed_linear import PackedWeight, cpu_linear_backend, pack_linears, packed_linear
 from sglang_jetspec.core.row_linear import row_linear
 
 
@@ -27,20 +28,22 @@ class TargetStep:
 class HFTarget:
     """A causal LM from a Hugging Face folder, batch size 1, with its own KV cache."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 linear_backend: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        self._init(model, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), dtype)
+        self._init(model, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), dtype, linear_backend)
 
     @classmethod
-    def from_model(cls, model, tokenizer=None, dtype: torch.dtype = torch.float32) -> "HFTarget":
+    def from_model(cls, model, tokenizer=None, dtype: torch.dtype = torch.float32,
+                   linear_backend: str | None = None) -> "HFTarget":
         """Wrap an already built model (tests use tiny random ones)."""
         self = cls.__new__(cls)
-        self._init(model.eval(), tokenizer, Path("."), dtype)
+        self._init(model.eval(), tokenizer, Path("."), dtype, linear_backend)
         return self
 
-    def _init(self, model, tokenizer, model_dir: Path, dtype: torch.dtype) -> None:
+    def _init(self, model, tokenizer, model_dir: Path, dtype: torch.dtype, linear_backend: str | None) -> None:
         self.model, self.tokenizer, self.model_dir = model, tokenizer, model_dir
         self.device = next(model.parameters()).device
         cfg = self.model.config
@@ -48,6 +51,16 @@ class HFTarget:
         self.hidden_size: int = cfg.hidden_size
         self.vocab_size: int = self.model.get_output_embeddings().weight.shape[0]
         self.dtype = dtype
+        # CPU fp32: the decoder's linear layers and the lm_head through packed oneDNN products
+        # (core/packed_linear.py: plain decoding and tree verifies both at memory bandwidth).
+        # Any other device or dtype keeps torch's own linear; the name says which ran.
+        self._head_packed: PackedWeight | None = None
+        self.linear_backend = "torch"
+        if self.device.type == "cpu" and dtype == torch.float32 and cpu_linear_backend(linear_backend) == "onednn":
+            pack_linears(self.model.model)
+            head = self.model.get_output_embeddings()
+            self._head_packed = PackedWeight(head.weight)
+            self.linear_backend = "onednn"
 
     # ---- pieces the draft head borrows -------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -55,7 +68,10 @@ class HFTarget:
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.get_output_embeddings()
-        out = row_linear(hidden, head.weight)  # few rows: core/row_linear.py
+        if self._head_packed is not None:
+            out = packed_linear(hidden, self._head_packed, weight=head.weight)
+        else:
+            out = row_linear(hidden, head.weight)  # few rows: core/row_linear.py
         return (out if head.bias is None else out + head.bias).float()
 
     def lm_head_weight(self) -> torch.Tensor:

@@ -36,10 +36,12 @@ class Tally:
 
 
 def run_wall_clock(target, decoders: dict, prompts: dict[str, list[list[int]]], max_new_tokens: int,
-                   progress=None) -> dict[str, dict[str, Tally]]:
-    """decoders: label -> ReferenceDecoder. prompts: set name -> encoded prompts.
-    Returns tallies[set][label] with label `ar` first."""
-    labels = ["ar"] + list(decoders)
+                   progress=None, other_ar: dict | None = None) -> dict[str, dict[str, Tally]]:
+    """decoders: label -> ReferenceDecoder. prompts: set name -> encoded prompts. other_ar: label ->
+    another target (e.g. the same model with another CPU linear backend) whose plain decoding is
+    timed beside ``target``'s. Returns tallies[set][label] with label `ar` (target's) first."""
+    other_ar = other_ar or {}
+    labels = ["ar"] + list(other_ar) + list(decoders)
     out = {}
     turn = 0
     for name, encoded in prompts.items():
@@ -51,6 +53,8 @@ def run_wall_clock(target, decoders: dict, prompts: dict[str, list[list[int]]], 
             for lab in order:
                 if lab == "ar":
                     results[lab] = generate_ar(target, ids, max_new_tokens)
+                elif lab in other_ar:
+                    results[lab] = generate_ar(other_ar[lab], ids, max_new_tokens)
                 else:
                     results[lab] = decoders[lab].generate(ids, max_new_tokens)
             want = results["ar"].output_ids
@@ -58,8 +62,9 @@ def run_wall_clock(target, decoders: dict, prompts: dict[str, list[list[int]]], 
                 r, t = results[lab], tallies[lab]
                 t.tokens += len(r.output_ids)
                 t.seconds += r.seconds
-                t.rounds += r.rounds if lab != "ar" else len(r.output_ids)
-                t.committed += sum(r.accepted) if lab != "ar" else len(r.output_ids)
+                plain = lab == "ar" or lab in other_ar
+                t.rounds += len(r.output_ids) if plain else r.rounds
+                t.committed += len(r.output_ids) if plain else sum(r.accepted)
                 rep = check_parity(target.model, ids, want, r.output_ids)
                 if rep.identical:
                     t.same += 1
