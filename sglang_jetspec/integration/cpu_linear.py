@@ -1,0 +1,94 @@
+"""SGLang on CPU: fp32 linear layers and the lm_head through packed oneDNN products.
+
+SGLang's CPU path computes an unquantized fp32 linear layer with ``F.linear`` and the lm_head with
+``torch.matmul(hidden, W.T)``; on CPU both are slow at the row counts serving uses (one row per
+decoding request runs a single-core matrix-vector path, a few rows run kernels far below the
+memory bandwidth; measurements in core/packed_linear.py). With this installed, every CPU fp32
+``UnquantizedLinearMethod.apply`` and plain lm_head goes through core/packed_linear.py, with the
+packed copy of each weight made at its first use (after SGLang has loaded the weights) and kept
+on the layer. Every server of a run gets it alike, with and without speculation.
+
+Anything else (another dtype or device, intel-AMX packed layers, LoRA, quantized heads, an
+``out`` buffer) takes SGLang's own path unchanged. ``JETSPEC_CPU_LINEAR=torch`` leaves SGLang's
+code untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_jetspec.core.packed_linear import PackedWeight, packed_linear
+
+_ATTR = "_jetspec_packed"
+
+
+def _cpu_fp32(x: torch.Tensor, weight) -> bool:
+    return (
+        isinstance(weight, torch.Tensor)
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.dim() == 2
+    )
+
+
+def _packed_of(layer) -> PackedWeight:
+    pw = getattr(layer, _ATTR, None)
+    if pw is None:
+        pw = PackedWeight(layer.weight)
+        setattr(layer, _ATTR, pw)
+    return pw
+
+
+def packed_linear_apply(apply):
+    """Wrap UnquantizedLinearMethod.apply(self, layer, x, bias=None)."""
+
+    def wrapped(self, layer, x, bias=None):
+        w = getattr(layer, "weight", None)
+        if not _cpu_fp32(x, w) or getattr(layer, "use_intel_amx_backend", False):
+            return apply(self, layer, x, bias)
+        return packed_linear(x, _packed_of(layer), bias, weight=w)
+
+    wrapped.jetspec_packed = True
+    wrapped.__wrapped__ = apply
+    return wrapped
+
+
+def packed_lm_head(compute, plain_head):
+    """Wrap LogitsProcessor._compute_lm_head(self, hidden [m, d], lm_head, bias, out=...).
+    ``plain_head(self, lm_head)`` says whether SGLang would take its plain ``hidden @ W.T`` branch."""
+
+    def wrapped(self, hidden_states, lm_head, embedding_bias=None, *, out=None):
+        w = getattr(lm_head, "weight", None)
+        if out is not None or hidden_states.dim() != 2 or not _cpu_fp32(hidden_states, w) or not plain_head(self, lm_head):
+            return compute(self, hidden_states, lm_head, embedding_bias, out=out)
+        return packed_linear(hidden_states, _packed_of(lm_head), weight=w)
+
+    wrapped.jetspec_packed = True
+    wrapped.jetspec_padded = getattr(compute, "jetspec_padded", False)  # cpu_support item 5 stays applied once
+    wrapped.__wrapped__ = compute
+    return wrapped
+
+
+def _sglang_plain_head(self, lm_head) -> bool:
+    from sglang.srt.layers import logits_processor as lp
+
+    quant = getattr(lm_head, "quant_method", None)
+    return (
+        not (hasattr(lm_head, "set_lora") and hasattr(lm_head, "apply_lora"))
+        and not lp.should_apply_lm_head_quant_method(lm_head, quant)
+        and not getattr(lm_head, "use_intel_amx_backend", False)
+        and getattr(self, "rl_on_policy_target", None) is None
+    )
+
+
+def install() -> bool:
+    """Patch SGLang's CPU linear and lm_head paths (idempotent). Returns whether they are patched."""
+    from sglang.srt.layers.logits_processor import LogitsProcessor
+    from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
+
+    if not getattr(UnquantizedLinearMethod.apply, "jetspec_packed", False):
+        UnquantizedLinearMethod.apply = packed_linear_apply(UnquantizedLinearMethod.apply)
+    if not getattr(LogitsProcessor._compute_lm_head, "jetspec_packed", False):
+        LogitsProcessor._compute_lm_head = packed_lm_head(LogitsProcessor._compute_lm_head, _sglang_plain_head)
+    return True
