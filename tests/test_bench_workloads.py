@@ -256,3 +256,26 @@ def test_draft_vocab_off_pairs_every_static_budget_on_its_own_server():
     assert server_env("jetspec-fullvocab") == {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_JETSPEC_DRAFT_VOCAB": "off"}
     assert "SGLANG_JETSPEC_DRAFT_VOCAB" not in server_env("jetspec")
     assert max_budget(configs, "jetspec-fullvocab") == 16
+
+
+def test_cpu_linear_torch_pairs_ar_and_every_static_budget():
+    from sglang_jetspec.bench.runner import compare_to_ar
+    from sglang_jetspec.bench.suite import server_env
+
+    configs = plan_configs(["jetspec"], [8, 16], depth=15, torch_linear=True)
+    assert [c.label for c in configs] == ["ar", "ar-torchlinear", "jetspec@8", "jetspec@16",
+                                          "jetspec@8-torchlinear", "jetspec@16-torchlinear"]
+    assert configs[1].custom_params() is None and configs[5].custom_params() == {"jetspec": {"budget": 16}}
+    assert servers_needed(configs) == ["ar", "ar-torchlinear", "jetspec", "jetspec-torchlinear"]
+    assert server_env("ar-torchlinear") == {"JETSPEC_CPU_LINEAR": "torch"}
+    assert server_env("jetspec-torchlinear") == {"SGLANG_JETSPEC_BUDGET": "static", "JETSPEC_CPU_LINEAR": "torch"}
+    assert "JETSPEC_CPU_LINEAR" not in server_env("jetspec") and server_env("ar") == {}
+    assert max_budget(configs, "jetspec-torchlinear") == 16
+
+    class M:  # speedups are taken against `ar`, not against the other plain-decoding server
+        def __init__(self, label, tps):
+            self.label, self.method, self.workload, self.batch_size = label, "ar", "code", 1
+            self.tokens_per_s, self.outputs = tps, [[1, 2]]
+    ms = [M("ar", 20.0), M("ar-torchlinear", 10.0)]
+    compare_to_ar(ms)
+    assert [m.speedup for m in ms] == [1.0, 0.5]

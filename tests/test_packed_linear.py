@@ -111,3 +111,34 @@ def test_target_with_packed_linears_matches_plain_target():
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a.features, b.features, rtol=1e-4, atol=1e-4)
     assert torch.equal(a.logits.argmax(-1), b.logits.argmax(-1))
+
+
+def test_draft_vocab_subset_scores_match_the_plain_product(monkeypatch):
+    from sglang_jetspec.core.draft_vocab import DraftVocab
+
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(500, 32, generator=gen)
+    hidden = torch.randn(2, 15, 32, generator=gen)
+    vocab = DraftVocab(list(range(0, 500, 7)))
+    with torch.no_grad():
+        packed = vocab.subset_logprobs(hidden, weight)
+        assert vocab._packed is not None
+        monkeypatch.setenv(pl.ENV_VAR, "torch")
+        plain = vocab.subset_logprobs(hidden, weight)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_decoder_packs_the_head_only_with_a_packed_target():
+    from sglang_jetspec.core.head import DraftHead
+    from sglang_jetspec.core.head_config import HeadConfig
+    from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
+    from sglang_jetspec.reference.target import HFTarget
+
+    for backend, packed in (("onednn", True), ("torch", False)):
+        target = HFTarget.from_model(_tiny_llama(0), linear_backend=backend)
+        cfg = HeadConfig.for_target(target.hidden_size, target.num_layers, target.vocab_size, num_layers=1,
+                                    mask_token_id=target.vocab_size - 1, rope_theta=10000.0)
+        head = DraftHead(cfg)
+        ReferenceDecoder(target, head, TreeSettings(budget=4))
+        linears = [m for m in head.modules() if type(m) is torch.nn.Linear]
+        assert linears and all(hasattr(m, "_jetspec_packed") == packed for m in linears)

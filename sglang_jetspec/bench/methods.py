@@ -17,6 +17,9 @@ instead of following the width (integration/kv_reserve.py): the on/off pair of t
 `-fullvocab` (launch.bench --draft-vocab-off): the static budgets again on a server that drafts
 over the target's whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), the on/off pair of the head
 folder's draft vocabulary (core/draft_vocab.py).
+`ar-torchlinear` and `-torchlinear` (launch.bench --cpu-linear-torch, CPU only): plain decoding and
+the static budgets again on servers whose linear layers use PyTorch's F.linear instead of packed
+oneDNN products (JETSPEC_CPU_LINEAR=torch; integration/cpu_linear.py), the on/off pair of that.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
 AUTO_SERVERS = (AUTO_SERVER, AUTO_MAX_RESERVE_SERVER)  # adaptive width
 NO_EXPERT_SERVER = "jetspec-noexpert"  # static widths, expert-aware scheduling off (MoE targets)
 FULL_VOCAB_SERVER = "jetspec-fullvocab"  # static widths, draft over the whole vocabulary
-VARIANT_SERVERS = {NO_EXPERT_SERVER: "noexpert", FULL_VOCAB_SERVER: "fullvocab"}  # the causal head, one switch off
+TORCH_LINEAR_SERVER = "jetspec-torchlinear"  # static widths, PyTorch's CPU linear layers
+TORCH_LINEAR_AR = "ar-torchlinear"  # plain decoding, PyTorch's CPU linear layers
+TORCH_LINEAR_SERVERS = (TORCH_LINEAR_AR, TORCH_LINEAR_SERVER)
+VARIANT_SERVERS = {NO_EXPERT_SERVER: "noexpert", FULL_VOCAB_SERVER: "fullvocab",
+                   TORCH_LINEAR_SERVER: "torchlinear"}  # the causal head, one switch off
 HEAD_SERVERS = ("jetspec", "bidirectional", *VARIANT_SERVERS) + AUTO_SERVERS  # servers with a head
 
 
@@ -44,6 +51,8 @@ class Config:
 
     @property
     def label(self) -> str:
+        if self.server == TORCH_LINEAR_AR:
+            return TORCH_LINEAR_AR
         if self.server == AUTO_SERVER:
             return f"{self.method}@auto"
         if self.server == AUTO_MAX_RESERVE_SERVER:
@@ -105,11 +114,12 @@ def parse_mixed_load(text: str) -> list[int]:
 
 
 def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
-                 expert_off: bool = False, draft_vocab_off: bool = False) -> list[Config]:
+                 expert_off: bool = False, draft_vocab_off: bool = False, torch_linear: bool = False) -> list[Config]:
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1).
     expert_off: also measure every static jetspec budget with expert-aware scheduling off
     (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature.
-    draft_vocab_off: likewise with the draft over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off)."""
+    draft_vocab_off: likewise with the draft over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off).
+    torch_linear: also ar and every static jetspec budget with PyTorch's CPU linear (JETSPEC_CPU_LINEAR=torch)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
@@ -119,6 +129,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
     for m in methods:
         if m in PLAIN_SERVERS:
             out.append(Config(m, m))
+            if m == "ar" and torch_linear:
+                out.append(Config(m, TORCH_LINEAR_AR))
         elif m == "chain":
             out.append(Config(m, "jetspec", budget=depth + 1, width=1))
         else:
@@ -127,6 +139,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
                 out.extend(Config(m, NO_EXPERT_SERVER, budget=b) for b in budgets)
             if m == "jetspec" and draft_vocab_off:
                 out.extend(Config(m, FULL_VOCAB_SERVER, budget=b) for b in budgets)
+            if m == "jetspec" and torch_linear:
+                out.extend(Config(m, TORCH_LINEAR_SERVER, budget=b) for b in budgets)
             if m == "jetspec":
                 autos = ["auto"] if auto is True else list(auto or [])
                 out += [Config(m, AUTO_SERVER if a == "auto" else AUTO_MAX_RESERVE_SERVER) for a in autos]

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, FULL_VOCAB_SERVER,
-                                          HEAD_SERVERS, NO_EXPERT_SERVER, VARIANT_SERVERS, Config, max_budget,
+                                          HEAD_SERVERS, NO_EXPERT_SERVER, TORCH_LINEAR_AR, TORCH_LINEAR_SERVERS,
+                                          VARIANT_SERVERS, Config, max_budget,
                                           servers_needed)
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure, merge_repeats
 from sglang_jetspec.bench.workloads import WorkItem
@@ -62,7 +63,7 @@ def server_spec(plan: BenchPlan, key: str):
     bs = max(plan.batch_sizes + plan.mixed_load)
     common = dict(max_running_requests=max(bs, 1),
                   max_total_tokens=plan.max_total_tokens or max(8192, bs * 1024))
-    if key == "ar":
+    if key in ("ar", TORCH_LINEAR_AR):
         return ServerSpec(plan.model, extra=SLEEP_ON_IDLE, **common)
     if key in ("ngram", "standalone"):
         if key == "ngram":
@@ -102,7 +103,10 @@ def context_length(model_dir: str | None) -> int | None:
 
 def server_env(key: str, expert_trace: str | None = None) -> dict:
     """Head servers run static widths, except the `auto` ones (budget_policy.py), whose KV
-    reserve follows the width or stays at the budget (kv_reserve.py)."""
+    reserve follows the width or stays at the budget (kv_reserve.py). The torchlinear pair runs
+    PyTorch's CPU linear layers (core/packed_linear.py)."""
+    if key == TORCH_LINEAR_AR:
+        return {"JETSPEC_CPU_LINEAR": "torch"}
     if key not in HEAD_SERVERS:
         return {}
     env = {"SGLANG_JETSPEC_BUDGET": "adaptive" if key in AUTO_SERVERS else "static"}
@@ -114,6 +118,8 @@ def server_env(key: str, expert_trace: str | None = None) -> dict:
             env["SGLANG_JETSPEC_EXPERT_TRACE"] = expert_trace
     if key == FULL_VOCAB_SERVER:
         env["SGLANG_JETSPEC_DRAFT_VOCAB"] = "off"
+    if key in TORCH_LINEAR_SERVERS:
+        env["JETSPEC_CPU_LINEAR"] = "torch"
     return env
 
 

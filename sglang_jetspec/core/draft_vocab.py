@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 import torch
 
+from sglang_jetspec.core.packed_linear import PackedWeight, cpu_linear_backend, packed_linear
 from sglang_jetspec.core.row_linear import row_linear
 
 FILE_NAME = "draft_vocab.safetensors"
@@ -38,6 +39,7 @@ class DraftVocab:
             raise ValueError(f"draft vocabulary token id {int(ids[0])} is negative")
         self.token_ids = ids
         self._rows: dict[tuple, torch.Tensor] = {}  # lm_head rows per (weight, device, dtype)
+        self._packed: tuple[torch.Tensor, PackedWeight] | None = None  # CPU fp32: those rows packed
         self._ids: dict[torch.device, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -73,7 +75,13 @@ class DraftVocab:
 
     def subset_logprobs(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Draft log-probs over the subset only, [..., n] fp32 (column j scores token_ids[j])."""
-        sub = row_linear(hidden, self.lm_head_rows(weight)).float()  # see row_linear.py
+        rows = self.lm_head_rows(weight)
+        if rows.device.type == "cpu" and rows.dtype == torch.float32 and cpu_linear_backend() == "onednn":
+            if self._packed is None or self._packed[0] is not rows:
+                self._packed = (rows, PackedWeight(rows))
+            sub = packed_linear(hidden, self._packed[1]).float()  # core/packed_linear.py
+        else:
+            sub = row_linear(hidden, rows).float()  # see row_linear.py
         return torch.log_softmax(sub, dim=-1)
 
     def ids_on(self, device) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 
 from sglang_jetspec.core.acceptance import accept_greedy_lazy, accept_sampling_rrs
 from sglang_jetspec.core.head import DraftHead, HeadKVCache
+from sglang_jetspec.core.packed_linear import pack_linears
 from sglang_jetspec.core.sampling import draft_distribution, target_distribution
 from sglang_jetspec.core.tree import build_tree, limits_for_remaining, resample_children
 from sglang_jetspec.reference.results import GenerationResult, truncate_at_stop
@@ -48,6 +49,8 @@ class ReferenceDecoder:
         if cfg.mask_token_id is None:
             raise ValueError("draft head config has no dflash_config.mask_token_id")
         self.target, self.head, self.tree = target, head.to(target.device).eval(), tree
+        if getattr(target, "linear_backend", "torch") == "onednn":
+            pack_linears(self.head)  # the head's CPU fp32 layers like the target's (core/packed_linear.py)
         self.depth = tree.validate(cfg.block_size)
         self.layer_ids = list(cfg.target_layer_ids)
         self.vocab = head.draft_vocab  # None: the draft scores the whole vocabulary
