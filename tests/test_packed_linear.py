@@ -33,6 +33,13 @@ def test_matches_float64_product(rows, out_f, in_f, bias):
     assert err < 1e-4 * in_f ** 0.5 and err < 8 * plain_err + 1e-6, (err, plain_err)
 
 
+def test_row_buckets_are_few_and_tight():
+    buckets = [pl.row_bucket(m) for m in range(1, 1101)]
+    assert buckets[:16] == list(range(1, 17))  # decode and small verifies run exact
+    assert all(m <= b <= m + m // 8 for m, b in zip(range(1, 1101), buckets))
+    assert len(set(buckets)) == 65 and pl.row_bucket(17) == 18 and pl.row_bucket(1024) == 1024
+
+
 def test_leading_dims_and_strided_input():
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(24, 16, generator=gen)

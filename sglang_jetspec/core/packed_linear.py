@@ -22,6 +22,12 @@ or row count gives; errors against float64 are of the same size as ``F.linear``'
 tests). Nothing here is used under autograd: when gradients are being recorded, or on another
 device or dtype, the plain ``F.linear`` runs.
 
+oneDNN keeps a compiled primitive (about 1 MB here) for every distinct row count it has seen, so a
+server whose batches and trees take hundreds of sizes grew by gigabytes (a 16-request JETSPEC
+server of the reliability tests was killed for memory). Row counts above 16 are therefore padded
+with zero rows up to a bucket, eight buckets per doubling (at most 1/8 extra rows; 65 buckets up
+to 1100 rows), and the extra rows are dropped.
+
 ``JETSPEC_CPU_LINEAR=torch`` turns the packed path off (``onednn``, the default, turns it on
 where this PyTorch build has the oneDNN ops and they pass a self-check at first use).
 """
@@ -117,6 +123,18 @@ class PackedWeight:
         return self.packed
 
 
+EXACT_ROWS = 16  # row counts up to this run as they are; above, padded to a bucket
+
+
+def row_bucket(m: int) -> int:
+    """The row count ``m`` rows are padded to: ``m`` itself up to EXACT_ROWS, else ``m`` rounded up
+    to a multiple of 2**(bit_length(m) - 4) (eight buckets per doubling)."""
+    if m <= EXACT_ROWS:
+        return m
+    step = 1 << (m.bit_length() - 4)
+    return -(-m // step) * step
+
+
 def _usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
@@ -136,9 +154,13 @@ def packed_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None =
         return F.linear(x, w, bias)
     lead = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    if rows.shape[0] == 0:
+    m = rows.shape[0]
+    if m == 0:
         return F.linear(x, w, bias)
-    return _packed_product(rows, pw.current(w), bias).view(*lead, w.shape[0])
+    b = row_bucket(m)
+    if b != m:
+        rows = torch.cat([rows, rows.new_zeros(b - m, rows.shape[1])])
+    return _packed_product(rows, pw.current(w), bias)[:m].view(*lead, w.shape[0])
 
 
 def _packed_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
