@@ -30,18 +30,19 @@ def test_linear_apply_packs_cpu_fp32_and_passes_the_rest():
     calls = []
     wrapped = cpu_linear.packed_linear_apply(_plain_apply(calls))
     layer = _Layer(40, 24)
+    weight = layer.weight.detach().clone()
     g = torch.Generator().manual_seed(0)
-    for m in (1, 3, 8):
+    for m in (1, 3, 8, 21):
         x = torch.randn(m, 24, generator=g)
         b = torch.randn(40, generator=g)
-        torch.testing.assert_close(wrapped(None, layer, x, b), F.linear(x, layer.weight, b), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(wrapped(None, layer, x, b), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
     assert calls == [] and isinstance(layer._jetspec_packed, pl.PackedWeight)
+    assert layer._jetspec_packed.released and layer.weight.numel() == 0  # the original is freed
     x3 = torch.randn(2, 3, 24, generator=g)  # [batch, seq, d] keeps its leading dims
     assert wrapped(None, layer, x3).shape == (2, 3, 40)
-    with torch.no_grad():  # weights loaded (copied in place) after a first call: repacked
-        layer.weight.copy_(torch.randn(40, 24, generator=g))
     x = torch.randn(2, 24, generator=g)
-    torch.testing.assert_close(wrapped(None, layer, x), F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="keeps only its packed CPU torch.float32 weight"):
+        wrapped(None, layer, x.double())
     wrapped(None, _Layer(40, 24, torch.bfloat16), x.bfloat16())
     amx = _Layer(40, 24)
     amx.use_intel_amx_backend = True

@@ -62,6 +62,20 @@ def test_repacks_after_in_place_change_and_replacement():
         torch.testing.assert_close(packed_linear(x, pw, weight=w2), F.linear(x, w2), rtol=1e-5, atol=1e-5)
 
 
+def test_a_released_weight_keeps_computing_from_the_packed_copy():
+    w = torch.randn(8, 6)
+    x = torch.randn(3, 6)
+    pw = PackedWeight(w)
+    pw.release()
+    with torch.no_grad():
+        torch.testing.assert_close(packed_linear(x, pw), F.linear(x, w), rtol=1e-5, atol=1e-5)
+        assert packed_linear(torch.randn(0, 6), pw).shape == (0, 8)
+        with pytest.raises(ValueError, match="5 features, weight expects 6"):
+            packed_linear(torch.randn(2, 5), pw)
+        with pytest.raises(RuntimeError, match="packed CPU"):
+            packed_linear(x.bfloat16(), pw)
+
+
 def test_autograd_and_other_dtypes_use_plain_linear():
     lin = torch.nn.Linear(6, 4)
     assert pack_linears(lin) == 1

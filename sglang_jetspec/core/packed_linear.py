@@ -104,20 +104,35 @@ def cpu_linear_backend(requested: str | None = None) -> str:
 
 class PackedWeight:
     """A weight [n, d] with its oneDNN-packed copy; repacks if the weight changed in place or
-    was replaced (checked through the tensor's version counter and identity)."""
+    was replaced (checked through the tensor's version counter and identity). After
+    ``release()`` it holds the packed copy only (the caller may then free the weight)."""
 
     def __init__(self, weight: torch.Tensor):
         if weight.dim() != 2:
             raise ValueError(f"a packed linear weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
         self._repack(weight)
 
     def _repack(self, weight: torch.Tensor) -> None:
         self.weight = weight
         self.version = weight._version
         self.packed = _pack(weight)
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
+
+    def release(self) -> None:
+        """Stop tracking the weight: the packed copy is final from now on."""
+        self.weight = None
+
+    @property
+    def released(self) -> bool:
+        return self.weight is None
 
     def current(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         w = self.weight if weight is None else weight
+        if w is None:  # released
+            return self.packed
         if w is not self.weight or w._version != self.version:
             self._repack(w)
         return self.packed
@@ -148,19 +163,25 @@ def packed_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None =
                   weight: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for x [..., d] through ``pw`` (weight defaults to pw's own)."""
     w = pw.weight if weight is None else weight
-    if x.shape[-1] != w.shape[-1]:
-        raise ValueError(f"x has {x.shape[-1]} features, weight expects {w.shape[-1]}")
-    if not _usable(x, w) or (bias is not None and bias.dtype != torch.float32):
+    in_f = pw.in_features if w is None else w.shape[-1]
+    if x.shape[-1] != in_f:
+        raise ValueError(f"x has {x.shape[-1]} features, weight expects {in_f}")
+    if w is None:  # released: only the packed product is left
+        if x.device.type != "cpu" or x.dtype != pw.dtype or (torch.is_grad_enabled() and x.requires_grad):
+            raise RuntimeError(f"this linear layer keeps only its packed CPU {pw.dtype} weight; got a "
+                               f"{x.dtype} input on {x.device} (requires_grad={x.requires_grad})")
+    elif not _usable(x, w) or (bias is not None and bias.dtype != torch.float32):
         return F.linear(x, w, bias)
+    out_f = pw.out_features if w is None else w.shape[0]
     lead = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     m = rows.shape[0]
     if m == 0:
-        return F.linear(x, w, bias)
+        return x.new_zeros(*lead, out_f)
     b = row_bucket(m)
     if b != m:
         rows = torch.cat([rows, rows.new_zeros(b - m, rows.shape[1])])
-    return _packed_product(rows, pw.current(w), bias)[:m].view(*lead, w.shape[0])
+    return _packed_product(rows, pw.current(w), bias)[:m].view(*lead, out_f)
 
 
 def _packed_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

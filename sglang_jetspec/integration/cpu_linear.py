@@ -9,8 +9,10 @@ packed copy of each weight made at its first use (after SGLang has loaded the we
 on the layer. Every server of a run gets it alike, with and without speculation.
 
 Anything else (another dtype or device, intel-AMX packed layers, LoRA, quantized heads, an
-``out`` buffer) takes SGLang's own path unchanged. ``JETSPEC_CPU_LINEAR=torch`` leaves SGLang's
-code untouched.
+``out`` buffer) takes SGLang's own path unchanged. A linear layer's own weight is freed once packed
+(release_weight), so SGLang's weight-update endpoints cannot reload such a server in place (they
+fail on the emptied parameter rather than leave a stale packed copy); the lm_head keeps its weight
+(it is usually the embedding too). ``JETSPEC_CPU_LINEAR=torch`` leaves SGLang's code untouched.
 """
 
 from __future__ import annotations
@@ -40,14 +42,29 @@ def _packed_of(layer) -> PackedWeight:
     return pw
 
 
+def release_weight(layer, pw: PackedWeight) -> None:
+    """Free a linear layer's own weight once its packed copy exists (saves the model's linear
+    weights once over, ~0.4 GB per SmolLM2 scheduler: two copies of every server's weights pushed
+    the test suite's servers out of memory). Only this module's apply reads them afterwards."""
+    pw.release()
+    layer.weight.data = torch.empty(0, dtype=layer.weight.dtype)
+
+
 def packed_linear_apply(apply):
-    """Wrap UnquantizedLinearMethod.apply(self, layer, x, bias=None)."""
+    """Wrap UnquantizedLinearMethod.apply(self, layer, x, bias=None). The first CPU fp32 call
+    packs the layer's weight and frees the original (release_weight)."""
 
     def wrapped(self, layer, x, bias=None):
+        pw = getattr(layer, _ATTR, None)
+        if pw is not None and pw.released:
+            return packed_linear(x, pw, bias)  # raises on anything but a CPU fp32 input
         w = getattr(layer, "weight", None)
         if not _cpu_fp32(x, w) or getattr(layer, "use_intel_amx_backend", False):
             return apply(self, layer, x, bias)
-        return packed_linear(x, _packed_of(layer), bias, weight=w)
+        pw = _packed_of(layer)
+        out = packed_linear(x, pw, bias, weight=w)
+        release_weight(layer, pw)
+        return out
 
     wrapped.jetspec_packed = True
     wrapped.__wrapped__ = apply
