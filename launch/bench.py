@@ -49,10 +49,10 @@ def main(argv=None) -> None:
                    help="also measure every static jetspec budget drafting over the target's whole vocabulary "
                         "instead of the head folder's draft vocabulary (its own server; "
                         "SGLANG_JETSPEC_DRAFT_VOCAB=off)")
-    p.add_argument("--cpu-linear-torch", action="store_true",
+    p.add_argument("--cpu-linear-onednn", action="store_true",
                    help="CPU: also measure ar and every static jetspec budget on servers whose linear layers use "
-                        "PyTorch's F.linear instead of packed oneDNN products (JETSPEC_CPU_LINEAR=torch), "
-                        "labelled ar-torchlinear and jetspec@B-torchlinear")
+                        "packed oneDNN products instead of PyTorch's F.linear (SGLANG_JETSPEC_CPU_LINEAR=onednn), "
+                        "labelled ar-onednn and jetspec@B-onednn")
     p.add_argument("--expert-trace", default=None, metavar="FILE",
                    help="with --expert-aware-off: that server writes its verified rounds here "
                         "(python -m launch.replay_experts replays them under simulated EP placements)")
@@ -109,7 +109,7 @@ def main(argv=None) -> None:
             cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
             depth = cfg.block_size - 1
         configs = plan_configs(methods, budgets, depth or 15, autos, expert_off=args.expert_aware_off,
-                               draft_vocab_off=args.draft_vocab_off, torch_linear=args.cpu_linear_torch)
+                               draft_vocab_off=args.draft_vocab_off, onednn_linear=args.cpu_linear_onednn)
         workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.bench: {exc}") from None

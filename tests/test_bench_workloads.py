@@ -258,24 +258,24 @@ def test_draft_vocab_off_pairs_every_static_budget_on_its_own_server():
     assert max_budget(configs, "jetspec-fullvocab") == 16
 
 
-def test_cpu_linear_torch_pairs_ar_and_every_static_budget():
+def test_cpu_linear_onednn_pairs_ar_and_every_static_budget():
     from sglang_jetspec.bench.runner import compare_to_ar
     from sglang_jetspec.bench.suite import server_env
 
-    configs = plan_configs(["jetspec"], [8, 16], depth=15, torch_linear=True)
-    assert [c.label for c in configs] == ["ar", "ar-torchlinear", "jetspec@8", "jetspec@16",
-                                          "jetspec@8-torchlinear", "jetspec@16-torchlinear"]
+    configs = plan_configs(["jetspec"], [8, 16], depth=15, onednn_linear=True)
+    assert [c.label for c in configs] == ["ar", "ar-onednn", "jetspec@8", "jetspec@16",
+                                          "jetspec@8-onednn", "jetspec@16-onednn"]
     assert configs[1].custom_params() is None and configs[5].custom_params() == {"jetspec": {"budget": 16}}
-    assert servers_needed(configs) == ["ar", "ar-torchlinear", "jetspec", "jetspec-torchlinear"]
-    assert server_env("ar-torchlinear") == {"JETSPEC_CPU_LINEAR": "torch"}
-    assert server_env("jetspec-torchlinear") == {"SGLANG_JETSPEC_BUDGET": "static", "JETSPEC_CPU_LINEAR": "torch"}
-    assert "JETSPEC_CPU_LINEAR" not in server_env("jetspec") and server_env("ar") == {}
-    assert max_budget(configs, "jetspec-torchlinear") == 16
+    assert servers_needed(configs) == ["ar", "ar-onednn", "jetspec", "jetspec-onednn"]
+    assert server_env("ar-onednn") == {"SGLANG_JETSPEC_CPU_LINEAR": "onednn"}
+    assert server_env("jetspec-onednn") == {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_JETSPEC_CPU_LINEAR": "onednn"}
+    assert "SGLANG_JETSPEC_CPU_LINEAR" not in server_env("jetspec") and server_env("ar") == {}
+    assert max_budget(configs, "jetspec-onednn") == 16
 
     class M:  # speedups are taken against `ar`, not against the other plain-decoding server
         def __init__(self, label, tps):
             self.label, self.method, self.workload, self.batch_size = label, "ar", "code", 1
             self.tokens_per_s, self.outputs = tps, [[1, 2]]
-    ms = [M("ar", 20.0), M("ar-torchlinear", 10.0)]
+    ms = [M("ar", 20.0), M("ar-onednn", 30.0)]
     compare_to_ar(ms)
-    assert [m.speedup for m in ms] == [1.0, 0.5]
+    assert [m.speedup for m in ms] == [1.0, 1.5]

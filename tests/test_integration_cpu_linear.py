@@ -86,3 +86,14 @@ def test_install_wraps_sglang_once_and_knows_its_plain_head():
     lora = _Layer(8, 4)
     lora.set_lora, lora.apply_lora = object(), object()
     assert not cpu_linear._sglang_plain_head(_Proc(), lora)
+
+
+def test_servers_opt_in_through_their_own_setting(monkeypatch):
+    monkeypatch.delenv(cpu_linear.SERVER_ENV_VAR, raising=False)
+    monkeypatch.setenv(pl.ENV_VAR, "onednn")  # the reference decoder's switch does not reach servers
+    assert cpu_linear.server_backend() == "torch"
+    monkeypatch.setenv(cpu_linear.SERVER_ENV_VAR, "onednn")
+    assert cpu_linear.server_backend() == "onednn"
+    monkeypatch.setenv(cpu_linear.SERVER_ENV_VAR, "fast")
+    with pytest.raises(ValueError, match=r"\$SGLANG_JETSPEC_CPU_LINEAR CPU linear backend 'fast' is not one of"):
+        cpu_linear.server_backend()

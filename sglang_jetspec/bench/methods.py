@@ -17,9 +17,9 @@ instead of following the width (integration/kv_reserve.py): the on/off pair of t
 `-fullvocab` (launch.bench --draft-vocab-off): the static budgets again on a server that drafts
 over the target's whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), the on/off pair of the head
 folder's draft vocabulary (core/draft_vocab.py).
-`ar-torchlinear` and `-torchlinear` (launch.bench --cpu-linear-torch, CPU only): plain decoding and
-the static budgets again on servers whose linear layers use PyTorch's F.linear instead of packed
-oneDNN products (JETSPEC_CPU_LINEAR=torch; integration/cpu_linear.py), the on/off pair of that.
+`ar-onednn` and `-onednn` (launch.bench --cpu-linear-onednn, CPU only): plain decoding and the
+static budgets again on servers whose linear layers use packed oneDNN products instead of PyTorch's
+F.linear (SGLANG_JETSPEC_CPU_LINEAR=onednn; integration/cpu_linear.py), the on/off pair of that.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
 AUTO_SERVERS = (AUTO_SERVER, AUTO_MAX_RESERVE_SERVER)  # adaptive width
 NO_EXPERT_SERVER = "jetspec-noexpert"  # static widths, expert-aware scheduling off (MoE targets)
 FULL_VOCAB_SERVER = "jetspec-fullvocab"  # static widths, draft over the whole vocabulary
-TORCH_LINEAR_SERVER = "jetspec-torchlinear"  # static widths, PyTorch's CPU linear layers
-TORCH_LINEAR_AR = "ar-torchlinear"  # plain decoding, PyTorch's CPU linear layers
-TORCH_LINEAR_SERVERS = (TORCH_LINEAR_AR, TORCH_LINEAR_SERVER)
+ONEDNN_SERVER = "jetspec-onednn"  # static widths, packed oneDNN CPU linear layers
+ONEDNN_AR = "ar-onednn"  # plain decoding, packed oneDNN CPU linear layers
+ONEDNN_SERVERS = (ONEDNN_AR, ONEDNN_SERVER)
 VARIANT_SERVERS = {NO_EXPERT_SERVER: "noexpert", FULL_VOCAB_SERVER: "fullvocab",
-                   TORCH_LINEAR_SERVER: "torchlinear"}  # the causal head, one switch off
+                   ONEDNN_SERVER: "onednn"}  # the causal head, one switch flipped
 HEAD_SERVERS = ("jetspec", "bidirectional", *VARIANT_SERVERS) + AUTO_SERVERS  # servers with a head
 
 
@@ -51,8 +51,8 @@ class Config:
 
     @property
     def label(self) -> str:
-        if self.server == TORCH_LINEAR_AR:
-            return TORCH_LINEAR_AR
+        if self.server == ONEDNN_AR:
+            return ONEDNN_AR
         if self.server == AUTO_SERVER:
             return f"{self.method}@auto"
         if self.server == AUTO_MAX_RESERVE_SERVER:
@@ -114,12 +114,13 @@ def parse_mixed_load(text: str) -> list[int]:
 
 
 def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
-                 expert_off: bool = False, draft_vocab_off: bool = False, torch_linear: bool = False) -> list[Config]:
+                 expert_off: bool = False, draft_vocab_off: bool = False, onednn_linear: bool = False) -> list[Config]:
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1).
     expert_off: also measure every static jetspec budget with expert-aware scheduling off
     (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature.
     draft_vocab_off: likewise with the draft over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off).
-    torch_linear: also ar and every static jetspec budget with PyTorch's CPU linear (JETSPEC_CPU_LINEAR=torch)."""
+    onednn_linear: also ar and every static jetspec budget with packed oneDNN CPU linear layers
+    (SGLANG_JETSPEC_CPU_LINEAR=onednn)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
@@ -129,8 +130,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
     for m in methods:
         if m in PLAIN_SERVERS:
             out.append(Config(m, m))
-            if m == "ar" and torch_linear:
-                out.append(Config(m, TORCH_LINEAR_AR))
+            if m == "ar" and onednn_linear:
+                out.append(Config(m, ONEDNN_AR))
         elif m == "chain":
             out.append(Config(m, "jetspec", budget=depth + 1, width=1))
         else:
@@ -139,8 +140,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
                 out.extend(Config(m, NO_EXPERT_SERVER, budget=b) for b in budgets)
             if m == "jetspec" and draft_vocab_off:
                 out.extend(Config(m, FULL_VOCAB_SERVER, budget=b) for b in budgets)
-            if m == "jetspec" and torch_linear:
-                out.extend(Config(m, TORCH_LINEAR_SERVER, budget=b) for b in budgets)
+            if m == "jetspec" and onednn_linear:
+                out.extend(Config(m, ONEDNN_SERVER, budget=b) for b in budgets)
             if m == "jetspec":
                 autos = ["auto"] if auto is True else list(auto or [])
                 out += [Config(m, AUTO_SERVER if a == "auto" else AUTO_MAX_RESERVE_SERVER) for a in autos]

@@ -47,7 +47,7 @@ def best_table(results: list[dict]) -> str:
     for (w, _), rs in _groups(results).items():
         fastest = max(rs, key=lambda r: r["tokens_per_s"])
         js = [r for r in rs if r["method"] == "jetspec" and r["budget"] is not None
-              and not r["label"].endswith("-torchlinear")]  # the CPU-linear off switch is no candidate
+              and not r["label"].endswith("-onednn")]  # the opt-in CPU linear pair is no candidate
         best_js = max(js, key=lambda r: r["tokens_per_s"]) if js else None
         auto = next((r for r in rs if r["label"] == "jetspec@auto"), None)
         vs = "-" if not (auto and best_js) else f"{auto['tokens_per_s'] / best_js['tokens_per_s']:.2f}"

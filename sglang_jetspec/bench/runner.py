@@ -275,7 +275,7 @@ def _split(prompts: list, phases: list[int]) -> list[tuple[int, list]]:
 
 def compare_to_ar(results: list[Measurement]) -> None:
     """Fill speedup and matches_ar from the ar measurement of the same workload and batch size."""
-    base = {(m.workload, m.batch_size): m for m in results if m.label == "ar"}  # not ar-torchlinear
+    base = {(m.workload, m.batch_size): m for m in results if m.label == "ar"}  # not ar-onednn
     for m in results:
         ar = base.get((m.workload, m.batch_size))
         if ar is None:

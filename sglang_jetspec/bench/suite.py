@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, FULL_VOCAB_SERVER,
-                                          HEAD_SERVERS, NO_EXPERT_SERVER, TORCH_LINEAR_AR, TORCH_LINEAR_SERVERS,
+                                          HEAD_SERVERS, NO_EXPERT_SERVER, ONEDNN_AR, ONEDNN_SERVERS,
                                           VARIANT_SERVERS, Config, max_budget,
                                           servers_needed)
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure, merge_repeats
@@ -63,7 +63,7 @@ def server_spec(plan: BenchPlan, key: str):
     bs = max(plan.batch_sizes + plan.mixed_load)
     common = dict(max_running_requests=max(bs, 1),
                   max_total_tokens=plan.max_total_tokens or max(8192, bs * 1024))
-    if key in ("ar", TORCH_LINEAR_AR):
+    if key in ("ar", ONEDNN_AR):
         return ServerSpec(plan.model, extra=SLEEP_ON_IDLE, **common)
     if key in ("ngram", "standalone"):
         if key == "ngram":
@@ -103,10 +103,10 @@ def context_length(model_dir: str | None) -> int | None:
 
 def server_env(key: str, expert_trace: str | None = None) -> dict:
     """Head servers run static widths, except the `auto` ones (budget_policy.py), whose KV
-    reserve follows the width or stays at the budget (kv_reserve.py). The torchlinear pair runs
-    PyTorch's CPU linear layers (core/packed_linear.py)."""
-    if key == TORCH_LINEAR_AR:
-        return {"JETSPEC_CPU_LINEAR": "torch"}
+    reserve follows the width or stays at the budget (kv_reserve.py). The -onednn pair runs
+    packed oneDNN CPU linear layers (integration/cpu_linear.py)."""
+    if key == ONEDNN_AR:
+        return {"SGLANG_JETSPEC_CPU_LINEAR": "onednn"}
     if key not in HEAD_SERVERS:
         return {}
     env = {"SGLANG_JETSPEC_BUDGET": "adaptive" if key in AUTO_SERVERS else "static"}
@@ -118,8 +118,8 @@ def server_env(key: str, expert_trace: str | None = None) -> dict:
             env["SGLANG_JETSPEC_EXPERT_TRACE"] = expert_trace
     if key == FULL_VOCAB_SERVER:
         env["SGLANG_JETSPEC_DRAFT_VOCAB"] = "off"
-    if key in TORCH_LINEAR_SERVERS:
-        env["JETSPEC_CPU_LINEAR"] = "torch"
+    if key in ONEDNN_SERVERS:
+        env["SGLANG_JETSPEC_CPU_LINEAR"] = "onednn"
     return env
 
 

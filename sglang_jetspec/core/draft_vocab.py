@@ -40,6 +40,7 @@ class DraftVocab:
         self.token_ids = ids
         self._rows: dict[tuple, torch.Tensor] = {}  # lm_head rows per (weight, device, dtype)
         self._packed: tuple[torch.Tensor, PackedWeight] | None = None  # CPU fp32: those rows packed
+        self.use_packed: bool | None = None  # None: as $JETSPEC_CPU_LINEAR says (core/packed_linear.py)
         self._ids: dict[torch.device, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -76,7 +77,8 @@ class DraftVocab:
     def subset_logprobs(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Draft log-probs over the subset only, [..., n] fp32 (column j scores token_ids[j])."""
         rows = self.lm_head_rows(weight)
-        if rows.device.type == "cpu" and rows.dtype == torch.float32 and cpu_linear_backend() == "onednn":
+        packed = self.use_packed if self.use_packed is not None else cpu_linear_backend() == "onednn"
+        if packed and rows.device.type == "cpu" and rows.dtype == torch.float32:
             if self._packed is None or self._packed[0] is not rows:
                 self._packed = (rows, PackedWeight(rows))
             sub = packed_linear(hidden, self._packed[1]).float()  # core/packed_linear.py

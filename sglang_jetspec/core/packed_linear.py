@@ -28,8 +28,10 @@ server of the reliability tests was killed for memory). Row counts above 16 are 
 with zero rows up to a bucket, eight buckets per doubling (at most 1/8 extra rows; 65 buckets up
 to 1100 rows), and the extra rows are dropped.
 
-``JETSPEC_CPU_LINEAR=torch`` turns the packed path off (``onednn``, the default, turns it on
-where this PyTorch build has the oneDNN ops and they pass a self-check at first use).
+``JETSPEC_CPU_LINEAR=torch`` turns the packed path off for the reference decoder (``onednn``, the
+default, turns it on where this PyTorch build has the oneDNN ops and they pass a self-check at
+first use). SGLang servers have their own switch, ``SGLANG_JETSPEC_CPU_LINEAR``, off by default
+(integration/cpu_linear.py says why).
 """
 
 from __future__ import annotations
@@ -85,16 +87,18 @@ def onednn_linear_works() -> bool:
         return False
 
 
-def cpu_linear_backend(requested: str | None = None) -> str:
-    """The backend CPU fp32 linear layers use: ``requested``, else $JETSPEC_CPU_LINEAR, else onednn.
+def cpu_linear_backend(requested: str | None = None, env_var: str = ENV_VAR, default: str = "onednn") -> str:
+    """The backend CPU fp32 linear layers use: ``requested``, else $``env_var``, else ``default``
+    (the reference decoder: $JETSPEC_CPU_LINEAR, default onednn; SGLang servers:
+    $SGLANG_JETSPEC_CPU_LINEAR, default torch, integration/cpu_linear.py).
 
     Raises ValueError on an unknown name; falls back to ``torch`` (with a warning) when oneDNN
     was asked for but does not work in this PyTorch build.
     """
-    name = requested if requested is not None else os.environ.get(ENV_VAR, "onednn")
+    name = requested if requested is not None else os.environ.get(env_var, default)
     name = name.strip().lower()
     if name not in BACKENDS:
-        src = "requested" if requested is not None else f"${ENV_VAR}"
+        src = "requested" if requested is not None else f"${env_var}"
         raise ValueError(f"{src} CPU linear backend {name!r} is not one of {', '.join(BACKENDS)}")
     if name == "onednn" and not onednn_linear_works():
         logger.warning("CPU linear backend onednn requested but not working here; using torch")

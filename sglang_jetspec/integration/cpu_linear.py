@@ -12,7 +12,12 @@ Anything else (another dtype or device, intel-AMX packed layers, LoRA, quantized
 ``out`` buffer) takes SGLang's own path unchanged. A linear layer's own weight is freed once packed
 (release_weight), so SGLang's weight-update endpoints cannot reload such a server in place (they
 fail on the emptied parameter rather than leave a stale packed copy); the lm_head keeps its weight
-(it is usually the embedding too). ``JETSPEC_CPU_LINEAR=torch`` leaves SGLang's code untouched.
+(it is usually the embedding too).
+
+Opt-in: ``SGLANG_JETSPEC_CPU_LINEAR=onednn`` (default ``torch``: SGLang's code untouched). Measured
+gains are large (README, "Serving with SGLang"), but each scheduler then holds about 0.4 GB more
+(oneDNN's per-size primitives, the lm_head's packed copy), and the test suite's concurrent servers
+ran a 24 GB machine out of memory with it on everywhere; so it is a choice, not a default.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ import torch
 from sglang_jetspec.core.packed_linear import PackedWeight, packed_linear
 
 _ATTR = "_jetspec_packed"
+SERVER_ENV_VAR = "SGLANG_JETSPEC_CPU_LINEAR"
+
+
+def server_backend() -> str:
+    """``onednn`` or ``torch`` for this server's CPU linear layers (and its draft head's)."""
+    from sglang_jetspec.core.packed_linear import cpu_linear_backend
+
+    return cpu_linear_backend(env_var=SERVER_ENV_VAR, default="torch")
 
 
 def _cpu_fp32(x: torch.Tensor, weight) -> bool:

@@ -18,9 +18,9 @@ Active only when torch sees no CUDA device (SGLang's CUDA kernels cannot run, an
      2-3 at batch 1, decoding at batch 2-3): the CPU matmul reads the vocabulary weight once
      per row below four rows (core/row_linear.py: 26 / 38 ms for 2 / 3 rows against 19 ms for
      4 on SmolLM2's 49152 x 576 lm_head), which priced small verify widths out on a CPU.
-  6. routes SGLang's CPU fp32 linear layers and plain lm_head through packed oneDNN products
-     (integration/cpu_linear.py, core/packed_linear.py), unless JETSPEC_CPU_LINEAR=torch; an
-     unknown value of that variable stops the server at startup with a message naming it.
+  6. with SGLANG_JETSPEC_CPU_LINEAR=onednn (default torch), routes SGLang's CPU fp32 linear
+     layers and plain lm_head through packed oneDNN products (integration/cpu_linear.py,
+     core/packed_linear.py); an unknown value stops the server at startup, naming it.
 
 Every stand-in op has the signature of its sgl_kernel namesake (see SGLang's call sites in
 sglang/kernels/ops/...) and the semantics of SGLang's Triton kernel of the same name; each
@@ -97,11 +97,9 @@ def _few_row_lm_head() -> None:
 def _packed_linears() -> None:
     """Item 6 above (after item 5, so its wrapper is outermost: the packed path serves every row
     count, the padding only what it leaves to SGLang)."""
-    from sglang_jetspec.core.packed_linear import cpu_linear_backend
+    from sglang_jetspec.integration import cpu_linear
 
-    if cpu_linear_backend() == "onednn":
-        from sglang_jetspec.integration import cpu_linear
-
+    if cpu_linear.server_backend() == "onednn":
         cpu_linear.install()
 
 

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from sglang_jetspec.core.head import DraftHead, rotary_cos_sin
-from sglang_jetspec.core.packed_linear import cpu_linear_backend, pack_linears
+from sglang_jetspec.core.packed_linear import pack_linears
 from sglang_jetspec.core.row_linear import row_linear
+from sglang_jetspec.integration.cpu_linear import server_backend
 
 
 class Drafter:
@@ -28,11 +29,14 @@ class Drafter:
         if cfg.mask_token_id is None:
             raise ValueError("draft head config has no dflash_config.mask_token_id")
         self.head, self.cfg, self.depth, self.vocab_size = head.eval(), cfg, depth, vocab_size
-        if lm_head_weight.device.type == "cpu" and cpu_linear_backend() == "onednn":
+        packed = lm_head_weight.device.type == "cpu" and server_backend() == "onednn"
+        if packed:
             pack_linears(self.head)  # CPU fp32 layers through packed oneDNN products, like the target's
         self.embed_weight = embed_weight  # [V(+pad), d] the target's input embeddings
         self.lm_head_weight = lm_head_weight  # [V(+pad), d] the target's output head
         self.vocab = head.draft_vocab  # None: score the whole vocabulary (core/draft_vocab.py)
+        if self.vocab is not None:
+            self.vocab.use_packed = packed
         if self.vocab is not None:
             errs = self.vocab.check(vocab_size)
             if errs:
