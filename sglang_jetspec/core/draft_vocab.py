@@ -39,7 +39,7 @@ class DraftVocab:
             raise ValueError(f"draft vocabulary token id {int(ids[0])} is negative")
         self.token_ids = ids
         self._rows: dict[tuple, torch.Tensor] = {}  # lm_head rows per (weight, device, dtype)
-        self._packed: tuple[torch.Tensor, PackedWeight] | None = None  # CPU fp32: those rows packed
+        self._packed: PackedWeight | None = None  # CPU fp32: those rows packed (repacked if they change)
         self.use_packed: bool | None = None  # None: as $JETSPEC_CPU_LINEAR says (core/packed_linear.py)
         self._ids: dict[torch.device, torch.Tensor] = {}
 
@@ -79,9 +79,9 @@ class DraftVocab:
         rows = self.lm_head_rows(weight)
         packed = self.use_packed if self.use_packed is not None else cpu_linear_backend() == "onednn"
         if packed and rows.device.type == "cpu" and rows.dtype == torch.float32:
-            if self._packed is None or self._packed[0] is not rows:
-                self._packed = (rows, PackedWeight(rows))
-            sub = packed_linear(hidden, self._packed[1]).float()  # core/packed_linear.py
+            if self._packed is None:
+                self._packed = PackedWeight(rows)
+            sub = packed_linear(hidden, self._packed, weight=rows).float()  # core/packed_linear.py
         else:
             sub = row_linear(hidden, rows).float()  # see row_linear.py
         return torch.log_softmax(sub, dim=-1)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from sglang_jetspec.core.packed_linear import PackedWeight, packed_linear
+from sglang_jetspec.core.packed_linear import PackedWeight, cpu_linear_backend, packable, packed_linear
 
 _ATTR = "_jetspec_packed"
 SERVER_ENV_VAR = "SGLANG_JETSPEC_CPU_LINEAR"
@@ -32,19 +32,7 @@ SERVER_ENV_VAR = "SGLANG_JETSPEC_CPU_LINEAR"
 
 def server_backend() -> str:
     """``onednn`` or ``torch`` for this server's CPU linear layers (and its draft head's)."""
-    from sglang_jetspec.core.packed_linear import cpu_linear_backend
-
     return cpu_linear_backend(env_var=SERVER_ENV_VAR, default="torch")
-
-
-def _cpu_fp32(x: torch.Tensor, weight) -> bool:
-    return (
-        isinstance(weight, torch.Tensor)
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and weight.dim() == 2
-    )
 
 
 def _packed_of(layer) -> PackedWeight:
@@ -72,7 +60,7 @@ def packed_linear_apply(apply):
         if pw is not None and pw.released:
             return packed_linear(x, pw, bias)  # raises on anything but a CPU fp32 input
         w = getattr(layer, "weight", None)
-        if not _cpu_fp32(x, w) or getattr(layer, "use_intel_amx_backend", False):
+        if not packable(x, w) or getattr(layer, "use_intel_amx_backend", False):
             return apply(self, layer, x, bias)
         pw = _packed_of(layer)
         out = packed_linear(x, pw, bias, weight=w)
@@ -90,7 +78,7 @@ def packed_lm_head(compute, plain_head):
 
     def wrapped(self, hidden_states, lm_head, embedding_bias=None, *, out=None):
         w = getattr(lm_head, "weight", None)
-        if out is not None or hidden_states.dim() != 2 or not _cpu_fp32(hidden_states, w) or not plain_head(self, lm_head):
+        if out is not None or hidden_states.dim() != 2 or not packable(hidden_states, w) or not plain_head(self, lm_head):
             return compute(self, hidden_states, lm_head, embedding_bias, out=out)
         return packed_linear(hidden_states, _packed_of(lm_head), weight=w)
 
