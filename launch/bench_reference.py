@@ -8,6 +8,8 @@ wall_clock.py); prints tokens/s, speedup over `ar`, accepted length and output e
 `--draft-vocab on,off` measures the head with and without its draft vocabulary in the same run.
 `--cpu-linear onednn,torch` also times plain decoding with PyTorch's own CPU linear (`ar[torch]`)
 beside the packed oneDNN one every configuration uses by default (core/packed_linear.py).
+`ar` is one target forward per token through the reference decoder's own forward path
+(reference/ar.py); `--ar-hf` also times Hugging Face's `generate` (`ar[hf]`, slower per token).
 """
 
 import argparse
@@ -30,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--cpu-linear", default=None,
                    help="CPU fp32 linear backend of the target: onednn (default; core/packed_linear.py) or "
                         "torch; onednn,torch also times plain decoding with the second one, as ar[torch]")
+    p.add_argument("--ar-hf", action="store_true",
+                   help="also time plain decoding through Hugging Face's generate (ar[hf]) beside ar")
     p.add_argument("--json", default=None, help="also write the tallies here")
     args = p.parse_args(argv)
     try:
@@ -81,13 +85,14 @@ def main(argv=None) -> None:
           + (f"; draft vocabulary {len(vocab.draft_vocab)} tokens" if vocab is not None else "")
           + f"; {args.threads} thread(s); CPU linear {target.linear_backend}"
           + "".join(f" (and {lab} for plain decoding)" for lab in other_ar)
+          + (" (and ar[hf]: Hugging Face generate)" if args.ar_hf else "")
           + f"; greedy, {args.max_new_tokens} new tokens max", flush=True)
 
     def progress(name, results):
         print(f"  {name}: " + ", ".join(f"{k} {len(r.output_ids) / r.seconds:.1f} tok/s" for k, r in results.items()),
               flush=True)
 
-    tallies = run_wall_clock(target, decoders, prompts, args.max_new_tokens, progress, other_ar)
+    tallies = run_wall_clock(target, decoders, prompts, args.max_new_tokens, progress, other_ar, hf_ar=args.ar_hf)
     print()
     print(format_wall_clock(tallies))
     if args.json:

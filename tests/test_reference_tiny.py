@@ -47,10 +47,36 @@ def test_greedy_parity_tiny(budget, width):
         a = generate_ar(target, prompt, 24)
         r = dec.generate(prompt, 24)
         assert r.output_ids == a.output_ids
+        assert generate_ar(target, prompt, 24, loop="hf").output_ids == a.output_ids  # independent oracle
         assert len(r.output_ids) == 24 and sum(r.accepted) == 23 and len(r.accepted) == r.rounds
         total_drafts += 23 - r.rounds
     if budget == 1:
         assert total_drafts == 0
+
+
+@pytest.mark.parametrize("with_eos", [False, True])
+def test_ar_step_loop_equals_hf_generate(with_eos):
+    """The step loop (the wall-clock baseline) emits Hugging Face generate's tokens, stops included."""
+    target = tiny_target(vocab=50, seed=3)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 49, (int(torch.randint(2, 10, (), generator=gen)),), generator=gen).tolist()
+               for _ in range(8)]
+    if with_eos:  # a token the free-running outputs emit mid-answer, so some answers stop early
+        counts = torch.bincount(torch.tensor([t for p in prompts for t in generate_ar(target, p, 30).output_ids[1:-1]]))
+        target.model.generation_config.eos_token_id = int(counts.argmax())
+    stopped = 0
+    for prompt in prompts:
+        for n in (1, 5, 30):
+            step, hf = generate_ar(target, prompt, n), generate_ar(target, prompt, n, loop="hf")
+            assert step.output_ids == hf.output_ids, (prompt, n)
+            assert step.finish_reason == hf.finish_reason
+            stopped += step.finish_reason == "stop"
+    if with_eos:
+        assert stopped > 0, "no prompt reached the EOS token: the stop path went untested"
+    with pytest.raises(ValueError, match="greedy only"):
+        generate_ar(target, [1, 2], 4, temperature=1.0, loop="hf")
+    with pytest.raises(ValueError, match="expected one of"):
+        generate_ar(target, [1, 2], 4, loop="fast")
 
 
 def _exact_joint(target: HFTarget, prompt: list[int], temperature: float, top_k: int, top_p: float):
@@ -93,3 +119,32 @@ def test_sampling_follows_target_distribution():
     assert _chi2_pvalue(counts, exact) > 1e-3
     # negative control: the same samples against the law at another temperature must be rejected
     assert _chi2_pvalue(counts, _exact_joint(target, prompt, 1.5, top_k, top_p)) < 1e-3
+
+
+def _keep_rows_reference(cache, prefix_len, keep):
+    idx = torch.cat([torch.arange(prefix_len), prefix_len + keep])
+    return [(l.keys.index_select(2, idx), l.values.index_select(2, idx)) for l in cache.layers]
+
+
+def test_keep_cache_rows_matches_gather_reference():
+    """The in-place cut keeps exactly the prefix plus the accepted tree rows, in path order, and the
+    cache grows correctly afterwards (the next forward's rows land after them)."""
+    from sglang_jetspec.reference.target import keep_cache_rows
+
+    target = tiny_target(vocab=50, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    for prefix_len, n_tree, keep in [(5, 6, [0, 2, 5]), (3, 1, [0]), (7, 8, [0, 1, 2, 3, 4, 5, 6, 7]), (4, 5, [0, 4])]:
+        cache = target.new_cache()
+        ids = torch.randint(0, 49, (prefix_len + n_tree,), generator=gen)
+        target.forward(ids, cache, 0, logits=False)
+        keep_t = torch.tensor(keep)
+        want = _keep_rows_reference(cache, prefix_len, keep_t)
+        keep_cache_rows(cache, prefix_len, keep_t)
+        for layer, (k, v) in zip(cache.layers, want):
+            assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+        assert cache.get_seq_length() == prefix_len + len(keep)
+        target.forward(torch.tensor([3]), cache, prefix_len + len(keep), logits=False)
+        for layer, (k, _) in zip(cache.layers, want):
+            assert torch.equal(layer.keys[:, :, : k.shape[2]], k) and layer.keys.shape[2] == k.shape[2] + 1
+    with pytest.raises(ValueError, match="beyond"):
+        keep_cache_rows(cache, prefix_len, torch.tensor([0, 9]))

@@ -1,6 +1,7 @@
 """Wall clock of the reference decoder against plain decoding, side by side in one process.
 
-Per prompt, plain decoding (`ar`, Hugging Face's own greedy loop) and every reference
+Per prompt, plain decoding (`ar`: one target forward per token through the same kernels and
+forward path as the reference decoder's verify, reference/ar.py) and every reference
 configuration (node budget x draft vocabulary on/off) decode the same prompt one after the
 other, the order rotating from prompt to prompt, so a slow minute of a shared machine falls on
 all of them. Reported per prompt set: tokens/s, speedup over `ar`, accepted length (tokens
@@ -36,11 +37,14 @@ class Tally:
 
 
 def run_wall_clock(target, decoders: dict, prompts: dict[str, list[list[int]]], max_new_tokens: int,
-                   progress=None, other_ar: dict | None = None) -> dict[str, dict[str, Tally]]:
+                   progress=None, other_ar: dict | None = None, hf_ar: bool = False) -> dict[str, dict[str, Tally]]:
     """decoders: label -> ReferenceDecoder. prompts: set name -> encoded prompts. other_ar: label ->
     another target (e.g. the same model with another CPU linear backend) whose plain decoding is
-    timed beside ``target``'s. Returns tallies[set][label] with label `ar` (target's) first."""
-    other_ar = other_ar or {}
+    timed beside ``target``'s. hf_ar: also time Hugging Face's ``generate`` on ``target`` as
+    `ar[hf]`. Returns tallies[set][label] with label `ar` (target's) first."""
+    other_ar = dict(other_ar or {})
+    if hf_ar:
+        other_ar["ar[hf]"] = target
     labels = ["ar"] + list(other_ar) + list(decoders)
     out = {}
     turn = 0
@@ -54,7 +58,8 @@ def run_wall_clock(target, decoders: dict, prompts: dict[str, list[list[int]]], 
                 if lab == "ar":
                     results[lab] = generate_ar(target, ids, max_new_tokens)
                 elif lab in other_ar:
-                    results[lab] = generate_ar(other_ar[lab], ids, max_new_tokens)
+                    results[lab] = generate_ar(other_ar[lab], ids, max_new_tokens,
+                                               loop="hf" if lab == "ar[hf]" else "step")
                 else:
                     results[lab] = decoders[lab].generate(ids, max_new_tokens)
             want = results["ar"].output_ids
