@@ -135,9 +135,18 @@ class HFTarget:
 
 def keep_cache_rows(cache, prefix_len: int, keep: torch.Tensor) -> None:
     """WARNING: in place. Keep the first ``prefix_len`` cached tokens plus rows ``prefix_len + keep``
-    (the accepted path of a verified tree, in order); drop the rest of the tree's entries."""
-    idx = torch.cat([torch.arange(prefix_len), prefix_len + keep.cpu()])
+    (the accepted path of a verified tree, in order); drop the rest of the tree's entries.
+    Only the tree's rows move: the accepted ones are gathered to the front of the tree's slots
+    and the cache is cut after them (a view; the prefix is not copied)."""
+    keep = keep.cpu()
+    if keep.numel() and (keep.min() < 0 or keep.dim() != 1):
+        raise ValueError(f"keep must be 1-D non-negative tree rows, got {keep.tolist()}")
+    k = keep.numel()
     for layer in cache.layers:
-        idx_dev = idx.to(layer.keys.device)
-        layer.keys = layer.keys.index_select(2, idx_dev)
-        layer.values = layer.values.index_select(2, idx_dev)
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            if prefix_len + (int(keep.max()) + 1 if k else 0) > t.shape[2]:
+                raise ValueError(f"keep rows {keep.tolist()} beyond the {t.shape[2] - prefix_len} cached tree rows")
+            rows = t.index_select(2, (prefix_len + keep).to(t.device))  # a copy: safe to write back
+            t[:, :, prefix_len : prefix_len + k] = rows
+            setattr(layer, name, t[:, :, : prefix_len + k])
