@@ -112,14 +112,16 @@ def test_greedy_with_a_subset_equals_plain_decoding_and_drafts_only_subset_token
 
     target, head, dec = _subset_decoder(budget=24, width=4, depth=6)
     drafted = set()
-    real_build = decoder_mod.build_tree
 
-    def spy(root, draft_logprobs, *a, **kw):
-        tree = real_build(root, draft_logprobs, *a, **kw)
-        drafted.update(tree.tokens[1:].tolist())  # node 0 is the committed root
-        return tree
+    def spy(real):
+        def build(root, *a, **kw):
+            tree = real(root, *a, **kw)
+            drafted.update(tree.tokens[1:].tolist())  # node 0 is the committed root
+            return tree
+        return build
 
-    monkeypatch.setattr(decoder_mod, "build_tree", spy)
+    for name in ("build_tree", "build_tree_from_top"):  # greedy builds from the subset's top-W
+        monkeypatch.setattr(decoder_mod, name, spy(getattr(decoder_mod, name)))
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         prompt = torch.randint(0, 49, (int(torch.randint(3, 10, (), generator=gen)),), generator=gen).tolist()

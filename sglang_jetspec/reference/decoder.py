@@ -20,7 +20,7 @@ from sglang_jetspec.core.acceptance import accept_greedy, accept_greedy_lazy, ac
 from sglang_jetspec.core.head import DraftHead, HeadKVCache
 from sglang_jetspec.core.packed_linear import pack_linears
 from sglang_jetspec.core.sampling import draft_distribution, target_distribution
-from sglang_jetspec.core.tree import build_tree, limits_for_remaining, resample_children
+from sglang_jetspec.core.tree import build_tree, build_tree_from_top, limits_for_remaining, resample_children
 from sglang_jetspec.reference.results import GenerationResult, truncate_at_stop
 from sglang_jetspec.reference.target import HFTarget, keep_cache_rows
 
@@ -93,11 +93,16 @@ class ReferenceDecoder:
             budget, depth = limits_for_remaining(self.tree.budget, self.depth,
                                                  max_new_tokens - len(out))  # as the server does
             rows = max(1, min(depth, budget - 1))  # a tree of budget B is at most B - 1 deep
-            draft_lp = self._draft(anchor, prefix_len, new_feats, feat_pos, head_cache, rows)  # [rows, V]
-            tree = build_tree(anchor, draft_lp, budget, self.tree.width, min(depth, rows))
-            if sampling:
+            scores, ids = self._draft_scores(anchor, prefix_len, new_feats, feat_pos, head_cache, rows)
+            if sampling:  # the draft distribution over the whole vocabulary
+                draft_lp = self._full_width(scores, ids)  # [rows, V]
+                tree = build_tree(anchor, draft_lp, budget, self.tree.width, min(depth, rows))
                 q = draft_distribution(draft_lp, temperature)
                 tree = resample_children(tree, q, gen)
+            else:  # the tree reads only each row's top-W: take it over the scored columns
+                vals, cols = scores.topk(min(self.tree.width, scores.shape[-1]), dim=-1)
+                tree = build_tree_from_top(anchor, vals, cols if ids is None else ids[cols], budget,
+                                           self.tree.width, min(depth, rows))
             step = tgt.forward(tree.tokens, cache, prefix_len, layer_ids=self.layer_ids,
                                tree_mask=tree.ancestor_mask(), depths=tree.depths, logits=False)
             if sampling:
@@ -123,13 +128,27 @@ class ReferenceDecoder:
 
     def _draft(self, anchor: int, anchor_pos: int, feats: torch.Tensor, feat_pos: torch.Tensor,
                head_cache: HeadKVCache, rows: int | None = None) -> torch.Tensor:
-        """Draft log-probs [rows, V] of depths 1..rows (default: all) from one head forward. A causal head
-        runs only rows + 1 block positions (slot i never sees later slots); the head still
-        takes in the new context, so a round that needs no draft keeps its cache current."""
+        """Draft log-probs [rows, V] of depths 1..rows (default: all), -inf outside a draft
+        vocabulary; see _draft_scores."""
+        return self._full_width(*self._draft_scores(anchor, anchor_pos, feats, feat_pos, head_cache, rows))
+
+    def _full_width(self, scores: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        if ids is None:
+            return scores
+        out = torch.full((scores.shape[0], self.target.vocab_size), float("-inf"))
+        out[:, ids] = scores
+        return out
+
+    def _draft_scores(self, anchor: int, anchor_pos: int, feats: torch.Tensor, feat_pos: torch.Tensor,
+                      head_cache: HeadKVCache, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One head forward: draft log-probs [rows, n] of depths 1..rows (default: all) over the
+        scored tokens, and their ids [n] (None: n is the whole vocabulary, column = token id).
+        A causal head runs only rows + 1 block positions (slot i never sees later slots); the
+        head still takes in the new context, so a round that needs no draft keeps its cache current."""
         cfg, dev = self.head.config, self.target.device
         rows = self.depth if rows is None else rows
         if self.tree.budget == 1:  # plain decoding: the tree is the root alone, no head needed
-            return torch.zeros(rows, self.target.vocab_size)
+            return torch.zeros(rows, self.target.vocab_size), None
         s = rows + 1 if cfg.causal_head else cfg.block_size
         block = torch.full((s,), cfg.mask_token_id, device=dev)
         block[0] = anchor
@@ -141,5 +160,6 @@ class ReferenceDecoder:
         )
         rows_h = hidden[0, 1 : 1 + rows]  # slot i predicts depth i
         if self.vocab is not None:
-            return self.vocab.logprobs(rows_h, self.target.lm_head_weight(), self.target.vocab_size).cpu()
-        return torch.log_softmax(self.target.lm_head(rows_h), dim=-1).cpu()
+            sub = self.vocab.subset_logprobs(rows_h, self.target.lm_head_weight()).cpu()
+            return sub, self.vocab.token_ids
+        return torch.log_softmax(self.target.lm_head(rows_h), dim=-1).cpu(), None
