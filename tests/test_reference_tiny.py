@@ -148,3 +148,35 @@ def test_keep_cache_rows_matches_gather_reference():
             assert torch.equal(layer.keys[:, :, : k.shape[2]], k) and layer.keys.shape[2] == k.shape[2] + 1
     with pytest.raises(ValueError, match="beyond"):
         keep_cache_rows(cache, prefix_len, torch.tensor([0, 9]))
+
+
+def test_grouped_kv_attention_matches_transformers_sdpa_on_tree_verifies(monkeypatch):
+    """The reference target's masked attention (KV heads grouped, reference/attention.py) gives
+    transformers' sdpa values on tree verifies over a cache, and is what actually runs."""
+    import sglang_jetspec.reference.attention as attention
+    from sglang_jetspec.core.tree import build_tree
+
+    target = tiny_target(vocab=50, seed=6)  # 4 query heads over 2 KV heads
+    assert target.attention == "sdpa-gqa"
+    stock = tiny_target(vocab=50, seed=6)  # the same weights
+    stock.model.set_attn_implementation("sdpa")
+    calls = []
+    real = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(k.get("enable_gqa")) or real(*a, **k))
+    gen = torch.Generator().manual_seed(7)
+    for prefix in (3, 17):
+        ids = torch.randint(0, 49, (prefix,), generator=gen)
+        lp = torch.log_softmax(torch.randn(5, 50, generator=gen), dim=-1)
+        tree = build_tree(int(ids[-1]), lp, 12, 3, 5)
+        outs = []
+        for t in (target, stock):
+            cache = t.new_cache()
+            t.forward(ids, cache, 0, logits=False)
+            calls.clear()
+            outs.append(t.forward(tree.tokens, cache, prefix, layer_ids=[0, 2], tree_mask=tree.ancestor_mask(),
+                                  depths=tree.depths))
+            # one attention call per layer; grouped (enable_gqa) for ours, repeated heads for stock's
+            assert calls == ([True] * 3 if t is target else [None] * 3), calls
+        assert torch.allclose(outs[0].hidden, outs[1].hidden, atol=1e-6, rtol=0)
+        assert torch.allclose(outs[0].features, outs[1].features, atol=1e-6, rtol=0)

@@ -16,6 +16,7 @@ import torch
 
 from sglang_jetspec.core.packed_linear import PackedWeight, cpu_linear_backend, pack_linears, packed_linear
 from sglang_jetspec.core.row_linear import row_linear
+from sglang_jetspec.reference.attention import use_gqa_sdpa
 
 
 @dataclass
@@ -61,6 +62,9 @@ class HFTarget:
             head = self.model.get_output_embeddings()
             self._head_packed = PackedWeight(head.weight)
             self.linear_backend = "onednn"
+        # CPU: tree verifies (masked) attend with the KV heads grouped, not repeated (attention.py)
+        self.attention = "sdpa-gqa" if self.device.type == "cpu" and use_gqa_sdpa(self.model) else \
+            self.model.config._attn_implementation
 
     # ---- pieces the draft head borrows -------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
