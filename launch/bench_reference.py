@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     prompts = {os.path.basename(f).removesuffix(".jsonl"): encode_prompts(target.tokenizer, read_prompts(f)[: args.num_prompts])
                for f in args.prompts}
     vocab = heads.get("on")
-    print(f"target {target.model_dir}; head {args.head or '(shipped)'}"
+    shown = os.path.relpath(target.model_dir) if os.path.abspath(target.model_dir).startswith(os.getcwd()) else target.model_dir
+    print(f"target {shown}; head {args.head or '(shipped)'}"
           + (f"; draft vocabulary {len(vocab.draft_vocab)} tokens" if vocab is not None else "")
           + f"; {args.threads} thread(s); CPU linear {target.linear_backend}"
           + "".join(f" (and {lab} for plain decoding)" for lab in other_ar)
