@@ -15,9 +15,11 @@ fail on the emptied parameter rather than leave a stale packed copy); the lm_hea
 (it is usually the embedding too).
 
 Opt-in: ``SGLANG_JETSPEC_CPU_LINEAR=onednn`` (default ``torch``: SGLang's code untouched). Measured
-gains are large (README, "Serving with SGLang"), but each scheduler then holds about 0.4 GB more
-(oneDNN's per-size primitives, the lm_head's packed copy), and the test suite's concurrent servers
-ran a 24 GB machine out of memory with it on everywhere; so it is a choice, not a default.
+gains are large (README, "Serving with SGLang"), but each scheduler then holds 0.13-0.22 GB more
+(SmolLM2, 2.47 / 2.67 GB resident for a plain / JETSPEC scheduler against 2.34 / 2.45 with
+F.linear; docs/bench/cpu-smollm2-server-onednn/server_rss.txt: the lm_head's packed copy is 0.11
+GB, the rest oneDNN's primitives and scratch), and the test suite's concurrent servers ran a 24 GB
+machine out of memory with it on everywhere; so it is a choice, not a default.
 """
 
 from __future__ import annotations
