@@ -5,7 +5,8 @@
 
 Starts a plain server and a JETSPEC server one after the other, profiles `--steps` scheduler steps
 of each with SGLang's own torch profiler (/start_profile) while it answers one prompt greedily, and
-writes DIR/profile.md: per span (`step[DECODE ...]`, `step[VERIFY ...]` and the JETSPEC phases
+writes DIR/profile.md: per span (SGLang's `scheduler.run_batch` and `scheduler.process_batch_result`,
+the forward `step[DECODE ...]` / `step[VERIFY ...]`, and the JETSPEC phases
 `jetspec.draft/tree/verify/accept`) the wall ms per occurrence and the operators' self time
 inside it. Traces stay in DIR/<label>/, server logs in DIR/<label>.log. Defaults: the embedded
 SmolLM2 target and its shipped head.

@@ -27,6 +27,7 @@ def test_profiles_plain_and_jetspec_steps(tmp_path, smollm2_dir):
     text = (out / "profile.md").read_text()
     # both servers were profiled, with their own step kinds, and the worker's phases show up
     assert "step[DECODE bs=1]" in text and "step[VERIFY bs=1]" in text
+    assert text.count("`scheduler.run_batch`") == 2 and text.count("`scheduler.process_batch_result`") == 2
     for phase in ("draft", "tree", "verify", "accept"):
         assert f"`jetspec.{phase}`" in text
     assert len(list((out / "ar").glob("*.trace.json*"))) == 1

@@ -37,13 +37,19 @@ def test_summarize_per_occurrence_and_only_inside_the_span():
     ]
     (s,) = summarize([e for e in events if e.get("ph") == "X"])
     assert s.name == "step[VERIFY bs=1]" and s.count == 2
-    assert s.mean_ms == pytest.approx((1000 + 3000) / 2 / 1e3)
+    assert s.mean_ms == pytest.approx((1000 + 3000) / 2 / 1e3) == s.median_ms
     assert s.op_ms == pytest.approx({"mkldnn::_linear_pointwise": 0.4, "aten::add": 0.05})
     assert list(s.op_ms) == ["mkldnn::_linear_pointwise", "aten::add"]  # largest first
     assert s.ops_ms == pytest.approx(0.45)
     table = format_markdown("t", [s], top=1)
-    assert "`step[VERIFY bs=1]` | 2 | 2.00 | 0.45 | mkldnn::_linear_pointwise 0.40 |" in table
+    assert "`step[VERIFY bs=1]` | 2 | 2.00 | 2.00 | 0.45 | mkldnn::_linear_pointwise 0.40 |" in table
     assert "aten::add" not in table
+
+
+def test_median_is_not_moved_by_one_slow_occurrence():
+    events = [ev("jetspec.verify", t * 100, d, cat="user_annotation") for t, d in enumerate((10, 12, 11, 90))]
+    (s,) = summarize(events)
+    assert s.median_ms == pytest.approx(0.0115) and s.mean_ms == pytest.approx(0.03075)
 
 
 def test_load_events_reads_gzip_and_plain(tmp_path):

@@ -1,7 +1,10 @@
 """Where a scheduler step's time goes, from a torch profiler trace of a real SGLang server.
 
 SGLang's `/start_profile` (activities CPU, optionally GPU) writes a Chrome trace of the scheduler
-process. Its step spans are named `step[DECODE bs=1]`, `step[VERIFY bs=4]`, ...; the JETSPEC
+process. Its scheduler loop marks `scheduler.run_batch` (the whole forward step: batch
+preparation, the model or speculative worker, sampling) and `scheduler.process_batch_result`
+(committing tokens, streaming); the model forward inside it is `step[DECODE bs=1]`,
+`step[VERIFY bs=4]`, ...; the JETSPEC
 worker names its four phases `jetspec.draft`, `jetspec.tree`, `jetspec.verify`, `jetspec.accept`
 (integration/round_stats.py). This module groups the trace's complete events under those spans and
 sums the SELF time of every operator inside each (an op's own time minus the ops it calls, so
@@ -16,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPAN_PREFIXES = ("step[", "jetspec.")
+SPAN_PREFIXES = ("scheduler.run_batch", "scheduler.process_batch_result", "step[", "jetspec.")
 
 
 def load_events(path: str | Path) -> list[dict]:
@@ -54,6 +57,7 @@ class SpanSummary:
     name: str                   # e.g. "step[VERIFY bs=1]" or "jetspec.draft"
     count: int                  # occurrences in the trace
     mean_ms: float              # wall time per occurrence
+    median_ms: float            # its median (one slow occurrence, e.g. a prefill's, moves the mean)
     op_ms: dict[str, float] = field(default_factory=dict)  # op -> self ms per occurrence, largest first
 
     @property
@@ -82,19 +86,21 @@ def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> 
                 if o_start >= start and o_end <= end:
                     per_op[op] += t
         n = len(occ)
-        out.append(SpanSummary(name, n, sum(s["dur"] for s in occ) / n / 1e3,
+        durs = sorted(s["dur"] for s in occ)
+        median = (durs[(n - 1) // 2] + durs[n // 2]) / 2
+        out.append(SpanSummary(name, n, sum(durs) / n / 1e3, median / 1e3,
                                {op: t / n / 1e3 for op, t in per_op.most_common()}))
     return out
 
 
 def format_markdown(title: str, summaries: list[SpanSummary], top: int = 8) -> str:
-    """A table per span: wall ms per occurrence, op self ms, and its `top` ops."""
+    """A table per span: wall ms per occurrence (mean and median), op self ms, and its `top` ops."""
     lines = [f"### {title}", ""]
     if not summaries:
         return "\n".join(lines + ["(no step or jetspec spans in the trace)", ""])
-    lines += ["| span | count | ms each | ops' self ms | largest ops (self ms each) |",
-              "|---|---:|---:|---:|---|"]
+    lines += ["| span | count | ms each | median ms | ops' self ms each | largest ops (self ms each) |",
+              "|---|---:|---:|---:|---:|---|"]
     for s in summaries:
         ops = ", ".join(f"{op} {ms:.2f}" for op, ms in list(s.op_ms.items())[:top])
-        lines.append(f"| `{s.name}` | {s.count} | {s.mean_ms:.2f} | {s.ops_ms:.2f} | {ops} |")
+        lines.append(f"| `{s.name}` | {s.count} | {s.mean_ms:.2f} | {s.median_ms:.2f} | {s.ops_ms:.2f} | {ops} |")
     return "\n".join(lines + [""])
