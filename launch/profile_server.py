@@ -8,7 +8,7 @@ of each with SGLang's own torch profiler (/start_profile) while it answers one p
 writes DIR/profile.md: per span (SGLang's `scheduler.run_batch` and `scheduler.process_batch_result`,
 the forward `step[DECODE ...]` / `step[VERIFY ...]`, and the JETSPEC phases
 `jetspec.draft/tree/verify/accept`) the wall ms per occurrence and the operators' self time
-inside it. Traces stay in DIR/<label>/, server logs in DIR/<label>.log. Defaults: the embedded
+inside it (with a GPU also the device time of the kernels each span launched). Traces stay in DIR/<label>/, server logs in DIR/<label>.log. Defaults: the embedded
 SmolLM2 target and its shipped head.
 """
 

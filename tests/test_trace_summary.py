@@ -78,3 +78,26 @@ def test_round_stats_phases_are_named_in_a_real_profile(tmp_path):
     assert "aten::tanh" in by_name["jetspec.verify"].op_ms
     assert "aten::tanh" not in by_name["jetspec.draft"].op_ms
     assert stats.seconds["draft"] > 0 and stats.seconds["verify"] > 0
+
+
+def test_gpu_time_counts_in_the_span_that_launched_it():
+    def dev(cat, name, ts, dur, corr, pid=0, tid=7):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": pid, "tid": tid,
+                "args": {"correlation": corr}}
+
+    events = [
+        ev("jetspec.verify", 0, 1000, cat="user_annotation"),
+        ev("jetspec.accept", 1000, 200, cat="user_annotation"),
+        dev("cuda_runtime", "cudaLaunchKernel", 100, 5, 11, pid=7, tid=1),
+        dev("cuda_runtime", "cudaMemcpyAsync", 1100, 5, 12, pid=7, tid=1),
+        dev("kernel", "gemm", 1500, 700, 11),           # runs after verify's host span has ended
+        dev("gpu_memcpy", "Memcpy DtoH", 2300, 30, 12),
+        dev("kernel", "orphan", 3000, 999, 99),         # no launch in the trace: counted nowhere
+    ]
+    by_name = {s.name: s for s in summarize(events)}
+    assert by_name["jetspec.verify"].gpu_ms == pytest.approx(0.7)
+    assert by_name["jetspec.accept"].gpu_ms == pytest.approx(0.03)
+    assert by_name["jetspec.verify"].op_ms == {}  # runtime calls are not operators
+    table = format_markdown("t", list(by_name.values()))
+    assert "GPU ms each" in table and "| 0.70 |" in table
+    assert "GPU ms" not in format_markdown("t", summarize([ev("step[DECODE bs=1]", 0, 10, cat="user_annotation")]))

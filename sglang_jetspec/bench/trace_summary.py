@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")   # device activity of a Kineto trace
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")       # the host calls that enqueued it
 SPAN_PREFIXES = ("scheduler.run_batch", "scheduler.process_batch_result", "step[", "jetspec.")
 
 
@@ -59,15 +61,35 @@ class SpanSummary:
     mean_ms: float              # wall time per occurrence
     median_ms: float            # its median (one slow occurrence, e.g. a prefill's, moves the mean)
     op_ms: dict[str, float] = field(default_factory=dict)  # op -> self ms per occurrence, largest first
+    gpu_ms: float = 0.0         # device time per occurrence of the kernels/copies it launched
 
     @property
     def ops_ms(self) -> float:
         return sum(self.op_ms.values())
 
 
+def launches(events: list[dict]) -> list[tuple[tuple, float, float]]:
+    """(host thread, launch time, device us) of every GPU kernel, copy or set in the trace: a
+    device event is matched to the runtime/driver call that enqueued it by their shared
+    ``args["correlation"]``; device events without a matching launch are left out."""
+    launch_at = {}
+    for e in events:
+        corr = (e.get("args") or {}).get("correlation")
+        if e.get("cat") in LAUNCH_CATEGORIES and corr is not None:
+            launch_at[corr] = ((e.get("pid"), e.get("tid")), e["ts"])
+    out = []
+    for e in events:
+        corr = (e.get("args") or {}).get("correlation")
+        if e.get("cat") in GPU_CATEGORIES and corr in launch_at:
+            thread, ts = launch_at[corr]
+            out.append((thread, ts, float(e["dur"])))
+    return out
+
+
 def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> list[SpanSummary]:
     """One SpanSummary per distinct span name (names starting with one of `prefixes`), sorted by
-    name. An op belongs to a span when it lies wholly inside it on the same thread."""
+    name. An op belongs to a span when it lies wholly inside it on the same thread; a GPU kernel
+    belongs to the spans its launch call lies in (kernels run later, on their own streams)."""
     spans = [e for e in events if str(e.get("name", "")).startswith(prefixes)]
     ops = [e for e in events if e.get("cat") == "cpu_op"]
     own = self_times(ops)
@@ -76,31 +98,39 @@ def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> 
         by_thread[(e.get("pid"), e.get("tid"))].append((e["ts"], e["ts"] + e["dur"], e["name"], t))
     for lst in by_thread.values():
         lst.sort()
+    device = defaultdict(list)
+    for thread, ts, dur in launches(events):
+        device[thread].append((ts, dur))
     out = []
     for name in sorted({s["name"] for s in spans}):
         occ = [s for s in spans if s["name"] == name]
         per_op: Counter = Counter()
+        gpu = 0.0
         for s in occ:
             start, end = s["ts"], s["ts"] + s["dur"]
             for (o_start, o_end, op, t) in by_thread.get((s.get("pid"), s.get("tid")), []):
                 if o_start >= start and o_end <= end:
                     per_op[op] += t
+            gpu += sum(d for ts, d in device.get((s.get("pid"), s.get("tid")), []) if start <= ts <= end)
         n = len(occ)
         durs = sorted(s["dur"] for s in occ)
         median = (durs[(n - 1) // 2] + durs[n // 2]) / 2
         out.append(SpanSummary(name, n, sum(durs) / n / 1e3, median / 1e3,
-                               {op: t / n / 1e3 for op, t in per_op.most_common()}))
+                               {op: t / n / 1e3 for op, t in per_op.most_common()}, gpu / n / 1e3))
     return out
 
 
 def format_markdown(title: str, summaries: list[SpanSummary], top: int = 8) -> str:
-    """A table per span: wall ms per occurrence (mean and median), op self ms, and its `top` ops."""
+    """A table per span: wall ms per occurrence (mean and median), op self ms, GPU ms (only when
+    the trace has device events), and its `top` ops."""
     lines = [f"### {title}", ""]
     if not summaries:
         return "\n".join(lines + ["(no step or jetspec spans in the trace)", ""])
-    lines += ["| span | count | ms each | median ms | ops' self ms each | largest ops (self ms each) |",
-              "|---|---:|---:|---:|---:|---|"]
+    gpu = any(s.gpu_ms > 0 for s in summaries)
+    lines += ["| span | count | ms each | median ms | ops' self ms each | " + ("GPU ms each | " if gpu else "")
+              + "largest ops (self ms each) |", "|---|---:|---:|---:|---:|" + ("---:|" if gpu else "") + "---|"]
     for s in summaries:
         ops = ", ".join(f"{op} {ms:.2f}" for op, ms in list(s.op_ms.items())[:top])
-        lines.append(f"| `{s.name}` | {s.count} | {s.mean_ms:.2f} | {s.median_ms:.2f} | {s.ops_ms:.2f} | {ops} |")
+        dev = f"{s.gpu_ms:.2f} | " if gpu else ""
+        lines.append(f"| `{s.name}` | {s.count} | {s.mean_ms:.2f} | {s.median_ms:.2f} | {s.ops_ms:.2f} | {dev}{ops} |")
     return "\n".join(lines + [""])
