@@ -26,7 +26,9 @@ oneDNN keeps a compiled primitive (about 0.9 MB here) for every distinct row cou
 a server whose batches and trees take hundreds of sizes keeps growing (a probe of 3000 random
 sizes in 1..1100 over four weights: 543 -> 1410 MB). Row counts above 16 are therefore padded
 with zero rows up to a bucket, eight buckets per doubling (at most 1/8 extra rows; 65 buckets up
-to 1100 rows), and the extra rows are dropped.
+to 1100 rows), and the extra rows are dropped. Products of 1-6 rows are padded to the row count
+measured fastest on this machine (core/small_rows.py: oneDNN's one-row kernel is slower than its
+few-row ones on the CPUs measured here).
 
 ``JETSPEC_CPU_LINEAR=torch`` turns the packed path off for the reference decoder (``onednn``, the
 default, turns it on where this PyTorch build has the oneDNN ops and they pass a self-check at
@@ -43,6 +45,8 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+from sglang_jetspec.core.small_rows import MAX_SMALL, rows_to_run
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +188,7 @@ def packed_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None =
     m = rows.shape[0]
     if m == 0:
         return x.new_zeros(*lead, out_f)
-    b = row_bucket(m)
+    b = rows_to_run(m, _pack, _packed_product) if m <= MAX_SMALL else row_bucket(m)
     if b != m:
         rows = torch.cat([rows, rows.new_zeros(b - m, rows.shape[1])])
     return _packed_product(rows, pw.current(w), bias)[:m].view(*lead, out_f)
