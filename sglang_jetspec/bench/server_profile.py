@@ -4,16 +4,14 @@ For each server: start it, answer the prompt once (warm-up: weights packed, radi
 then call `/start_profile` for `steps` scheduler steps (CPU activity, plus GPU when there is one;
 no stacks, no shapes: both slow every op down) and answer the prompt again, greedy (again and
 again until the profiler has its steps), so the profiled steps are decode steps or verify rounds. The trace SGLang writes is summarised per span
-(bench/trace_summary.py). The unprofiled warm-up answer's wall time, and for JETSPEC its rounds,
-are reported beside it: the profiler's per-op cost inflates small-op-heavy code, so the spans
+(bench/trace_summary.py). The wall time of the second answer (after the warm-up, before the
+profiler starts), and for JETSPEC its rounds, are reported beside it: the profiler's per-op cost inflates small-op-heavy code, so the spans
 say where time goes, the unprofiled times say how much there is.
 """
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +32,6 @@ class ProfiledServer:
     tokens: int          # tokens of the unprofiled answer
     seconds: float       # its wall time
     rounds: int | None   # its verify rounds (JETSPEC), None for plain decoding
-
-
-def _post_raw(server: LocalServer, path: str, body: dict, timeout: float = 60) -> str:
-    """POST returning the body as text (/start_profile answers plain text, not JSON)."""
-    req = urllib.request.Request(server.url + path, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    return urllib.request.urlopen(req, timeout=timeout).read().decode(errors="replace")
 
 
 def wait_for_trace(folder: Path, timeout_s: float = 120.0, settle_s: float = 2.0) -> Path:
@@ -76,9 +67,9 @@ def profile_server(label: str, spec: ServerSpec, prompt_ids: list[int], max_new_
         seconds = time.perf_counter() - t0
         rounds = resp.get("meta_info", {}).get("spec_verify_ct")
         activities = ["CPU", "GPU"] if torch.cuda.is_available() else ["CPU"]
-        _post_raw(server, "/start_profile", {"output_dir": str(folder), "num_steps": steps,
-                                             "activities": activities, "with_stack": False,
-                                             "record_shapes": False})
+        server.post_text("/start_profile", {"output_dir": str(folder), "num_steps": steps,
+                                            "activities": activities, "with_stack": False,
+                                            "record_shapes": False}, timeout=60)
         for _ in range(MAX_PROFILED_REQUESTS):  # until the profiler has seen `steps` steps
             server.generate(prompt_ids, max_new_tokens, **greedy)
             if any(folder.glob("*.trace.json*")):

@@ -46,7 +46,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from sglang_jetspec.core.small_rows import MAX_SMALL, rows_to_run
+from sglang_jetspec.core.small_rows import rows_to_run
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def packed_linear(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None =
     m = rows.shape[0]
     if m == 0:
         return x.new_zeros(*lead, out_f)
-    b = rows_to_run(m, _pack, _packed_product) if m <= MAX_SMALL else row_bucket(m)
+    b = row_bucket(rows_to_run(m, _pack, _packed_product))  # each leaves the other's range as it is
     if b != m:
         rows = torch.cat([rows, rows.new_zeros(b - m, rows.shape[1])])
     return _packed_product(rows, pw.current(w), bias)[:m].view(*lead, out_f)

@@ -12,7 +12,7 @@ are) at 1..6 rows, and a product of ``m`` rows runs padded with zero rows to the
 count >= m (never fewer than two, so every row of every product takes the same kernel).
 
 The padding does not change the numbers: a row's result is the same whatever the other rows
-(checked in tests for 2..8 rows), except that the one-row kernel sums in another order; always
+(checked in tests for 2..9 rows), except that the one-row kernel sums in another order; always
 padding one row to two or more therefore makes a plain decode step compute each linear layer
 exactly as a tree verify computes that row.
 
@@ -38,8 +38,8 @@ _PROBE_WEIGHTS = 16               # 64 MB in all
 _PROBE_ROUNDS = 5
 
 
-def _setting() -> str | int:
-    raw = os.environ.get(ENV_VAR, "auto").strip().lower()
+def _setting(raw: str) -> str | int:
+    raw = raw.strip().lower()
     if raw in ("auto", "off"):
         return raw
     try:
@@ -73,13 +73,14 @@ def pad_table(seconds: dict[int, float]) -> dict[int, int]:
     """Row count -> the row count to run it with: the fastest measured count >= it (>= 2)."""
     out = {}
     for m in range(1, MAX_SMALL + 1):
-        cands = [c for c in range(max(m, 2), MAX_SMALL + 1)]
-        out[m] = min(cands, key=lambda c: (seconds[c], c))
+        out[m] = min(range(max(m, 2), MAX_SMALL + 1), key=lambda c: (seconds[c], c))
     return out
 
 
 @lru_cache(maxsize=8)
-def _table_for(setting: str | int, threads: int, pack, product) -> dict[int, int]:
+def _table_for(raw: str, threads: int, pack, product) -> dict[int, int]:
+    """Keyed by the raw environment value: a decode step asks ~200 times, so it only looks up."""
+    setting = _setting(raw)
     if setting == "off":
         return {m: m for m in range(1, MAX_SMALL + 1)}
     if isinstance(setting, int):
@@ -95,4 +96,4 @@ def rows_to_run(m: int, pack, product) -> int:
     """The row count a product of ``m`` rows (1..MAX_SMALL) runs with; larger ``m`` unchanged."""
     if m > MAX_SMALL:
         return m
-    return _table_for(_setting(), torch.get_num_threads(), pack, product)[m]
+    return _table_for(os.environ.get(ENV_VAR, "auto"), torch.get_num_threads(), pack, product)[m]

@@ -107,9 +107,13 @@ class LocalServer:
         raise TimeoutError(f"SGLang server not ready after {timeout_s:.0f}s; log {self.log_path}:\n{self.tail()}")
 
     def post(self, path: str, body: dict, timeout: float = 1800) -> dict:
+        return json.loads(self.post_text(path, body, timeout))
+
+    def post_text(self, path: str, body: dict, timeout: float = 1800) -> str:
+        """POST a JSON body; the reply as text (some endpoints, e.g. /start_profile, answer plain text)."""
         req = urllib.request.Request(self.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
         try:
-            return json.loads(urllib.request.urlopen(req, timeout=timeout).read())
+            return urllib.request.urlopen(req, timeout=timeout).read().decode(errors="replace")
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"{path} answered HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from e
 
