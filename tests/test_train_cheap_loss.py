@@ -121,6 +121,29 @@ def test_feature_cache_reproduces_the_online_teacher(model, tmp_path):
         reopened.get(torch.arange(5))
 
 
+def test_feature_cache_serves_a_subset_of_its_taps_in_any_order(model, tmp_path):
+    target = FrozenTarget(model)
+    seqs = tiny_seqs(2)
+    n = model.config.num_hidden_layers
+    stored, wanted = [0, 1, n - 1], [n - 1, 0]
+    cache = FeatureCache.open(str(tmp_path), stored, 4, "tiny")
+    build_missing(cache, target, seqs, progress=False)
+    sub = FeatureCache.open(str(tmp_path), wanted, 4, "tiny")  # a head with fewer taps reads the same folder
+    assert sub.layer_ids == stored and sub.serve_layer_ids == wanted
+    for q in seqs:
+        want, _ = target.features_and_teacher(q.ids, wanted, torch.arange(q.prompt_len, len(q.ids) - 1))
+        got, teacher = sub.get(q.ids)
+        assert got.shape == want.shape
+        assert torch.allclose(got, want.half().float())  # the stored fp16 columns of those taps, reordered
+        assert torch.equal(teacher.ids, cache.get(q.ids)[1].ids)
+    assert torch.equal(FeatureCache.open(str(tmp_path), stored, 4, "tiny").get(seqs[0].ids)[0],
+                       cache.get(seqs[0].ids)[0])  # the full tap list is served unchanged
+    with pytest.raises(ValueError, match=r"layer_ids.*or a superset"):
+        FeatureCache.open(str(tmp_path), [0, 2], 4, "tiny")  # tap 2 is not stored
+    with pytest.raises(ValueError, match="cannot serve"):
+        FeatureCache(str(tmp_path), stored, 4, serve_layer_ids=[2])
+
+
 # ---- command line ---------------------------------------------------------------------------
 
 from test_train import tiny_data, tiny_model_dir  # noqa: E402,F401  (fixtures)

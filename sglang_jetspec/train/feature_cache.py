@@ -8,7 +8,8 @@ of a training step, and it is the same every epoch. The cache holds, per trainin
     block can be graded against: anchors start at prompt_len, slot i >= 1 uses row a + i - 1).
 Files: chunk_NNNNN_<first key>.pt (torch.save dicts, loaded memory-mapped) and cache_meta.json. Sequences
 are keyed by a hash of their token ids, so the cache survives a reordering or growth of the data;
-a cache is only valid for one target, one tap list and one k (checked, see `open`).
+a cache is only valid for one target and one k (checked, see `open`); it serves its own tap list or
+any subset of it (a head with fewer taps trains from a cache built for a head with more).
 """
 
 from __future__ import annotations
@@ -47,8 +48,16 @@ class CachedTeacher:
 class FeatureCache:
     """Read side: memory-mapped chunks, looked up by sequence key."""
 
-    def __init__(self, folder: str, layer_ids: list[int], topk: int):
+    def __init__(self, folder: str, layer_ids: list[int], topk: int, serve_layer_ids: list[int] | None = None):
+        """layer_ids: the taps stored (and computed by build_missing); serve_layer_ids: the taps
+        `get` returns, in this order, each one of layer_ids (default: all of them)."""
         self.folder, self.layer_ids, self.topk = folder, list(layer_ids), topk
+        self.serve_layer_ids = list(layer_ids if serve_layer_ids is None else serve_layer_ids)
+        missing = [i for i in self.serve_layer_ids if i not in self.layer_ids]
+        if missing:
+            raise ValueError(f"feature cache {folder} holds taps {self.layer_ids}; it cannot serve {missing}")
+        self._taps = (None if self.serve_layer_ids == self.layer_ids
+                      else [self.layer_ids.index(i) for i in self.serve_layer_ids])
         self._chunks: list[dict] = []
         self._where: dict[str, tuple[int, int]] = {}
         self.reload()
@@ -56,21 +65,25 @@ class FeatureCache:
     @classmethod
     def open(cls, folder: str, layer_ids: list[int], topk: int, model_name: str) -> "FeatureCache":
         """Open (or create, with top-`topk`) a cache folder for this target and tap list; a folder
-        made for another target or taps, or holding fewer than `topk` teacher tokens, is refused
-        with the values that differ. An existing cache keeps its own (larger or equal) k."""
+        made for another target, for taps that do not include every one of `layer_ids`, or holding
+        fewer than `topk` teacher tokens, is refused with the values that differ. An existing cache
+        keeps its own (larger or equal) k and its own taps (it serves `layer_ids` out of them)."""
         os.makedirs(folder, exist_ok=True)
         want = {"model": model_name, "layer_ids": list(layer_ids), "topk": topk}
         path = os.path.join(folder, META_NAME)
         if os.path.isfile(path):
             with open(path) as f:
                 have = json.load(f)
-            diff = {k: (have.get(k), v) for k, v in want.items() if k != "topk" and have.get(k) != v}
+            diff = {k: (have.get(k), v) for k, v in want.items() if k == "model" and have.get(k) != v}
+            stored = [int(i) for i in have.get("layer_ids") or []]
+            if not set(layer_ids) <= set(stored):
+                diff["layer_ids"] = (stored, f"{list(layer_ids)} (or a superset)")
             if int(have.get("topk", 0)) < topk:
                 diff["topk"] = (have.get("topk"), f">= {topk}")
             if diff:
                 raise ValueError(f"feature cache {folder} was built for another setting "
                                  f"(cached, wanted): {diff}; use another folder")
-            return cls(folder, layer_ids, int(have["topk"]))
+            return cls(folder, stored, int(have["topk"]), serve_layer_ids=list(layer_ids))
         else:
             with open(path, "w") as f:
                 json.dump(want, f)
@@ -92,7 +105,7 @@ class FeatureCache:
         return len(self._where)
 
     def get(self, ids: torch.Tensor) -> tuple[torch.Tensor, CachedTeacher]:
-        """ids [T] -> (features [T, K*d] fp32, CachedTeacher)."""
+        """ids [T] -> (features [T, K*d] fp32 of the served taps, CachedTeacher)."""
         key = sequence_key(ids)
         if key not in self._where:
             raise KeyError(f"sequence of {len(ids)} tokens (key {key}) is not in feature cache {self.folder}")
@@ -103,7 +116,10 @@ class FeatureCache:
         if f1 - f0 != len(ids):
             raise ValueError(f"cached features hold {f1 - f0} rows for a {len(ids)}-token sequence (key {key})")
         teacher = CachedTeacher(int(ch["first_row"][j]), ch["top_ids"][r0:r1].long(), ch["top_lp"][r0:r1].float())
-        return ch["feats"][f0:f1].float(), teacher
+        feats = ch["feats"][f0:f1]
+        if self._taps is not None:  # [T, K*d] -> the served taps' d-wide column blocks, in their order
+            feats = feats.view(len(ids), len(self.layer_ids), -1)[:, self._taps].reshape(len(ids), -1)
+        return feats.float(), teacher
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Grow a trained head by extra decoder layers without changing what it drafts.
+"""Grow a trained head by extra decoder layers, or extra target taps, without changing what it drafts.
 
 Why: a head trained for thousands of steps cannot be retrained from scratch on a CPU to test
 whether more depth helps. Appending layers that start as the identity keeps every trained
@@ -41,3 +41,35 @@ def grow_head(head: DraftHead, num_layers: int) -> DraftHead:
             layer.self_attn.o_proj.bias.zero_()
     grown.draft_vocab = head.draft_vocab
     return grown.train(head.training)
+
+
+@torch.no_grad()
+def widen_taps(head: DraftHead, target_layer_ids: list[int]) -> DraftHead:
+    """A new head that reads the target layers ``target_layer_ids`` (a superset of the head's
+    taps, in any order) and drafts exactly what ``head`` drafts: ``fc``'s column block of each
+    old tap moves to that tap's place in the new list and the new taps' blocks start at zero, so
+    fc's output, and everything after it, is unchanged until training gives the new taps weight.
+    ``head`` itself is not modified."""
+    old, new = list(head.config.target_layer_ids), [int(i) for i in target_layer_ids]
+    if len(set(new)) != len(new):
+        raise ValueError(f"target_layer_ids {new} repeats a layer")
+    if not set(old) < set(new):
+        raise ValueError(f"target_layer_ids {new} must hold every current tap {old} and at least one more "
+                         "(widening only adds taps)")
+    n_layers = head.config.num_target_layers
+    bad = [i for i in new if not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(f"target_layer_ids {bad} outside the target's layers 0..{n_layers - 1}")
+    cfg = copy.deepcopy(head.config)
+    cfg.target_layer_ids = new
+    wide = DraftHead(cfg).to(next(head.parameters()).dtype)
+    state = {k: v for k, v in head.state_dict().items() if k != "fc.weight"}
+    wide.load_state_dict(state, strict=False)
+    d = head.config.target_hidden_size
+    w = torch.zeros_like(wide.fc.weight)  # [hidden, K_new * d]
+    for j, layer in enumerate(old):
+        k = new.index(layer)
+        w[:, k * d:(k + 1) * d] = head.fc.weight[:, j * d:(j + 1) * d]
+    wide.fc.weight.copy_(w)
+    wide.draft_vocab = head.draft_vocab
+    return wide.train(head.training)
