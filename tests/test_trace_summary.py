@@ -101,3 +101,56 @@ def test_gpu_time_counts_in_the_span_that_launched_it():
     table = format_markdown("t", list(by_name.values()))
     assert "GPU ms each" in table and "| 0.70 |" in table
     assert "GPU ms" not in format_markdown("t", summarize([ev("step[DECODE bs=1]", 0, 10, cat="user_annotation")]))
+
+
+def _summarize_by_scan(events, prefixes=("step[", "jetspec.")):
+    """The plain quadratic reading summarize's bisect must agree with: every op and launch of the
+    span's thread tested against every occurrence of the span."""
+    from sglang_jetspec.bench.trace_summary import launches
+
+    spans = [e for e in events if str(e.get("name", "")).startswith(prefixes)]
+    ops = [e for e in events if e.get("cat") == "cpu_op"]
+    own = self_times(ops)
+    out = {}
+    for name in sorted({s["name"] for s in spans}):
+        occ = [s for s in spans if s["name"] == name]
+        per_op, gpu = {}, 0.0
+        for s in occ:
+            start, end, th = s["ts"], s["ts"] + s["dur"], (s["pid"], s["tid"])
+            for o, t in zip(ops, own):
+                if (o["pid"], o["tid"]) == th and o["ts"] >= start and o["ts"] + o["dur"] <= end:
+                    per_op[o["name"]] = per_op.get(o["name"], 0.0) + t
+            gpu += sum(d for thr, ts, d in launches(events) if thr == th and start <= ts <= end)
+        out[name] = ({op: t / len(occ) / 1e3 for op, t in per_op.items()}, gpu / len(occ) / 1e3)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_summarize_agrees_with_a_plain_scan_on_random_traces(seed):
+    import random
+
+    rng = random.Random(seed)
+    events, corr = [], 0
+    for tid in (1, 2):
+        t = 0
+        for _ in range(30):  # spans one after another (some touching), ops nested or straddling
+            dur = rng.randint(50, 400)
+            name = rng.choice(["step[DECODE bs=1]", "jetspec.draft", "jetspec.verify"])
+            events.append(ev(name, t, dur, tid=tid, cat="user_annotation"))
+            for _ in range(rng.randint(0, 6)):
+                o_start = t + rng.randint(-30, dur)
+                o_dur = rng.randint(1, 120)
+                events.append(ev(rng.choice(["aten::mm", "aten::add", "aten::cat"]), o_start, o_dur, tid=tid))
+                if rng.random() < 0.4:  # a launch call and the kernel it enqueued
+                    corr += 1
+                    events.append({**ev("cudaLaunchKernel", o_start, 2, tid=tid, cat="cuda_runtime"),
+                                   "args": {"correlation": corr}})
+                    events.append({**ev("kernel", o_start + 50, rng.randint(1, 80), tid=99, cat="kernel"),
+                                   "args": {"correlation": corr}})
+            t += dur + rng.choice([0, 0, 5, 40])
+    want = _summarize_by_scan(events)
+    got = summarize(events)
+    assert sorted(s.name for s in got) == sorted(want)
+    for s in got:
+        ops, gpu = want[s.name]
+        assert s.op_ms == pytest.approx(ops) and s.gpu_ms == pytest.approx(gpu)

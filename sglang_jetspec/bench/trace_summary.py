@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,20 +99,30 @@ def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> 
         by_thread[(e.get("pid"), e.get("tid"))].append((e["ts"], e["ts"] + e["dur"], e["name"], t))
     for lst in by_thread.values():
         lst.sort()
+    starts = {k: [o[0] for o in lst] for k, lst in by_thread.items()}  # bisect: a span reads only its ops
     device = defaultdict(list)
     for thread, ts, dur in launches(events):
         device[thread].append((ts, dur))
+    for lst in device.values():
+        lst.sort()
+    launched = {k: [d[0] for d in lst] for k, lst in device.items()}
+    occurrences = defaultdict(list)
+    for sp in spans:
+        occurrences[sp["name"]].append(sp)
     out = []
-    for name in sorted({s["name"] for s in spans}):
-        occ = [s for s in spans if s["name"] == name]
+    for name in sorted(occurrences):
+        occ = occurrences[name]
         per_op: Counter = Counter()
         gpu = 0.0
-        for s in occ:
-            start, end = s["ts"], s["ts"] + s["dur"]
-            for (o_start, o_end, op, t) in by_thread.get((s.get("pid"), s.get("tid")), []):
-                if o_start >= start and o_end <= end:
+        for sp in occ:
+            start, end = sp["ts"], sp["ts"] + sp["dur"]
+            thread = (sp.get("pid"), sp.get("tid"))
+            lst, st = by_thread.get(thread, []), starts.get(thread, [])
+            for (o_start, o_end, op, t) in lst[bisect_left(st, start):bisect_right(st, end)]:
+                if o_end <= end:
                     per_op[op] += t
-            gpu += sum(d for ts, d in device.get((s.get("pid"), s.get("tid")), []) if start <= ts <= end)
+            dev, at = device.get(thread, []), launched.get(thread, [])
+            gpu += sum(d for _, d in dev[bisect_left(at, start):bisect_right(at, end)])
         n = len(occ)
         durs = sorted(s["dur"] for s in occ)
         median = (durs[(n - 1) // 2] + durs[n // 2]) / 2
