@@ -144,6 +144,21 @@ def test_feature_cache_serves_a_subset_of_its_taps_in_any_order(model, tmp_path)
         FeatureCache(str(tmp_path), stored, 4, serve_layer_ids=[2])
 
 
+def test_feature_cache_knows_one_model_folder_by_any_spelling(tmp_path, monkeypatch):
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "models" / "tiny")
+    cache = tmp_path / "cache"
+    FeatureCache.open(str(cache), [0], 4, str(tmp_path / "models" / "tiny"))
+    monkeypatch.chdir(tmp_path)
+    for spelling in ("models/tiny", "./models/../models/tiny", "link"):
+        assert FeatureCache.open(str(cache), [0], 4, spelling).topk == 4
+    with pytest.raises(ValueError, match="model"):
+        FeatureCache.open(str(cache), [0], 4, "models/other")
+    with pytest.raises(ValueError, match="model"):
+        FeatureCache.open(str(cache), [0], 4, "tiny")  # a name, not that folder
+
+
 # ---- command line ---------------------------------------------------------------------------
 
 from test_train import tiny_data, tiny_model_dir  # noqa: E402,F401  (fixtures)

@@ -45,6 +45,15 @@ class CachedTeacher:
         return self.ids[idx], self.logprobs[idx]
 
 
+def same_model(a: str | None, b: str | None) -> bool:
+    """Two model names, or two spellings (relative, absolute, through a link) of one model folder."""
+    if a == b:
+        return True
+    if a is None or b is None or not (os.path.isdir(a) and os.path.isdir(b)):
+        return False
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 class FeatureCache:
     """Read side: memory-mapped chunks, looked up by sequence key."""
 
@@ -74,7 +83,7 @@ class FeatureCache:
         if os.path.isfile(path):
             with open(path) as f:
                 have = json.load(f)
-            diff = {k: (have.get(k), v) for k, v in want.items() if k == "model" and have.get(k) != v}
+            diff = {} if same_model(have.get("model"), model_name) else {"model": (have.get("model"), model_name)}
             stored = [int(i) for i in have.get("layer_ids") or []]
             if not set(layer_ids) <= set(stored):
                 diff["layer_ids"] = (stored, f"{list(layer_ids)} (or a superset)")
