@@ -1,6 +1,8 @@
 """Mean accepted length (tokens committed per target forward, bonus included) of a trained head,
 per node budget and prompt file, through the greedy reference decoder:
 ``python -m launch.eval_head --head DIR --prompts FILE [FILE...] [--budgets 8,16,32,64]``.
+With ``--temperature T`` (> 0) the decoder samples instead (its lossless tree sampling; prompt i
+seeded with ``--seed`` + i), the accepted length a sampling user gets.
 With ``--compare-head DIR`` (e.g. the bidirectional baseline) the two heads side by side.
 With ``--heldout-data REGEN_DIR`` also the teacher-forced accuracy per block depth on held-out
 answers of the target (the trainer's own split), the cheap number that tracks training.
@@ -8,6 +10,7 @@ answers of the target (the trainer's own split), the cheap number that tracks tr
 
 import argparse
 import json
+import math
 import os
 
 import torch
@@ -24,6 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32, 64])
     p.add_argument("--width", type=int, default=7, help="top-k per depth of the draft tree")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples from the target at this temperature, losslessly")
+    p.add_argument("--seed", type=int, default=0, help="with --temperature: prompt i samples with seed + i")
     p.add_argument("--num-prompts", type=int, default=None, help="first N prompts of each file")
     p.add_argument("--compare-head", default=None, help="a second head folder, shown side by side")
     p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
@@ -81,6 +87,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if any(b < 1 for b in args.budgets):
         raise SystemExit(f"budgets {args.budgets} must all be >= 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise SystemExit(f"--temperature {args.temperature} must be a finite number >= 0 (0 = greedy)")
     from sglang_jetspec.reference.prompts import encode_prompts, read_prompts
     from sglang_jetspec.reference.runner import resolve_model
     from sglang_jetspec.reference.target import HFTarget
@@ -100,6 +108,7 @@ def main(argv=None) -> None:
         _, heldout = split_validation(seqs, args.val_percent, args.heldout_seqs)
         if not heldout:
             raise SystemExit(f"--heldout-data {args.heldout_data}: no held-out answers at --val-percent {args.val_percent}")
+    mode = f" (temperature {args.temperature:g})" if args.temperature > 0 else ""
     results, depth_lines = {}, []
     for folder in folders:
         head = load_head(folder, device=str(target.device), dtype=target.dtype,
@@ -114,11 +123,14 @@ def main(argv=None) -> None:
         for stem, ids in prompts.items():
             results[label][stem] = {}
             for b in args.budgets:
-                rep = mean_accepted_length(target, head, ids, b, args.max_new_tokens, args.width)
+                rep = mean_accepted_length(target, head, ids, b, args.max_new_tokens, args.width,
+                                           args.temperature, args.seed)
                 results[label][stem][b] = rep.mean_accepted
-                print(f"{label} {stem} budget {b}: mean accepted length {rep.mean_accepted:.3f} "
+                print(f"{label} {stem} budget {b}{mode}: mean accepted length {rep.mean_accepted:.3f} "
                       f"({rep.tokens} tokens / {rep.rounds} rounds)", flush=True)
     print()
+    if args.temperature > 0:
+        print(f"sampled at temperature {args.temperature:g} (seed {args.seed} + prompt index)")
     print(format_table(results, args.budgets))
     if depth_lines:
         print("\n".join([""] + depth_lines))

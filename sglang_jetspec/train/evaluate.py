@@ -57,15 +57,17 @@ class AcceptanceReport:
 
 @torch.no_grad()
 def mean_accepted_length(hf_target, head: DraftHead, prompt_ids: list[list[int]], budget: int,
-                         max_new_tokens: int = 128, width: int = 7) -> AcceptanceReport:
-    """Greedy decoding of the prompts through the reference decoder at one node budget."""
+                         max_new_tokens: int = 128, width: int = 7, temperature: float = 0.0,
+                         seed: int = 0) -> AcceptanceReport:
+    """Decoding of the prompts through the reference decoder at one node budget: greedy, or with
+    temperature > 0 the decoder's lossless tree sampling (prompt i seeded with seed + i)."""
     from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
 
     was_training = head.training
     dec = ReferenceDecoder(hf_target, head, TreeSettings(budget=budget, width=width))
     rounds = tokens = 0
-    for ids in prompt_ids:
-        res = dec.generate(ids, max_new_tokens)
+    for i, ids in enumerate(prompt_ids):
+        res = dec.generate(ids, max_new_tokens, temperature=temperature, seed=seed + i)
         rounds += res.rounds
         tokens += sum(res.accepted)
     head.train(was_training)
