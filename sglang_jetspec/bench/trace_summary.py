@@ -87,6 +87,10 @@ def launches(events: list[dict]) -> list[tuple[tuple, float, float]]:
     return out
 
 
+def _start(entry: tuple) -> float:
+    return entry[0]
+
+
 def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> list[SpanSummary]:
     """One SpanSummary per distinct span name (names starting with one of `prefixes`), sorted by
     name. An op belongs to a span when it lies wholly inside it on the same thread; a GPU kernel
@@ -99,13 +103,11 @@ def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> 
         by_thread[(e.get("pid"), e.get("tid"))].append((e["ts"], e["ts"] + e["dur"], e["name"], t))
     for lst in by_thread.values():
         lst.sort()
-    starts = {k: [o[0] for o in lst] for k, lst in by_thread.items()}  # bisect: a span reads only its ops
     device = defaultdict(list)
     for thread, ts, dur in launches(events):
         device[thread].append((ts, dur))
     for lst in device.values():
         lst.sort()
-    launched = {k: [d[0] for d in lst] for k, lst in device.items()}
     occurrences = defaultdict(list)
     for sp in spans:
         occurrences[sp["name"]].append(sp)
@@ -117,12 +119,14 @@ def summarize(events: list[dict], prefixes: tuple[str, ...] = SPAN_PREFIXES) -> 
         for sp in occ:
             start, end = sp["ts"], sp["ts"] + sp["dur"]
             thread = (sp.get("pid"), sp.get("tid"))
-            lst, st = by_thread.get(thread, []), starts.get(thread, [])
-            for (o_start, o_end, op, t) in lst[bisect_left(st, start):bisect_right(st, end)]:
+            # both lists are sorted by start time: a span reads only what starts inside it
+            ops_of, dev = by_thread.get(thread, []), device.get(thread, [])
+            first, last = bisect_left(ops_of, start, key=_start), bisect_right(ops_of, end, key=_start)
+            for (_, o_end, op, t) in ops_of[first:last]:
                 if o_end <= end:
                     per_op[op] += t
-            dev, at = device.get(thread, []), launched.get(thread, [])
-            gpu += sum(d for _, d in dev[bisect_left(at, start):bisect_right(at, end)])
+            first, last = bisect_left(dev, start, key=_start), bisect_right(dev, end, key=_start)
+            gpu += sum(d for _, d in dev[first:last])
         n = len(occ)
         durs = sorted(s["dur"] for s in occ)
         median = (durs[(n - 1) // 2] + durs[n // 2]) / 2
