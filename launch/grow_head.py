@@ -1,7 +1,7 @@
 """Add identity-started layers, or more target taps, to a trained head: ``python -m launch.grow_head
 --head DIR --out DIR [--num-layers N] [--target-layer-ids 1,10,18,27]``. The grown head drafts
-exactly what the original drafts (sglang_jetspec/train/head_grow.py) until ``launch.train_head
---init-head OUT`` trains it; the draft vocabulary, if any, is copied along. Written in the
+what the original drafts (exactly with added layers, to float rounding with added taps;
+sglang_jetspec/train/head_grow.py) until ``launch.train_head --init-head OUT`` trains it; the draft vocabulary, if any, is copied along. Written in the
 source's dtype."""
 
 import argparse

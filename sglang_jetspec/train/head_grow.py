@@ -46,9 +46,10 @@ def grow_head(head: DraftHead, num_layers: int) -> DraftHead:
 @torch.no_grad()
 def widen_taps(head: DraftHead, target_layer_ids: list[int]) -> DraftHead:
     """A new head that reads the target layers ``target_layer_ids`` (a superset of the head's
-    taps, in any order) and drafts exactly what ``head`` drafts: ``fc``'s column block of each
+    taps, in any order) and drafts what ``head`` drafts: ``fc``'s column block of each
     old tap moves to that tap's place in the new list and the new taps' blocks start at zero, so
-    fc's output, and everything after it, is unchanged until training gives the new taps weight.
+    fc's output, and everything after it, is unchanged (to rounding: the matrix product sums the
+    same terms, plus zeros, in another order) until training gives the new taps weight.
     ``head`` itself is not modified."""
     old, new = list(head.config.target_layer_ids), [int(i) for i in target_layer_ids]
     if len(set(new)) != len(new):
