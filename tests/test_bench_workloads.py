@@ -84,6 +84,9 @@ def test_plans_put_ar_first_and_share_one_server_per_head():
     assert auto[-1].custom_params() is None  # the adaptive server's own width choice
     assert servers_needed(auto) == ["ar", "jetspec", "jetspec-auto"]
     assert max_budget(auto, "jetspec-auto") == 32
+    # the chain shares the static server (budget 16 there) but is no tree budget of the adaptive one
+    with_chain = plan_configs(["jetspec", "chain"], [8], depth=15, auto=["auto"])
+    assert max_budget(with_chain, "jetspec") == 16 and max_budget(with_chain, "jetspec-auto") == 8
 
 
 def test_standalone_runs_sglangs_own_algorithm_with_the_given_draft_model():

@@ -153,9 +153,14 @@ def servers_needed(configs: list[Config]) -> list[str]:
 
 
 def max_budget(configs: list[Config], server: str, auto_max_width: int | None = None) -> int | None:
-    if server in AUTO_SERVERS:  # the adaptive servers may go up to the largest static budget
+    """The budget a server is started with: the largest of its configurations'. An adaptive
+    server goes up to the largest static jetspec TREE budget (or auto_max_width): the chain that
+    shares the static server has a budget of the head's depth + 1, which is not a tree budget the
+    user asked for."""
+    if server in AUTO_SERVERS:
         if auto_max_width is not None:
             return auto_max_width
-        server = "jetspec"
+        vals = [c.budget for c in configs if c.server == "jetspec" and c.method == "jetspec" and c.budget]
+        return max(vals) if vals else None
     vals = [c.budget for c in configs if c.server == server and c.budget is not None]
     return max(vals) if vals else None
