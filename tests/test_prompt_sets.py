@@ -113,3 +113,59 @@ def test_code_prompts_carry_real_code():
     shown = [c.prompt for c in ps.train if "```python" in c.prompt]
     assert len(shown) > 50 and all(p.endswith("```") and "def " in p for p in shown)
     assert any(c.source == "stdlib-write" and "`" in c.prompt for c in ps.train)
+
+
+def test_beyond_writes_only_new_train_prompts_with_the_same_held_out(tmp_path):
+    from launch.build_prompts import main
+    base, more = tmp_path / "base", tmp_path / "more"
+    main(["--out", str(base), "--per-category", "30", "--heldout", "5", "--categories", "code", "chat"])
+    main(["--out", str(more), "--per-category", "70", "--heldout", "5", "--categories", "code", "chat",
+          "--beyond", str(base)])
+    assert sorted(p.name for p in more.iterdir()) == ["chat.train.jsonl", "code.train.jsonl", "manifest.json"]
+    manifest = json.loads((more / "manifest.json").read_text())
+    assert manifest["beyond"] == str(base) and manifest["heldout"] == 5
+    for cat in ("code", "chat"):
+        old = {r["prompt"] for r in _records(base / f"{cat}.train.jsonl")}
+        held = {r["prompt"] for r in _records(base / f"{cat}.heldout.jsonl")}
+        new = [r["prompt"] for r in _records(more / f"{cat}.train.jsonl")]
+        assert manifest["files"][f"{cat}.train.jsonl"] == len(new)
+        # the 70-prompt build's train set is the 30-prompt one plus 40 more (a group may be split at the cut)
+        assert 40 <= len(new) <= 70 and len(set(new)) == len(new)
+        assert not set(new) & old and not set(new) & held
+        full = {c.prompt for c in build_prompt_set(cat, 70, 5, 0).train}
+        assert old <= full and old | set(new) == full  # exactly the bigger build's train prompts
+    # a different held-out draw would let base_dir's held-out prompts into the new train prompts
+    with pytest.raises(ValueError, match="held-out prompts are not the ones"):
+        main(["--out", str(tmp_path / "x"), "--per-category", "70", "--heldout", "6", "--categories", "code",
+              "--beyond", str(base)])
+    with pytest.raises(ValueError, match="missing"):
+        main(["--out", str(tmp_path / "y"), "--categories", "math", "--per-category", "10", "--beyond", str(base)])
+
+
+def test_per_category_max_takes_every_candidate_left_and_bad_counts_are_named(capsys):
+    from launch.build_prompts import main
+    from sglang_jetspec.train.chat_prompts import chat_candidates
+    from sglang_jetspec.train.prompt_split import dedupe
+    ps = build_prompt_set("chat", None, 100, 0)
+    cands = dedupe(chat_candidates(2))  # the chat category's seed: 1000 * seed + its index
+    held_groups = {c.group for c in ps.heldout}
+    assert len(ps.heldout) == 100
+    assert {c.prompt for c in ps.train} == {c.prompt for c in cands if c.group not in held_groups}
+    assert {c.prompt for c in build_prompt_set("chat", 3000, 100, 0).train} <= {c.prompt for c in ps.train}
+    for bad in ("-3", "lots"):
+        with pytest.raises(SystemExit):
+            main(["--per-category", bad])
+        assert f"'{bad}': expected a count >= 0 or 'max'" in capsys.readouterr().err
+
+
+def test_committed_more_prompts_equal_a_fresh_build():
+    """data/prompts-more: every code and chat train prompt data/prompts does not already hold."""
+    more = REPO / "data" / "prompts-more"
+    manifest = json.loads((more / "manifest.json").read_text())
+    if manifest["python"] != platform.python_version():
+        pytest.skip(f"files were built on Python {manifest['python']}; the stdlib harvest differs here")
+    from sglang_jetspec.train.prompt_sets import beyond
+    sets = beyond(build_prompt_sets(None, manifest["heldout"], manifest["seed"], ("code", "chat")), PROMPTS)
+    assert manifest["beyond"] == "data/prompts" and sorted(manifest["files"]) == ["chat.train.jsonl", "code.train.jsonl"]
+    for cat, ps in sets.items():
+        assert [r["prompt"] for r in _records(more / f"{cat}.train.jsonl")] == [c.prompt for c in ps.train]
