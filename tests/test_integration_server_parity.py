@@ -8,6 +8,8 @@ server without speculation, through every front door a user has:
 - `python -m sglang.bench_serving --backend sglang` reports the accept length.
 - temperature 0.8: requests complete, and the sampled (token 1, token 2) pairs follow the
   target's own distribution (chi-square against transformers' exact probabilities).
+- return_logprob (with top logprobs): greedy equal to the plain server's; sampled, equal to the
+  target's logprob of each committed token.
 
 Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
 JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end. The budget-8
@@ -171,6 +173,51 @@ def test_bench_serving_reports_accept_length(servers, smollm2_dir, tmp_path):
     line = next((ln for ln in proc.stdout.splitlines() if "Accept length" in ln), None)
     assert line is not None, proc.stdout[-3000:]
     assert float(line.split(":")[-1]) > 1.0, line
+
+
+def _logprob_request(server, ids, n, temperature, start, top=0):
+    return server.post("/generate", {"input_ids": ids, "return_logprob": True, "logprob_start_len": start,
+                                     "top_logprobs_num": top,
+                                     "sampling_params": {"temperature": temperature, "max_new_tokens": n}})
+
+
+def test_logprobs_equal_the_plain_servers(servers, prompt_ids):
+    """return_logprob through JETSPEC: each committed token's logprob (and top-3) comes from the
+    verify row of that token's own tree node, so it must equal what the plain server reports
+    (greedy, side by side); and with sampling (temperature 1: raw log-softmax either way) each
+    reported logprob must be the target's for that token after that prefix, read back as the plain
+    server's input logprobs of prompt + answer. A wrong accept-index row shows up as a mismatch."""
+    tol = 2e-3  # fp32 tree verify vs sequential decode differ by ~1e-5 on SmolLM2 logits
+    prompts = prompt_ids[::4]
+    want = run_all(lambda ids: _logprob_request(servers["plain"], ids, 24, 0.0, len(ids) - 3, top=3),
+                   [(ids,) for ids in prompts])
+    for b in BUDGETS:
+        got = run_all(lambda ids: _logprob_request(servers[b], ids, 24, 0.0, len(ids) - 3, top=3),
+                      [(ids,) for ids in prompts])
+        _same(want, got, f"budget {b}, logprobs")
+        for w, g in zip(want, got):
+            wm, gm = w["meta_info"], g["meta_info"]
+            assert gm["spec_verify_ct"] > 0 and len(gm["output_token_logprobs"]) == len(g["output_ids"])
+            for key in ("input_token_logprobs", "output_token_logprobs"):
+                assert [t[1] for t in gm[key]] == [t[1] for t in wm[key]], key
+                for (lw, _, _), (lg, _, _) in zip(wm[key], gm[key]):
+                    assert (lw is None) == (lg is None) and (lw is None or abs(lw - lg) < tol), (key, lw, lg)
+            for wt, gt in zip(wm["output_top_logprobs"], gm["output_top_logprobs"]):
+                assert all(abs(x[0] - y[0]) < tol for x, y in zip(wt, gt)), (wt, gt)
+                for r, (x, y) in enumerate(zip(wt, gt)):  # the same ids, unless two ranks nearly tie
+                    tie = any(abs(x[0] - z[0]) < tol for z in wt[:r] + wt[r + 1:])
+                    assert x[1] == y[1] or tie, (wt, gt)
+
+    sampled = run_all(lambda ids: _logprob_request(servers[32], ids, 32, 1.0, len(ids) - 1),
+                      [(ids,) for ids in prompts])
+    for ids, g in zip(prompts, sampled):
+        out, lps = g["output_ids"], g["meta_info"]["output_token_logprobs"]
+        assert g["meta_info"]["spec_verify_ct"] > 0 and [t[1] for t in lps] == out
+        check = _logprob_request(servers["plain"], ids + out, 1, 0.0, len(ids) - 1)
+        exact = check["meta_info"]["input_token_logprobs"][-len(out):]
+        assert [t[1] for t in exact] == out
+        for k, ((lw, _, _), (lg, _, _)) in enumerate(zip(exact, lps)):
+            assert abs(lw - lg) < tol, (k, lw, lg)
 
 
 def test_sampling_follows_the_target_distribution(servers, smollm2_target):
