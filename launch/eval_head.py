@@ -2,7 +2,9 @@
 per node budget and prompt file, through the greedy reference decoder:
 ``python -m launch.eval_head --head DIR --prompts FILE [FILE...] [--budgets 8,16,32,64]``.
 With ``--temperature T`` (> 0) the decoder samples instead (its lossless tree sampling; prompt i
-seeded with ``--seed`` + i), the accepted length a sampling user gets.
+seeded with ``--seed`` + i), the accepted length a sampling user gets; ``--sampling-rule walk``
+measures the rule SGLang's server path uses (follow the sampled child of the greedy tree) instead
+of the default recursive rejection sampling over redrawn sibling groups.
 With ``--compare-head DIR`` (e.g. the bidirectional baseline) the two heads side by side.
 With ``--heldout-data REGEN_DIR`` also the teacher-forced accuracy per block depth on held-out
 answers of the target (the trainer's own split), the cheap number that tracks training.
@@ -16,6 +18,7 @@ import os
 import torch
 
 from sglang_jetspec.core.checkpoint import load_head
+from sglang_jetspec.reference.decoder import SAMPLING_RULES
 from sglang_jetspec.train.evaluate import mean_accepted_length
 
 
@@ -30,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); > 0 samples from the target at this temperature, losslessly")
     p.add_argument("--seed", type=int, default=0, help="with --temperature: prompt i samples with seed + i")
+    p.add_argument("--sampling-rule", choices=SAMPLING_RULES, default="rrs",
+                   help="with --temperature: rrs (redrawn sibling groups, recursive rejection sampling; "
+                        "default) or walk (the greedy tree, follow the child the target samples: the "
+                        "server's rule)"),
     p.add_argument("--num-prompts", type=int, default=None, help="first N prompts of each file")
     p.add_argument("--compare-head", default=None, help="a second head folder, shown side by side")
     p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
@@ -108,7 +115,7 @@ def main(argv=None) -> None:
         _, heldout = split_validation(seqs, args.val_percent, args.heldout_seqs)
         if not heldout:
             raise SystemExit(f"--heldout-data {args.heldout_data}: no held-out answers at --val-percent {args.val_percent}")
-    mode = f" (temperature {args.temperature:g})" if args.temperature > 0 else ""
+    mode = f" (temperature {args.temperature:g}, {args.sampling_rule})" if args.temperature > 0 else ""
     results, depth_lines = {}, []
     for folder in folders:
         head = load_head(folder, device=str(target.device), dtype=target.dtype,
@@ -124,13 +131,14 @@ def main(argv=None) -> None:
             results[label][stem] = {}
             for b in args.budgets:
                 rep = mean_accepted_length(target, head, ids, b, args.max_new_tokens, args.width,
-                                           args.temperature, args.seed)
+                                           args.temperature, args.seed, args.sampling_rule)
                 results[label][stem][b] = rep.mean_accepted
                 print(f"{label} {stem} budget {b}{mode}: mean accepted length {rep.mean_accepted:.3f} "
                       f"({rep.tokens} tokens / {rep.rounds} rounds)", flush=True)
     print()
     if args.temperature > 0:
-        print(f"sampled at temperature {args.temperature:g} (seed {args.seed} + prompt index)")
+        print(f"sampled at temperature {args.temperature:g} (seed {args.seed} + prompt index), "
+              f"sampling rule {args.sampling_rule}")
     print(format_table(results, args.budgets))
     if depth_lines:
         print("\n".join([""] + depth_lines))

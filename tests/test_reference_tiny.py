@@ -102,11 +102,13 @@ def _chi2_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(chisquare(obs[keep], exp[keep] * obs[keep].sum() / exp[keep].sum()).pvalue)
 
 
-def test_sampling_follows_target_distribution():
-    """2000 sampled 2-token continuations through trees (rrs acceptance) vs the exact target law."""
+@pytest.mark.parametrize("rule", ["rrs", "walk"])
+def test_sampling_follows_target_distribution(rule):
+    """2000 sampled 2-token continuations through trees (either acceptance rule) vs the exact target law."""
     V, T, top_k, top_p = 6, 0.8, 5, 0.95
     target = tiny_target(vocab=V, seed=3, sharpness=6.0)
-    dec = ReferenceDecoder(target, tiny_head(target, seed=4), TreeSettings(budget=8, width=3, depth=3))
+    dec = ReferenceDecoder(target, tiny_head(target, seed=4),
+                           TreeSettings(budget=8, width=3, depth=3, sampling_rule=rule))
     prompt = [1, 2, 3, 4]
     exact = _exact_joint(target, prompt, T, top_k, top_p)
     used = [dec.generate(prompt, 12, temperature=T, seed=s) for s in range(20)]
@@ -119,6 +121,9 @@ def test_sampling_follows_target_distribution():
     assert _chi2_pvalue(counts, exact) > 1e-3
     # negative control: the same samples against the law at another temperature must be rejected
     assert _chi2_pvalue(counts, _exact_joint(target, prompt, 1.5, top_k, top_p)) < 1e-3
+    if rule == "rrs":
+        with pytest.raises(ValueError, match=r"sampling rule 'spec': expected one of \['rrs', 'walk'\]"):
+            ReferenceDecoder(target, tiny_head(target, seed=4), TreeSettings(sampling_rule="spec"))
 
 
 def _keep_rows_reference(cache, prefix_len, keep):

@@ -374,8 +374,15 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
                "--budgets", "1,6", "--max-new-tokens", "6", "--num-prompts", "2", "--threads", "1",
                "--temperature", "0.8", "--seed", "3"])
     out = capsys.readouterr().out
-    assert "heldout budget 6 (temperature 0.8): mean accepted length" in out
-    assert "sampled at temperature 0.8 (seed 3 + prompt index)" in out
+    assert "heldout budget 6 (temperature 0.8, rrs): mean accepted length" in out
+    assert "sampled at temperature 0.8 (seed 3 + prompt index), sampling rule rrs" in out
+    row = [line for line in out.splitlines() if line.startswith("heldout ")][-1]
+    assert row.split("|")[1].strip() == "1.000" and float(row.split("|")[2]) >= 1.0
+    eval_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
+               "--budgets", "1,6", "--max-new-tokens", "6", "--num-prompts", "2", "--threads", "1",
+               "--temperature", "0.8", "--seed", "3", "--sampling-rule", "walk"])
+    out = capsys.readouterr().out
+    assert "heldout budget 6 (temperature 0.8, walk): mean accepted length" in out
     row = [line for line in out.splitlines() if line.startswith("heldout ")][-1]
     assert row.split("|")[1].strip() == "1.000" and float(row.split("|")[2]) >= 1.0
     for bad in ("-0.5", "nan"):

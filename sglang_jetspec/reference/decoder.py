@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sglang_jetspec.core.acceptance import accept_greedy, accept_greedy_lazy, accept_sampling_rrs
+from sglang_jetspec.core.acceptance import (accept_greedy, accept_greedy_lazy, accept_sampling_rrs,
+                                             accept_sampling_walk)
 from sglang_jetspec.core.head import DraftHead, HeadKVCache
 from sglang_jetspec.core.packed_linear import pack_linears
 from sglang_jetspec.core.sampling import draft_distribution, target_distribution
@@ -29,6 +30,7 @@ from sglang_jetspec.reference.target import HFTarget, keep_cache_rows
 # weight read (SmolLM2's lm_head, two threads: 2.3 ms for 1 row, 2.9 for 8, 3.6 for 16), so a
 # greedy round scores every node at once rather than one row per visited node.
 ALL_ROWS_LM_HEAD_MAX = 16
+SAMPLING_RULES = ("rrs", "walk")
 
 
 @dataclass
@@ -36,8 +38,14 @@ class TreeSettings:
     budget: int = 32        # nodes per tree, root included (1 = plain decoding)
     width: int = 7          # top-k per depth
     depth: int | None = None  # max depth; None = block_size - 1
+    # temperature > 0: "rrs" redraws each sibling group from the draft (resample_children) and
+    # accepts by recursive rejection sampling; "walk" keeps the greedy top-W tree and follows the
+    # child the target samples (the rule SGLang's server path uses). Both lossless.
+    sampling_rule: str = "rrs"
 
     def validate(self, block_size: int) -> int:
+        if self.sampling_rule not in SAMPLING_RULES:
+            raise ValueError(f"sampling rule {self.sampling_rule!r}: expected one of {list(SAMPLING_RULES)}")
         depth = block_size - 1 if self.depth is None else self.depth
         if self.budget < 1:
             raise ValueError(f"budget {self.budget} must be >= 1 (1 = no speculation)")
@@ -94,7 +102,7 @@ class ReferenceDecoder:
                                                  max_new_tokens - len(out))  # as the server does
             rows = max(1, min(depth, budget - 1))  # a tree of budget B is at most B - 1 deep
             scores, ids = self._draft_scores(anchor, prefix_len, new_feats, feat_pos, head_cache, rows)
-            if sampling:  # the draft distribution over the whole vocabulary
+            if sampling and self.tree.sampling_rule == "rrs":  # the draft distribution over the whole vocabulary
                 draft_lp = self._full_width(scores, ids)  # [rows, V]
                 tree = build_tree(anchor, draft_lp, budget, self.tree.width, min(depth, rows))
                 q = draft_distribution(draft_lp, temperature)
@@ -107,7 +115,8 @@ class ReferenceDecoder:
                                tree_mask=tree.ancestor_mask(), depths=tree.depths, logits=False)
             if sampling:
                 p = target_distribution(tgt.lm_head(step.hidden), temperature, top_k, top_p)
-                res = accept_sampling_rrs(tree, p, q, gen)
+                res = (accept_sampling_rrs(tree, p, q, gen) if self.tree.sampling_rule == "rrs"
+                       else accept_sampling_walk(tree, p, gen))
             elif tgt.linear_backend == "onednn" and tree.n <= ALL_ROWS_LM_HEAD_MAX:
                 res = accept_greedy(tree, tgt.lm_head(step.hidden))  # every row in one weight read
             else:  # lm_head only on the nodes the walk visits (row by row, each a full weight read)

@@ -58,13 +58,14 @@ class AcceptanceReport:
 @torch.no_grad()
 def mean_accepted_length(hf_target, head: DraftHead, prompt_ids: list[list[int]], budget: int,
                          max_new_tokens: int = 128, width: int = 7, temperature: float = 0.0,
-                         seed: int = 0) -> AcceptanceReport:
+                         seed: int = 0, sampling_rule: str = "rrs") -> AcceptanceReport:
     """Decoding of the prompts through the reference decoder at one node budget: greedy, or with
-    temperature > 0 the decoder's lossless tree sampling (prompt i seeded with seed + i)."""
+    temperature > 0 the decoder's lossless tree sampling by `sampling_rule` (TreeSettings;
+    prompt i seeded with seed + i)."""
     from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
 
     was_training = head.training
-    dec = ReferenceDecoder(hf_target, head, TreeSettings(budget=budget, width=width))
+    dec = ReferenceDecoder(hf_target, head, TreeSettings(budget=budget, width=width, sampling_rule=sampling_rule))
     rounds = tokens = 0
     for i, ids in enumerate(prompt_ids):
         res = dec.generate(ids, max_new_tokens, temperature=temperature, seed=seed + i)
