@@ -68,3 +68,21 @@ def test_trees_never_reach_past_the_tokens_a_request_may_still_emit():
     assert cap_to_remaining(SERVER, 2) == TreeSettings(32, 7, 1)
     assert cap_to_remaining(SERVER, 1).budget == 1  # only the bonus token is left: no drafts
     assert cap_to_remaining(SERVER, 0).budget == 1
+
+
+def test_penalised_requests_take_plain_steps():
+    """Penalties make a verify round inexact in SGLang (applied from the round's start state), so
+    such a request decodes one token a round; min_new_tokens only until it has emitted them."""
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    from sglang_jetspec.integration.request_settings import needs_plain_step
+
+    def sp(**kw):
+        return SamplingParams(max_new_tokens=64, **kw)
+
+    assert not needs_plain_step(sp(), 0) and not needs_plain_step(None, 0)
+    assert not needs_plain_step(sp(temperature=0.7, top_p=0.9, logit_bias={"5": 1.0}), 3)  # constant per request
+    for kw in ({"frequency_penalty": 0.5}, {"presence_penalty": -0.2}, {"repetition_penalty": 1.1}):
+        assert needs_plain_step(sp(**kw), 0) and needs_plain_step(sp(**kw), 1000), kw
+    # min_new_tokens: plain until the request has emitted them (the mask lifts mid-round otherwise)
+    assert [needs_plain_step(sp(min_new_tokens=3), k) for k in range(6)] == [True] * 3 + [False] * 3

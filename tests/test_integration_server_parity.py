@@ -10,6 +10,8 @@ server without speculation, through every front door a user has:
   target's own distribution (chi-square against transformers' exact probabilities).
 - return_logprob (with top logprobs): greedy equal to the plain server's; sampled, equal to the
   target's logprob of each committed token.
+- frequency / presence / repetition penalties and min_new_tokens: equal to greedy decoding with
+  the penalty applied token by token (one token a round).
 
 Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
 JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end. The budget-8
@@ -218,6 +220,55 @@ def test_logprobs_equal_the_plain_servers(servers, prompt_ids):
         assert [t[1] for t in exact] == out
         for k, ((lw, _, _), (lg, _, _)) in enumerate(zip(exact, lps)):
             assert abs(lw - lg) < tol, (k, lw, lg)
+
+
+def test_penalties_and_min_new_tokens_are_exact(servers, prompt_ids, smollm2_target):
+    """SGLang applies penalties and the min_new_tokens stop mask to a whole verify round from the
+    state at its start ("relaxed"); JETSPEC decodes such requests one token a round
+    (request_settings.needs_plain_step), so each equals greedy decoding with the penalty applied
+    token by token (tests/penalty_reference.py, transformers), and an unpenalised request in the
+    same batches keeps speculating. Each penalty must change the output (else nothing is
+    proved). The default plain server is not the reference here: its overlap scheduler lags the
+    penalty state by a token (docs/sglang-integration.md)."""
+    from penalty_reference import Penalties, greedy_with_penalties, near_tie_or_equal
+
+    from sglang_jetspec.reference.parity import DEFAULT_TIE_TOL
+
+    n = 48
+    model, stop_ids = smollm2_target.model, smollm2_target.eos_token_ids()
+    base = run_all(lambda ids: servers["plain"].generate(ids, 128), [(ids,) for ids in prompt_ids])
+    short = [(ids, b) for ids, b in zip(prompt_ids, base)
+             if b["meta_info"]["finish_reason"]["type"] == "stop" and len(b["output_ids"]) < 100]
+    assert short, "no held-out prompt ends with EOS within 100 tokens: min_new_tokens went untested"
+    ids_eos, b_eos = short[0]
+    k = len(b_eos["output_ids"])
+    cases = [(prompt_ids[3], n, {"frequency_penalty": 1.0}, Penalties(frequency=1.0)),
+             (prompt_ids[6], n, {"presence_penalty": 1.5}, Penalties(presence=1.5)),
+             (prompt_ids[9], n, {"repetition_penalty": 1.4}, Penalties(repetition=1.4)),
+             (ids_eos, k + 20, {"min_new_tokens": k + 8}, Penalties(min_new_tokens=k + 8))]
+    want = []
+    for ids, m, extra, pen in cases:
+        ref, tops = greedy_with_penalties(model, ids, m, pen, stop_ids)
+        free, _ = greedy_with_penalties(model, ids, m, Penalties(), stop_ids)
+        assert ref != free, f"{extra} did not change the greedy output"
+        want.append((ref, tops))
+    assert len(want[3][0]) > k, "min_new_tokens did not hold EOS back"
+    items = [(ids, m, 0.0, extra) for ids, m, extra, _ in cases] + [(prompt_ids[0], n, 0.0, {})]
+    call = lambda srv: (lambda ids, m, t, extra: srv.generate(ids, m, t, **extra))
+    for b in BUDGETS:
+        got = run_all(call(servers[b]), items)
+        for (_, _, extra, _), (w, tops), g in zip(cases, want, got):
+            tie = near_tie_or_equal(w, g["output_ids"], tops, DEFAULT_TIE_TOL)
+            if tie:
+                print(f"budget {b} {extra}: {tie}")
+            # one token a round (until min_new_tokens, then speculation again)
+            # (token 0 comes from the prefill, tokens 1 .. min_new_tokens - 1 one a round)
+            plain_rounds = min(extra.get("min_new_tokens", 10**6) - 1, len(g["output_ids"]) - 1)
+            assert g["meta_info"]["spec_verify_ct"] >= plain_rounds, (b, extra)
+            if "min_new_tokens" not in extra:
+                assert g["meta_info"]["spec_verify_ct"] == len(g["output_ids"]) - 1, (b, extra)
+        free = got[-1]
+        assert free["meta_info"]["spec_verify_ct"] < len(free["output_ids"]) - 1, "the unpenalised request stopped speculating"
 
 
 def test_sampling_follows_the_target_distribution(servers, smollm2_target):

@@ -62,6 +62,30 @@ def cap_to_remaining(tree: TreeSettings, remaining: int | None) -> TreeSettings:
     return TreeSettings(budget=budget, width=tree.width, depth=depth)
 
 
+def needs_plain_step(sampling_params, output_len: int) -> bool:
+    """Whether a request's next round must commit one token only (budget 1), to stay lossless.
+
+    SGLang applies frequency / presence / repetition penalties and the min_new_tokens stop mask
+    to every verified row from the state at the round's start, and counts only the round's last
+    token into that state ("a relaxed version of penalties for speculative decoding", its
+    eagle_utils says). Sequential decoding would penalise each row by the tokens on its own path
+    and lift the stop mask at the row that reaches min_new_tokens, so a request with a penalty
+    speculates not at all, and one with min_new_tokens not until it has emitted them: its rounds
+    are then exactly plain decoding steps. logit_bias is constant per request: no restriction."""
+    if sampling_params is None:
+        return False
+    if float(getattr(sampling_params, "frequency_penalty", 0.0) or 0.0) != 0.0:
+        return True
+    if float(getattr(sampling_params, "presence_penalty", 0.0) or 0.0) != 0.0:
+        return True
+    rep = getattr(sampling_params, "repetition_penalty", 1.0)
+    if rep is not None and float(rep) != 1.0:
+        return True
+    # the stop mask holds at output position t < min_new_tokens; a round starting at position
+    # output_len is exact once no row of it can be masked wrongly, i.e. output_len >= min_new_tokens
+    return output_len < int(getattr(sampling_params, "min_new_tokens", 0) or 0)
+
+
 def verify_hook(result, sampling_params, *args, **kwargs):
     """AFTER hook of SamplingParams.verify: reject malformed JETSPEC overrides with ValueError."""
     parse_request_tree(getattr(sampling_params, "custom_params", None))

@@ -60,7 +60,7 @@ from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.metrics import maybe_metrics
 from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
-from sglang_jetspec.integration.request_settings import cap_to_remaining, resolve_tree
+from sglang_jetspec.integration.request_settings import cap_to_remaining, needs_plain_step, resolve_tree
 from sglang_jetspec.integration.round_stats import RoundStats
 from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
 
@@ -374,14 +374,16 @@ class JetSpecWorker(BaseSpecWorker):
 
     def _tree_settings(self, reqs) -> list[TreeSettings]:
         """Each request's tree settings this round (request_settings.py): the server's
-        budget/width/depth unless the request lowers them, and never deeper than the tokens it
-        may still emit. Smaller trees are padded with dead rows by to_verify_layout, so
+        budget/width/depth unless the request lowers them, budget 1 while a penalty or
+        min_new_tokens would make a tree inexact, and never deeper than the tokens it may still emit. Smaller trees are padded with dead rows by to_verify_layout, so
         acceptance is that of the request's own tree."""
         server = TreeSettings(self.budget, self.width, self.depth)
         out = []
         for req in reqs:
             sp = req.sampling_params
             t = resolve_tree(getattr(sp, "custom_params", None), server)
+            if needs_plain_step(sp, len(req.output_ids)):  # penalties: no lossless tree (request_settings.py)
+                t = TreeSettings(1, t.width, t.depth)
             max_new = getattr(sp, "max_new_tokens", None)
             out.append(cap_to_remaining(t, None if max_new is None else max_new - len(req.output_ids)))
         return out
