@@ -12,6 +12,7 @@ server without speculation, through every front door a user has:
   target's logprob of each committed token.
 - frequency / presence / repetition penalties and min_new_tokens: equal to greedy decoding with
   the penalty applied token by token (one token a round).
+- n=2, stop_token_ids, a JSON schema, logit_bias: identical.
 
 Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
 JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end. The budget-8
@@ -175,6 +176,32 @@ def test_bench_serving_reports_accept_length(servers, smollm2_dir, tmp_path):
     line = next((ln for ln in proc.stdout.splitlines() if "Accept length" in ln), None)
     assert line is not None, proc.stdout[-3000:]
     assert float(line.split(":")[-1]) > 1.0, line
+
+
+def test_n_stop_ids_json_schema_and_logit_bias_identical(servers, prompt_ids):
+    """Request options a user combines with speculation: parallel samples (n=2, greedy: both the
+    same), stop_token_ids, a JSON schema, logit_bias; each must give the plain server's tokens,
+    and each option must matter on the plain server (else the check proves nothing)."""
+    import json as _json
+
+    schema = _json.dumps({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
+    free = servers["plain"].generate(prompt_ids[2], 60)["output_ids"]
+    stop_tok = free[len(free) // 2]  # a token the free answer emits mid-way
+    cases = [(prompt_ids[0], {"n": 2}), (prompt_ids[2], {"stop_token_ids": [stop_tok]}),
+             (prompt_ids[4], {"json_schema": schema}),
+             (prompt_ids[5], {"logit_bias": {str(free[1]): -100.0}})]
+    call = lambda srv: (lambda ids, extra: srv.generate(ids, 60, 0.0, **extra))
+    want = run_all(call(servers["plain"]), cases)
+    ids_of = lambda r: [x["output_ids"] for x in r] if isinstance(r, list) else r["output_ids"]
+    assert isinstance(want[0], list) and len(want[0]) == 2
+    assert len(want[1]["output_ids"]) < len(free) and want[1]["output_ids"][-1] == stop_tok
+    assert want[2]["text"].lstrip().startswith("{")
+    for (ids, extra), w in zip(cases[2:], want[2:]):
+        assert w["output_ids"] != servers["plain"].generate(ids, 60)["output_ids"], f"{list(extra)} changed nothing"
+    for b in BUDGETS:
+        got = run_all(call(servers[b]), cases)
+        for (ids, extra), w, g in zip(cases, want, got):
+            assert ids_of(g) == ids_of(w), (b, list(extra))
 
 
 def _logprob_request(server, ids, n, temperature, start, top=0):
