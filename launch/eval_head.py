@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--sampling-rule", choices=SAMPLING_RULES, default="rrs",
                    help="with --temperature: rrs (redrawn sibling groups, recursive rejection sampling; "
                         "default) or walk (the greedy tree, follow the child the target samples: the "
-                        "server's rule)"),
+                        "server's rule)")
     p.add_argument("--num-prompts", type=int, default=None, help="first N prompts of each file")
     p.add_argument("--compare-head", default=None, help="a second head folder, shown side by side")
     p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
