@@ -72,7 +72,8 @@ def beyond(sets: dict[str, PromptSet], base_dir: str | Path) -> dict[str, Prompt
         if missing:
             raise ValueError(f"--beyond {base_dir}: expected a prompt folder with {cat} train and held-out "
                              f"files; missing {missing}")
-        read = {split: {json.loads(line)["prompt"] for line in open(f, encoding="utf-8") if line.strip()}
+        read = {split: {json.loads(line)["prompt"] for line in f.read_text(encoding="utf-8").splitlines()
+                        if line.strip()}
                 for split, f in files.items()}
         if read["heldout"] != {c.prompt for c in ps.heldout}:
             raise ValueError(f"--beyond {base_dir}: its {cat} held-out prompts are not the ones this build "
