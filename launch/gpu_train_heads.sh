@@ -5,7 +5,8 @@
 #
 # What it does (the recipe of models/smollm2-135m-jetspec/README.md):
 #   1. prepares the embedded SmolLM2-135M-Instruct (python -m launch.models path smollm2);
-#   2. answers every training prompt (data/prompts/*.train.jsonl) with the target itself, greedy,
+#   2. answers every training prompt (data/prompts/*.train.jsonl, then data/prompts-more/*.train.jsonl:
+#      the further code and chat prompts of launch.build_prompts --beyond) with the target itself, greedy,
 #      fp32, batched transformers on the GPU, resuming from the answers already in data/regen
 #      (data/regen/smollm2, plus any committed data/regen/smollm2-* extension, also trained on);
 #   3. trains the causal head and, in lockstep on the same batches, the bidirectional baseline
@@ -43,11 +44,13 @@ skip=()
 [ ${#extra[@]} -gt 0 ] && skip=(--skip-answered "${extra[@]}") && stamp "also using ${extra[*]}"
 limit=()
 [ -n "${REGEN_LIMIT:-}" ] && limit=(--limit "$REGEN_LIMIT")
+prompts=(data/prompts/code.train.jsonl data/prompts/math.train.jsonl data/prompts/chat.train.jsonl)
+for f in data/prompts-more/*.train.jsonl; do [ -f "$f" ] && prompts+=("$f"); done
 stamp "regenerating"
 regen_timeout=()
 [ -n "${REGEN_SECONDS:-}" ] && regen_timeout=(timeout "$REGEN_SECONDS")  # answers so far are kept
 "${regen_timeout[@]}" $py -m launch.regenerate --model "$model" --backend hf --device "$device" \
-  --prompts data/prompts/code.train.jsonl data/prompts/math.train.jsonl data/prompts/chat.train.jsonl \
+  --prompts "${prompts[@]}" \
   --out "$work/regen" --max-new-tokens 160 --batch-size "${REGEN_BATCH:-512}" "${limit[@]}" "${skip[@]}" 2>&1 \
   | grep -v "it/s\]$" || true
 stamp "regeneration done"
