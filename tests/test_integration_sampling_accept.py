@@ -105,30 +105,3 @@ def test_adjust_logits_applies_bias_and_penalties_per_request():
     out = adjust_logits(logits, info, 2)
     assert out.tolist() == [[1.0, -1.0], [1.0, -1.0], [2.0, 0.0], [2.0, 0.0]]
     assert not logits.any()  # the verify logits are left alone
-
-
-def test_a_seeded_request_draws_from_its_own_generator():
-    """sampling_seed: request b's draws come from request_generator(seed, position), so its result
-    does not depend on the shared generator's state or on the rest of the batch."""
-    from sglang_jetspec.integration.sampling_accept import request_generator
-
-    trees = _trees(3, bs=3, n=7)
-    logits = torch.randn(21, V, generator=torch.Generator().manual_seed(4))
-    args = ([1.0] * 3, [1 << 30] * 3, [1.0] * 3, [0.0] * 3)
-    assert request_generator(None, 5) is None
-
-    def run(shared_seed, seeds):
-        gens = [request_generator(s, 11) for s in seeds]
-        return sample_walk_accept(trees, logits, *args, torch.Generator().manual_seed(shared_seed), n=7,
-                                  generators=gens)
-
-    def committed(out, b):  # request b's committed tokens along its accepted path
-        idx = out[2][b][: int(out[1][b])].long()
-        return out[0][idx].tolist()
-
-    results = [run(k, [7, None, 7]) for k in range(40)]
-    for out in results:  # seeded rows: the same draws whatever the shared generator's state
-        assert committed(out, 0) == committed(results[0], 0) and committed(out, 2) == committed(results[0], 2)
-    assert len({tuple(committed(out, 1)) for out in results}) > 1  # the unseeded row follows the shared one
-    assert len({tuple(committed(run(0, [s, None, s]), 0)) for s in range(30)}) > 1  # seeds differ
-    assert request_generator(7, 11).initial_seed() != request_generator(7, 12).initial_seed()

@@ -12,10 +12,8 @@ The result uses eagle_sample's layout, so the rest of the round is shared:
   predict [bs*n] int32: at each accepted node, the token committed after it
   accept_index [bs, n] int32: global rows of the accepted path, root first, -1 after
   accept_lens [bs] int32: accepted drafts + 1 (the bonus)
-A request's `sampling_seed` seeds its own draws (`request_generator`: seed and output position),
-so a seeded request is reproducible, though not token for token the plain server's (another
-random stream). Penalties and logit_bias are applied by `adjust_logits` exactly where
-eagle_sample applies them; grammar masks by the worker before the walk.
+Not handled (phase 1): grammar masks and per-request seeds; penalties and logit_bias are
+applied by `adjust_logits` exactly where eagle_sample applies them.
 """
 
 from __future__ import annotations
@@ -41,24 +39,12 @@ def adjust_logits(logits: torch.Tensor, sampling_info, n: int) -> torch.Tensor:
     return out
 
 
-def request_generator(seed: int | None, position: int) -> torch.Generator | None:
-    """A request's own generator for the round that starts at output position `position`, from
-    its `sampling_seed` (None: use the worker's). The same seed, prompt and position give the same
-    draws whatever else is in the batch, so a seeded request is reproducible."""
-    if seed is None:
-        return None
-    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(position) * 0xBF58476D1CE4E5B9) % (2**63)
-    return torch.Generator().manual_seed(mixed)
-
-
 def sample_walk_accept(trees: list[DraftTree], logits: torch.Tensor, temperatures: list[float],
                        top_ks: list[int], top_ps: list[float], min_ps: list[float],
-                       generator: torch.Generator, n: int | None = None,
-                       generators: list[torch.Generator | None] | None = None):
+                       generator: torch.Generator, n: int | None = None):
     """(predict, accept_lens, accept_index) for a batch of trees verified n rows per request
     (logits [bs*n, V]; a tree of k < n nodes owns rows 0..k-1 of its block, the rest are the
-    dead padding rows of verify_layout, never accepted). n defaults to the first tree's size.
-    generators[b], when given and not None, draws request b's samples instead of `generator`."""
+    dead padding rows of verify_layout, never accepted). n defaults to the first tree's size."""
     bs = len(trees)
     n = trees[0].n if n is None else n
     if logits.shape[0] != bs * n:
@@ -73,8 +59,7 @@ def sample_walk_accept(trees: list[DraftTree], logits: torch.Tensor, temperature
         top_k = -1 if top_ks[b] >= rows.shape[1] else int(top_ks[b])
         probs = target_distribution(rows, float(temperatures[b]), top_k, float(top_ps[b]),
                                     float(min_ps[b]))
-        own = generators[b] if generators is not None else None
-        res = accept_sampling_walk(tree, probs, generator if own is None else own)
+        res = accept_sampling_walk(tree, probs, generator)
         nodes = torch.tensor(res.accepted_nodes)
         predict[b * n + nodes] = torch.tensor(res.tokens, dtype=torch.int32)
         accept_index[b, : len(nodes)] = (b * n + nodes).int()

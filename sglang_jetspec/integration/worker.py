@@ -59,7 +59,7 @@ from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_m
 from sglang_jetspec.integration.drafter import Drafter
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.metrics import maybe_metrics
-from sglang_jetspec.integration.sampling_accept import adjust_logits, request_generator, sample_walk_accept
+from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
 from sglang_jetspec.integration.request_settings import cap_to_remaining, needs_plain_step, resolve_tree
 from sglang_jetspec.integration.round_stats import RoundStats
 from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
@@ -419,9 +419,7 @@ class JetSpecWorker(BaseSpecWorker):
         logits = adjust_logits(logits_output.next_token_logits, info, n)
         if grammar_mask is not None:
             grammar_mask.apply(logits)  # disallowed tokens -> -inf at every node of a constrained row
-        generators = [request_generator(getattr(r.sampling_params, "sampling_seed", None), len(r.output_ids))
-                      for r in batch.reqs]
         out = sample_walk_accept(trees, logits, info.temperatures.view(-1).tolist(),
                                  info.top_ks.tolist(), info.top_ps.tolist(), info.min_ps.tolist(),
-                                 self.generator, n=n, generators=generators)
+                                 self.generator, n=n)
         return tuple(t.to(self.device) for t in out)
