@@ -182,9 +182,7 @@ def test_n_stop_ids_json_schema_and_logit_bias_identical(servers, prompt_ids):
     """Request options a user combines with speculation: parallel samples (n=2, greedy: both the
     same), stop_token_ids, a JSON schema, logit_bias; each must give the plain server's tokens,
     and each option must matter on the plain server (else the check proves nothing)."""
-    import json as _json
-
-    schema = _json.dumps({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
+    schema = json.dumps({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]})
     free = servers["plain"].generate(prompt_ids[2], 60)["output_ids"]
     stop_tok = free[len(free) // 2]  # a token the free answer emits mid-way
     cases = [(prompt_ids[0], {"n": 2}), (prompt_ids[2], {"stop_token_ids": [stop_tok]}),

@@ -375,8 +375,9 @@ class JetSpecWorker(BaseSpecWorker):
     def _tree_settings(self, reqs) -> list[TreeSettings]:
         """Each request's tree settings this round (request_settings.py): the server's
         budget/width/depth unless the request lowers them, budget 1 while a penalty or
-        min_new_tokens would make a tree inexact, and never deeper than the tokens it may still emit. Smaller trees are padded with dead rows by to_verify_layout, so
-        acceptance is that of the request's own tree."""
+        min_new_tokens would make a tree inexact, and never deeper than the tokens it may still
+        emit. Smaller trees are padded with dead rows by to_verify_layout, so acceptance is that
+        of the request's own tree."""
         server = TreeSettings(self.budget, self.width, self.depth)
         out = []
         for req in reqs:
