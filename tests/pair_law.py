@@ -1,8 +1,10 @@
-"""Chi-square check that sampled (token 1, token 2) pairs follow the target's exact joint law.
+"""Chi-square check that sampled (token 1, token 2) pairs, or longer tuples, follow the target's
+exact joint law.
 
 Token 1 of a request comes from SGLang's prefill sampler, token 2 from a JETSPEC verify round,
 so the pair tests the speculative sampling path against the distribution the plain sampler
-would draw from. `dist` maps fp64 logits [k, V] to the sampler's probabilities [k, V]
+would draw from; with three tokens, token 3 comes from the same round when it accepted a
+drafted child (or from the next round), so triples also test the acceptance one level down. `dist` maps fp64 logits [k, V] to the sampler's probabilities [k, V]
 (temperature, top-k, top-p applied)."""
 
 import torch
@@ -22,13 +24,31 @@ def exact_pair_law(model, ids: list[int], dist, top: int = 12) -> tuple[torch.Te
     return p1, probs
 
 
+@torch.no_grad()
+def exact_sequence_law(model, ids: list[int], dist, length: int, top: int = 12) -> dict:
+    """{(t1, ..., t_length): probability} over the `top` likeliest tokens at each step."""
+    probs = {(): 1.0}
+    for _ in range(length):
+        prefixes = list(probs)
+        rows = dist(model(torch.tensor([ids + list(p) for p in prefixes])).logits[:, -1].double())
+        nxt = {}
+        for prefix, row in zip(prefixes, rows):
+            best = torch.topk(row, min(top, row.shape[0]))
+            for t, q in zip(best.indices.tolist(), best.values.tolist()):
+                if q > 0:
+                    nxt[prefix + (t,)] = probs[prefix] * q
+        probs = nxt
+    return probs
+
+
 def assert_pairs_follow(pairs: list[tuple[int, int]], probs: dict, label: str, alpha: float = 1e-3) -> None:
     """Bins with >= 5 expected counts, the rest pooled; fails below `alpha`."""
     from scipy.stats import chisquare
 
     n = len(pairs)
     bins = [k for k, v in sorted(probs.items(), key=lambda kv: -kv[1]) if v * n >= 5]
-    assert len(bins) >= 3, probs
+    assert len(bins) >= 3, (f"only {len(bins)} outcomes expect >= 5 of {n} samples (largest "
+                            f"probabilities {sorted(probs.values(), reverse=True)[:5]}): too spread to test")
     observed = [sum(1 for p in pairs if p == k) for k in bins]
     expected = [probs[k] * n for k in bins]
     observed.append(n - sum(observed))

@@ -6,8 +6,9 @@ server without speculation, through every front door a user has:
 - /v1/chat/completions (OpenAI API), concurrently.
 - an SGLang frontend program (sgl.function with gen, fork, and a regex-constrained gen).
 - `python -m sglang.bench_serving --backend sglang` reports the accept length.
-- temperature 0.8: requests complete, and the sampled (token 1, token 2) pairs follow the
-  target's own distribution (chi-square against transformers' exact probabilities).
+- temperature 0.8: requests complete, and the sampled first four tokens follow the target's own
+  joint distribution (chi-square against transformers' exact probabilities), under
+  both host sampling rules (walk on the budget-8 server, rrs on the budget-32 one).
 - return_logprob (with top logprobs): greedy equal to the plain server's; sampled, equal to the
   target's logprob of each committed token.
 - frequency / presence / repetition penalties and min_new_tokens: equal to greedy decoding with
@@ -16,8 +17,9 @@ server without speculation, through every front door a user has:
 
 Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
 JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end. The budget-8
-server drafts over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), the budget-32 one over
-the head's draft vocabulary (the default), so every check covers both draft paths.
+server drafts over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off) and samples by the walk
+rule, the budget-32 one over the head's draft vocabulary and by rrs (both defaults), so every
+check covers both draft paths and both sampling rules.
 """
 
 import json
@@ -34,6 +36,7 @@ pytestmark = pytest.mark.slow
 NEW_TOKENS = 128
 BUDGETS = (8, 32)
 DRAFT_VOCAB = {8: "off", 32: "on"}
+SAMPLING_RULE = {8: "walk", 32: "rrs"}
 
 
 def _prompts() -> list[str]:
@@ -59,13 +62,15 @@ def servers(smollm2_dir, tmp_path_factory):
             started[b] = Server(smollm2_dir, tmp / f"jetspec{b}.log", *common,
                                 "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path",
                                 str(head), "--speculative-num-draft-tokens", str(b),
-                                env={"SGLANG_JETSPEC_DRAFT_VOCAB": DRAFT_VOCAB[b]})
+                                env={"SGLANG_JETSPEC_DRAFT_VOCAB": DRAFT_VOCAB[b],
+                                     "SGLANG_JETSPEC_SAMPLING_RULE": SAMPLING_RULE[b]})
         deadline = time.time() + STARTUP_TIMEOUT_S
         for s in started.values():
             s.wait_ready(deadline)
         for b in BUDGETS:  # each server says which draft path it took
             want = "of 49152 tokens" if DRAFT_VOCAB[b] == "on" else "the target's full vocabulary"
             assert "JETSPEC draft vocabulary: " in started[b].tail(10**6) and want in started[b].tail(10**6), b
+            assert f"JETSPEC sampled requests: {SAMPLING_RULE[b]} rule" in started[b].tail(10**6), b
         yield started
         for s in started.values():  # nothing died or logged a traceback under all that load
             assert s.proc.poll() is None, s.tail()
@@ -296,28 +301,33 @@ def test_penalties_and_min_new_tokens_are_exact(servers, prompt_ids, smollm2_tar
         assert free["meta_info"]["spec_verify_ct"] < len(free["output_ids"]) - 1, "the unpenalised request stopped speculating"
 
 
-def test_sampling_follows_the_target_distribution(servers, smollm2_target):
-    """Temperature 0.8, two tokens per request: token 1 comes from the prefill, token 2 from a
-    JETSPEC verify round (tree drafted by the trained head, walk-rule acceptance). The joint
-    frequencies of (token 1, token 2) over 400 requests must match transformers' exact
-    probabilities at temperature 0.8 (chi-square, alpha 1e-3); bins under 5 expected are pooled."""
-    from pair_law import assert_pairs_follow, exact_pair_law
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_sampling_follows_the_target_distribution(servers, smollm2_target, budget):
+    """Temperature 0.8, four tokens per request (EOS ignored): token 1 comes from the prefill, tokens 2-4 from
+    JETSPEC verify rounds (trees drafted by the trained head, at most 2 deep with 3 tokens left,
+    so a round that accepts a child goes on to that child's own sibling group). The joint
+    frequencies of the 4-tuples over 400 requests must match transformers' exact probabilities
+    at temperature 0.8 (chi-square, alpha 1e-3; bins under 5 expected pooled), for the walk rule
+    (budget 8) and for rrs on redrawn trees (budget 32)."""
+    from pair_law import assert_pairs_follow, exact_sequence_law
 
     temp, n = 0.8, 400
     from sglang_jetspec.reference.prompts import encode_prompts
 
-    ids = encode_prompts(smollm2_target.tokenizer, ["Name a colour."])[0]
-    server = servers[32]
-    items = [(ids, 2, temp)] * n
-    outs = []
+    # a prompt whose 4-token law is concentrated enough for 400 samples (8 outcomes expect >= 5)
+    ids = encode_prompts(smollm2_target.tokenizer, ["What is 2 + 2?"])[0]
+    server = servers[budget]
+    outs = []  # ignore_eos: a short answer ("Blue.") must not end the 4-tuple; EOS is a token
     for k in range(0, n, 16):
-        outs += run_all(server.generate, items[k:k + 16])
-    pairs = [tuple(o["output_ids"][:2]) for o in outs]
-    assert all(len(p) == 2 for p in pairs), "a sampled request ended early"
-    assert sum(o["meta_info"]["spec_verify_ct"] for o in outs) >= n
-
-    _, probs = exact_pair_law(smollm2_target.model, ids, lambda logits: torch.softmax(logits / temp, -1))
-    assert_pairs_follow(pairs, probs, "temperature 0.8 sampling")
+        outs += run_all(lambda: server.generate(ids, 4, temp, ignore_eos=True), [()] * 16)
+    tuples = [tuple(o["output_ids"][:4]) for o in outs]
+    assert all(len(t) == 4 for t in tuples), "a sampled request ended early"
+    verify = sum(o["meta_info"]["spec_verify_ct"] for o in outs)
+    assert n <= verify < 3 * n, verify  # up to three rounds a request; fewer when drafts were taken
+    print(f"budget {budget}: {3 * n / verify:.2f} tokens a round")
+    probs = exact_sequence_law(smollm2_target.model, ids, lambda logits: torch.softmax(logits / temp, -1), 4,
+                               top=8)
+    assert_pairs_follow(tuples, probs, f"temperature 0.8 sampling, {SAMPLING_RULE[budget]} rule")
 
 
 def test_rounds_match_the_reference_decoder(servers, prompt_ids, smollm2_target):

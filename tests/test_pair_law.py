@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from pair_law import assert_pairs_follow, exact_pair_law
+from pair_law import assert_pairs_follow, exact_pair_law, exact_sequence_law
 
 V = 6
 
@@ -38,3 +38,17 @@ def test_exact_samples_pass_and_another_law_fails():
     assert_pairs_follow(_sample_pairs(model, ids, 2000, 1), probs, "exact")
     with pytest.raises(AssertionError):
         assert_pairs_follow(_sample_pairs(TableModel(5), ids, 2000, 1), probs, "other law")
+
+
+def test_sequence_law_of_two_equals_the_pair_law_and_triples_sum_to_one():
+    model, ids = TableModel(0), [1, 2]
+    soft = lambda logits: torch.softmax(logits, -1)  # noqa: E731
+    _, pairs = exact_pair_law(model, ids, soft, top=V)
+    seq = exact_sequence_law(model, ids, soft, 2, top=V)
+    assert seq.keys() == pairs.keys()
+    assert all(abs(seq[k] - pairs[k]) < 1e-12 for k in seq)
+    triples = exact_sequence_law(model, ids, soft, 3, top=V)
+    assert len(triples) == V ** 3 and abs(sum(triples.values()) - 1.0) < 1e-9
+    t = (3, 0, 4)
+    p = [torch.softmax(model.table[a].double(), -1) for a in (ids[-1], t[0], t[1])]
+    assert abs(triples[t] - float(p[0][t[0]] * p[1][t[1]] * p[2][t[2]])) < 1e-12

@@ -65,16 +65,20 @@ class Drafter:
         with k' = min(k, tokens scored), on the draft's device: all a tree needs
         (core/tree.py build_tree_from_top). With a draft vocabulary the top-k is taken over the
         subset's scores and mapped to token ids; no full-vocabulary tensor is made."""
-        if k < 1:
-            raise ValueError(f"k {k} must be >= 1")
+        return top_of(*self.draft_scores(anchors, anchor_pos, ctx_kv, ctx_valid, rows), k)
+
+    @torch.no_grad()
+    def draft_scores(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
+                     ctx_kv: list[tuple[torch.Tensor, torch.Tensor]], ctx_valid: torch.Tensor,
+                     rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scores [b, rows, C] fp32 draft log-probs over the scored columns, col_ids [C] or None):
+        with a draft vocabulary column j scores token col_ids[j] (C = subset size), without one
+        the columns are the target's vocabulary (col_ids None). Both are normalised over their
+        columns, so exp(scores) is the draft distribution q (zero outside the columns)."""
         h = self._rows_hidden(anchors, anchor_pos, ctx_kv, ctx_valid, rows)
         if self.vocab is None:
-            lp = self._full_logprobs(h)
-            vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
-            return vals, ids
-        sub = self.vocab.subset_logprobs(h, self.lm_head_weight)
-        vals, idx = sub.topk(min(k, sub.shape[-1]), dim=-1)
-        return vals, self.vocab.ids_on(idx.device)[idx]
+            return self._full_logprobs(h), None
+        return self.vocab.subset_logprobs(h, self.lm_head_weight), self.vocab.ids_on(h.device)
 
     @torch.no_grad()
     def draft_logprobs(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
@@ -122,3 +126,11 @@ class Drafter:
         if self.cfg.causal_head:
             block = block.tril()
         return torch.cat([ctx_valid[:, None, :].expand(b, s, -1), block.expand(b, s, s)], dim=-1)
+
+
+def top_of(scores: torch.Tensor, col_ids: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best columns of draft scores [..., C] as (log-probs, token ids), each [..., min(k, C)]."""
+    if k < 1:
+        raise ValueError(f"k {k} must be >= 1")
+    vals, idx = scores.topk(min(k, scores.shape[-1]), dim=-1)
+    return vals, (idx if col_ids is None else col_ids.to(idx.device)[idx])

@@ -43,13 +43,15 @@ class TreeSettings:
 
 
 def check_budget_mode(environ=os.environ) -> list[str]:
-    """SGLANG_JETSPEC_BUDGET (adaptive | static) and SGLANG_JETSPEC_KV_RESERVE (follow | max),
-    checked in the launcher so a typo stops the server at startup instead of in the scheduler."""
+    """SGLANG_JETSPEC_BUDGET (adaptive | static), SGLANG_JETSPEC_KV_RESERVE (follow | max) and
+    SGLANG_JETSPEC_SAMPLING_RULE (rrs | walk), checked in the launcher so a typo stops the server
+    at startup instead of in the scheduler."""
     from sglang_jetspec.integration import kv_reserve
     from sglang_jetspec.integration.budget_policy import mode_from_env
+    from sglang_jetspec.integration.sampling_accept import rule_from_env
 
     errs = []
-    for check in (mode_from_env, kv_reserve.mode_from_env):
+    for check in (mode_from_env, kv_reserve.mode_from_env, rule_from_env):
         try:
             check(environ)
         except ValueError as exc:

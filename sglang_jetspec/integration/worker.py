@@ -56,10 +56,11 @@ from sglang_jetspec.integration.draft_vocab_setting import mode_from_env as draf
 from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
 from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
-from sglang_jetspec.integration.drafter import Drafter
+from sglang_jetspec.integration.drafter import Drafter, top_of
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
 from sglang_jetspec.integration.metrics import maybe_metrics
-from sglang_jetspec.integration.sampling_accept import adjust_logits, sample_walk_accept
+from sglang_jetspec.integration.sampling_accept import (adjust_logits, draft_q, is_sampled, redraw_trees,
+                                                        rule_from_env, sample_accept)
 from sglang_jetspec.integration.request_settings import cap_to_remaining, needs_plain_step, resolve_tree
 from sglang_jetspec.integration.round_stats import RoundStats
 from sglang_jetspec.integration.server_args import TargetDims, TreeSettings, check_head
@@ -108,8 +109,10 @@ class JetSpecWorker(BaseSpecWorker):
         self.drafter = Drafter(head, embed.weight, model.lm_head.weight,
                                text_cfg.vocab_size, self.depth)
         self.head_pool: HeadContextPool | None = None
-        # eagle_sample cannot sample on CPU; sampled batches take the walk rule on the host
+        # eagle_sample cannot sample on CPU; sampled batches are accepted on the host by
+        # SGLANG_JETSPEC_SAMPLING_RULE (rrs | walk, sampling_accept.py)
         self.host_sampling = str(self.device).startswith("cpu")
+        self.sampling_rule = rule_from_env()
         self.generator = torch.Generator().manual_seed(int(server_args.random_seed or 0))
         self.stats = RoundStats(self.device)  # read through /get_server_info (hooks.py)
         self.policy = BudgetPolicy(self.budget, mode_from_env(), seed=int(server_args.random_seed or 0),
@@ -125,6 +128,8 @@ class JetSpecWorker(BaseSpecWorker):
         self._text_cfg = text_cfg
         self.metrics = maybe_metrics(server_args)  # Prometheus gauges with --enable-metrics
         logger.info("JETSPEC verify width: %s (max %d)", self.policy.mode, self.budget)
+        if self.host_sampling:
+            logger.info("JETSPEC sampled requests: %s rule on the host", self.sampling_rule)
         vocab = head.draft_vocab
         logger.info("JETSPEC draft vocabulary: %s", "the target's full vocabulary" if vocab is None
                     else f"{len(vocab)} of {text_cfg.vocab_size} tokens ({DRAFT_VOCAB_FILE})")
@@ -230,6 +235,11 @@ class JetSpecWorker(BaseSpecWorker):
         # trees for the policy, then verifies their best-first prefixes of this width
         probe = self.policy.probe
         rows = max(min(t.depth, t.budget - 1) for t in (full if probe else settings))
+        # sampled requests under the rrs rule redraw their trees from the draft distribution
+        info = batch.sampling_info
+        rrs = [self.host_sampling and self.sampling_rule == "rrs" and not info.is_all_greedy
+               and is_sampled(k) for k in info.top_ks.tolist()]
+        scores = cols = None
         with stats.phase("draft"):
             if rows >= 1:
                 t_draft = time.perf_counter()
@@ -237,8 +247,9 @@ class JetSpecWorker(BaseSpecWorker):
                                                   batch.req_pool_indices, prefix)
                 # each row's top-W table is all a tree reads: [bs, rows, W] crosses to the host
                 top_w = max(t.width for t in (full if probe else settings))
-                top_vals, top_ids = self.drafter.draft_top(anchors, torch.tensor(prefix),
-                                                           self.head_pool.gather(slots), valid, rows, top_w)
+                scores, cols = self.drafter.draft_scores(anchors, torch.tensor(prefix),
+                                                         self.head_pool.gather(slots), valid, rows)
+                top_vals, top_ids = top_of(scores, cols, top_w)
                 top_vals, top_ids = top_vals.cpu(), top_ids.cpu()
                 self.policy.note_draft(bs, rows, time.perf_counter() - t_draft)
             else:  # every tree is its root alone: plain decoding, no head forward (no probe)
@@ -255,6 +266,13 @@ class JetSpecWorker(BaseSpecWorker):
                 prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1])
                         for r in batch.reqs]
                 trees = self.experts.schedule(trees, prev)
+            draft_qs = None
+            if scores is not None and any(rrs):  # after scheduling: it reads the greedy tokens
+                temps = info.temperatures.view(-1).tolist()
+                vocab = self._text_cfg.vocab_size
+                draft_qs = [draft_q(scores[b].cpu(), cols, temps[b], vocab) if rrs[b] else None
+                            for b in range(bs)]
+                trees, draft_qs = redraw_trees(trees, draft_qs, self.generator)
             # verify width of this batch: its largest tree (<= the server budget the KV reserve
             # was sized for); smaller trees get dead padding rows. The scheduler reads the row
             # stride from the result, so n may change from step to step.
@@ -298,7 +316,7 @@ class JetSpecWorker(BaseSpecWorker):
                                                layout.draft_tokens.view(bs, n)),
                     sampling_info=batch.sampling_info, device=dev, barrier=grammar_barrier)
             predict, accept_lens, accept_index = self._accept(trees, verify_input, batch,
-                                                              logits_output, n, grammar_mask)
+                                                              logits_output, n, grammar_mask, draft_qs)
             new_seq_lens = batch.seq_lens + accept_lens
             accept_tokens = predict[accept_index]  # [bs, n]; columns >= accept_lens are junk
             if n > 1:  # at width 1 the one accepted row already sits in its final slot
@@ -315,10 +333,13 @@ class JetSpecWorker(BaseSpecWorker):
             rows_idx = accept_index.cpu()
             paths = [(rows_idx[b, :lens[b]] - b * n).tolist() for b in range(bs)]
             # the bonus token labels the children of the path's end (valid for greedy and the
-            # host walk rule; SGLang's GPU tree sampling draws the bonus differently)
+            # host walk rule; a redrawn (rrs) tree and SGLang's GPU tree sampling draw the bonus
+            # differently)
             greedy_labels = self.host_sampling or batch.sampling_info.is_all_greedy
             flat_tokens = accept_tokens.cpu()
-            bonus = [int(flat_tokens[b, lens[b] - 1]) if greedy_labels else None for b in range(bs)]
+            bonus = [int(flat_tokens[b, lens[b] - 1])
+                     if greedy_labels and (draft_qs is None or draft_qs[b] is None) else None
+                     for b in range(bs)]
             if self.experts is not None:
                 self.experts.observe(trees, n, self._routed_experts(bs * n), paths, bonus, t_verify)
             if self.policy.adaptive:  # a step costs its round plus the scheduler's time around it
@@ -411,8 +432,10 @@ class JetSpecWorker(BaseSpecWorker):
         positions = (batch.seq_lens.view(bs, 1).to(cols.device) + cols)[keep]
         self._store_context(slots, features[rows.to(features.device)], positions)
 
-    def _accept(self, trees, verify_input, batch, logits_output, n: int, grammar_mask=None):
-        """(predict [bs*n], accept_lens [bs], accept_index [bs, n]) in eagle_sample's layout."""
+    def _accept(self, trees, verify_input, batch, logits_output, n: int, grammar_mask=None,
+                draft_qs=None):
+        """(predict [bs*n], accept_lens [bs], accept_index [bs, n]) in eagle_sample's layout;
+        draft_qs: per request, the q its tree was redrawn from (rrs) or None (walk)."""
         info = batch.sampling_info
         if not (self.host_sampling and not info.is_all_greedy):
             return eagle_sample(verify_input, batch, logits_output, grammar_mask,
@@ -420,7 +443,7 @@ class JetSpecWorker(BaseSpecWorker):
         logits = adjust_logits(logits_output.next_token_logits, info, n)
         if grammar_mask is not None:
             grammar_mask.apply(logits)  # disallowed tokens -> -inf at every node of a constrained row
-        out = sample_walk_accept(trees, logits, info.temperatures.view(-1).tolist(),
-                                 info.top_ks.tolist(), info.top_ps.tolist(), info.min_ps.tolist(),
-                                 self.generator, n=n)
+        out = sample_accept(trees, logits, info.temperatures.view(-1).tolist(),
+                            info.top_ks.tolist(), info.top_ps.tolist(), info.min_ps.tolist(),
+                            self.generator, n=n, draft_qs=draft_qs)
         return tuple(t.to(self.device) for t in out)
