@@ -201,3 +201,28 @@ def test_rrs_on_redrawn_trees_follows_the_target_and_fails_without_the_redraw():
     assert pvalue([b for a, b in seconds if a == top_first], probs[top_first]) > 1e-3
     _, biased = _rrs_rounds(False, draws)
     assert pvalue([a for a, _ in biased], probs[5]) < 1e-3
+
+
+def test_lazy_target_rows_give_the_dense_rules_results():
+    """sample_accept computes each node's target distribution only when the walk reads it; with
+    the same generator it must commit exactly what the rules give on the dense [k, V] rows."""
+    from sglang_jetspec.core.acceptance import accept_sampling_rrs, accept_sampling_walk
+    from sglang_jetspec.core.sampling import target_distribution
+
+    for seed in range(30):
+        g = torch.Generator().manual_seed(seed)
+        tree = _trees(seed, bs=1, n=7)[0]
+        logits = torch.randn(tree.n, V, generator=g) * 2
+        temp, top_k, top_p = 0.5 + seed % 3 * 0.4, [1 << 30, 3][seed % 2], [1.0, 0.8][seed % 3 == 0]
+        q = draft_q(torch.log_softmax(torch.randn(4, V, generator=g), -1), None, temp, V) if seed % 2 else None
+        if q is not None:
+            tree = redraw_trees([tree], [q], g)[0][0]
+        predict, lens, index = sample_accept([tree], logits, [temp], [top_k], [top_p], [0.0],
+                                             torch.Generator().manual_seed(seed), draft_qs=[q])
+        dense = target_distribution(logits, temp, -1 if top_k >= V else top_k, top_p)
+        gen = torch.Generator().manual_seed(seed)
+        res = (accept_sampling_walk(tree, dense, gen) if q is None
+               else accept_sampling_rrs(tree, dense, q, gen))
+        k = int(lens[0])
+        assert [int(x) for x in index[0, :k]] == res.accepted_nodes
+        assert [int(predict[index[0, j]]) for j in range(k)] == res.tokens

@@ -233,6 +233,31 @@ def test_resample_draws_follow_without_replacement_law():
     assert chisquare(second.numpy(), (n_pairs * q).numpy()).pvalue < 1e-3
 
 
+def test_resample_on_a_sparse_support_keeps_the_law():
+    """Columns no group can draw (a draft vocabulary) are skipped before the Gumbel draws: the
+    draws land on the support only and keep the without-replacement law there."""
+    dense = torch.tensor([[0.05, 0.1, 0.15, 0.2, 0.2, 0.3], [0.4, 0.25, 0.15, 0.1, 0.06, 0.04]])
+    cols = torch.tensor([0, 2, 3, 5, 7, 9])
+    probs = torch.zeros(2, 16)  # 6 of 16 columns: the narrow path
+    probs[:, cols] = dense
+    tree = two_level_tree(k_root=4, k_child=2)
+    g = torch.Generator().manual_seed(99)
+    back = {int(c): i for i, c in enumerate(cols)}
+    first_root, pairs = torch.zeros(6), torch.zeros(6, 6)
+    for _ in range(2500):
+        toks = resample_children(tree, probs, g).tokens.tolist()
+        assert all(t in back for t in toks[1:])
+        first_root[back[toks[1]]] += 1
+        for p in range(4):
+            pairs[back[toks[5 + 2 * p]], back[toks[6 + 2 * p]]] += 1
+    assert chisquare(first_root.numpy(), (first_root.sum() * dense[0]).numpy()).pvalue > 1e-3
+    q = dense[1]
+    joint = q[:, None] * q[None, :] / (1 - q[:, None])
+    off = ~torch.eye(6, dtype=torch.bool)
+    assert pairs.diagonal().sum() == 0
+    assert chisquare(pairs[off].numpy(), (pairs.sum() * joint[off]).numpy()).pvalue > 1e-3
+
+
 def test_resample_rejects_short_support():
     tree = two_level_tree(k_root=3, k_child=1)
     probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])

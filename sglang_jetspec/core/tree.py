@@ -288,17 +288,30 @@ def resample_children(
     if max(group_depths) >= n_rows:
         raise ValueError(f"tree has parents at depth {max(group_depths)} but draft_probs has only {n_rows} rows")
     k_max = max(len(c) for _, c in groups)
-    rows = draft_probs[torch.tensor(group_depths, device=device)].float()  # [m, V]
-    support = (rows > 0).sum(-1).tolist()
-    for (p, c), s, d in zip(groups, support, group_depths):
-        if s < len(c):
+    used = sorted(set(group_depths))  # the draft rows some group draws from
+    dist = draft_probs[torch.tensor(used, device=device)].float()  # [u, V]
+    positive = dist > 0  # [u, V]
+    support = dict(zip(used, positive.sum(-1).tolist()))
+    for (p, c), d in zip(groups, group_depths):
+        if support[d] < len(c):
             raise ValueError(
-                f"node {p} needs {len(c)} distinct children but draft_probs row {d} has only {s} "
-                "nonzero entries; cap the tree width"
+                f"node {p} needs {len(c)} distinct children but draft_probs row {d} has only "
+                f"{support[d]} nonzero entries; cap the tree width"
             )
-    u = torch.rand(rows.shape, generator=generator, device=device)  # [m, V]
+    # only the columns some group can draw when they are at most half (a draft vocabulary: a
+    # sixth of the tokens); otherwise every column, so a (nearly) full support draws exactly
+    # what it drew before this shortcut
+    cols = positive.any(0).nonzero().squeeze(1)  # [S]
+    narrow = 2 * cols.numel() <= dist.shape[1]
+    if narrow:
+        dist = dist[:, cols]
+    row_of = {d: i for i, d in enumerate(used)}
+    rows = dist[torch.tensor([row_of[d] for d in group_depths], device=device)]  # [m, S or V]
+    u = torch.rand(rows.shape, generator=generator, device=device)  # [m, S or V]
     gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
     drawn = (rows.log() + gumbel).topk(k_max, dim=-1).indices  # [m, k_max] in draw order
+    if narrow:
+        drawn = cols[drawn]
 
     for g, (_, c) in enumerate(groups):
         tokens[torch.tensor(c, device=tokens.device)] = drawn[g, : len(c)].to(tokens.device)

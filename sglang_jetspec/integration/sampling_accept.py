@@ -92,11 +92,38 @@ def redraw_trees(trees: list[DraftTree], draft_qs: list[torch.Tensor | None],
 
 def _fits(tree: DraftTree, q: torch.Tensor) -> bool:
     """Every parent's children fit in the support of q's row at its depth (and q is deep enough)."""
-    depths = tree.depths.tolist()
-    for p, kids in enumerate(tree.children()):
-        if kids and (depths[p] >= q.shape[0] or int((q[depths[p]] > 0).sum()) < len(kids)):
-            return False
-    return True
+    depths, kids = tree.depths.tolist(), tree.children()
+    need = {}  # widest sibling group at each parent depth
+    for p, c in enumerate(kids):
+        if c:
+            need[depths[p]] = max(need.get(depths[p], 0), len(c))
+    if not need:
+        return True
+    if max(need) >= q.shape[0]:
+        return False
+    support = (q[list(need)] > 0).sum(-1).tolist()
+    return all(s >= k for s, k in zip(support, need.values()))
+
+
+class LazyTargetRows:
+    """The target distribution of a tree's rows [k, V], each computed when the acceptance first
+    reads it (a walk reads at most depth + 1 of k rows; the softmax, and the sort of top-p, over
+    the whole vocabulary is most of a sampled round's host time). Stands in for the [k, V]
+    tensor core/acceptance.py indexes: `shape`, `dim()` and `rows[i]`."""
+
+    def __init__(self, logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float):
+        self.logits, self.shape = logits, logits.shape
+        self._args = (temperature, top_k, top_p, min_p)
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def dim(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        i = int(i)
+        if i not in self._rows:
+            self._rows[i] = target_distribution(self.logits[i:i + 1].float(), *self._args)[0]
+        return self._rows[i]
 
 
 def adjust_logits(logits: torch.Tensor, sampling_info, n: int) -> torch.Tensor:
@@ -134,10 +161,9 @@ def sample_accept(trees: list[DraftTree], logits: torch.Tensor, temperatures: li
     accept_index = torch.full((bs, n), -1, dtype=torch.int32)
     accept_lens = torch.empty(bs, dtype=torch.int32)
     for b, tree in enumerate(trees):
-        rows = logits[b * n:b * n + tree.n].float().cpu()  # [k, V]
+        rows = logits[b * n:b * n + tree.n].cpu()  # [k, V]
         top_k = -1 if top_ks[b] >= rows.shape[1] else int(top_ks[b])
-        probs = target_distribution(rows, float(temperatures[b]), top_k, float(top_ps[b]),
-                                    float(min_ps[b]))
+        probs = LazyTargetRows(rows, float(temperatures[b]), top_k, float(top_ps[b]), float(min_ps[b]))
         q = None if draft_qs is None else draft_qs[b]
         if q is None:
             res = accept_sampling_walk(tree, probs, generator)

@@ -270,8 +270,10 @@ class JetSpecWorker(BaseSpecWorker):
             if scores is not None and any(rrs):  # after scheduling: it reads the greedy tokens
                 temps = info.temperatures.view(-1).tolist()
                 vocab = self._text_cfg.vocab_size
-                draft_qs = [draft_q(scores[b].cpu(), cols, temps[b], vocab) if rrs[b] else None
-                            for b in range(bs)]
+                # q rows of the depths that have children (a root-only tree needs none)
+                deep = [int(t.depths.max()) for t in trees]
+                draft_qs = [draft_q(scores[b, :deep[b]].cpu(), cols, temps[b], vocab)
+                            if rrs[b] and deep[b] > 0 else None for b in range(bs)]
                 trees, draft_qs = redraw_trees(trees, draft_qs, self.generator)
             # verify width of this batch: its largest tree (<= the server budget the KV reserve
             # was sized for); smaller trees get dead padding rows. The scheduler reads the row
