@@ -25,12 +25,16 @@ def exact_pair_law(model, ids: list[int], dist, top: int = 12) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def exact_sequence_law(model, ids: list[int], dist, length: int, top: int = 12) -> dict:
+def exact_sequence_law(model, ids: list[int], dist, length: int, top: int = 12, chunk: int = 32) -> dict:
     """{(t1, ..., t_length): probability} over the `top` likeliest tokens at each step."""
     probs = {(): 1.0}
     for _ in range(length):
         prefixes = list(probs)
-        rows = dist(model(torch.tensor([ids + list(p) for p in prefixes])).logits[:, -1].double())
+        rows = []  # a few sequences a forward: full logits of 512 prefixes would take gigabytes
+        for k in range(0, len(prefixes), chunk):
+            batch = torch.tensor([ids + list(p) for p in prefixes[k:k + chunk]])
+            rows.append(dist(model(batch).logits[:, -1].double()))
+        rows = torch.cat(rows)
         nxt = {}
         for prefix, row in zip(prefixes, rows):
             best = torch.topk(row, min(top, row.shape[0]))
