@@ -237,8 +237,9 @@ class JetSpecWorker(BaseSpecWorker):
         rows = max(min(t.depth, t.budget - 1) for t in (full if probe else settings))
         # sampled requests under the rrs rule redraw their trees from the draft distribution
         info = batch.sampling_info
-        rrs = [self.host_sampling and self.sampling_rule == "rrs" and not info.is_all_greedy
-               and is_sampled(k) for k in info.top_ks.tolist()]
+        rrs = ([is_sampled(k) for k in info.top_ks.tolist()]  # no host read of top_ks otherwise
+               if self.host_sampling and self.sampling_rule == "rrs" and not info.is_all_greedy
+               else [False] * bs)
         scores = cols = None
         with stats.phase("draft"):
             if rows >= 1:
