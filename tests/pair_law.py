@@ -3,9 +3,10 @@ exact joint law.
 
 Token 1 of a request comes from SGLang's prefill sampler, token 2 from a JETSPEC verify round,
 so the pair tests the speculative sampling path against the distribution the plain sampler
-would draw from; with three tokens, token 3 comes from the same round when it accepted a
-drafted child (or from the next round), so triples also test the acceptance one level down. `dist` maps fp64 logits [k, V] to the sampler's probabilities [k, V]
-(temperature, top-k, top-p applied)."""
+would draw from; in longer tuples a later token comes from the same round when that round
+accepted a drafted child (or from the next round), so they also test the acceptance further
+down a tree. `dist` maps fp64 logits [k, V] to the sampler's probabilities [k, V] (temperature,
+top-k, top-p applied)."""
 
 import torch
 

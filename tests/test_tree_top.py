@@ -1,5 +1,5 @@
 """build_tree_from_top (core/tree.py): the tree from each row's top-k table is the tree from the
-full rows (k >= width), and the worker's draft_top gives exactly the full draft's top-k, with and
+full rows (k >= width), and the worker's top_of(draft_scores) gives exactly the full draft's top-k, with and
 without a draft vocabulary -- so moving [b, D, W] instead of [b, D, V] to the host changes nothing."""
 
 import pytest
@@ -49,6 +49,7 @@ def test_drafter_top_equals_the_top_of_its_full_rows(with_vocab):
     from test_integration_drafter import VOCAB, _head, _setup
 
     from sglang_jetspec.core.draft_vocab import DraftVocab
+    from sglang_jetspec.integration.drafter import top_of
     from sglang_jetspec.integration.head_pool import context_slot_table
 
     head = _head()
@@ -61,11 +62,11 @@ def test_drafter_top_equals_the_top_of_its_full_rows(with_vocab):
     slots, valid = context_slot_table(table, torch.tensor([0, 1, 2]), lens)
     args = (torch.tensor([3, 6, 9]), torch.tensor(lens), pool.gather(slots), valid)
     full = drafter.draft_logprobs(*args, rows=3)
-    vals, ids = drafter.draft_top(*args, rows=3, k=5)
+    vals, ids = top_of(*drafter.draft_scores(*args, rows=3), 5)
     want_vals, want_ids = full.topk(5, -1)
     torch.testing.assert_close(vals, want_vals, rtol=1e-5, atol=1e-5)
     assert torch.equal(ids, want_ids)
     if with_vocab:
         assert set(ids.flatten().tolist()) <= set(range(0, VOCAB, 3))
-    big_vals, _ = drafter.draft_top(*args, rows=3, k=10**6)  # k above the tokens scored: all of them
+    big_vals, _ = top_of(*drafter.draft_scores(*args, rows=3), 10**6)  # k above the tokens scored: all of them
     assert big_vals.shape[-1] == (len(head.draft_vocab) if with_vocab else VOCAB)

@@ -260,6 +260,26 @@ def build_trees(
     ]
 
 
+def resample_problem(tree: DraftTree, draft_probs: torch.Tensor) -> str | None:  # [D, V]
+    """Why `resample_children` cannot redraw `tree` from draft_probs (a parent deeper than its
+    rows, or a sibling group wider than the nonzero entries of its row), or None when it can.
+    Reads only the tree's shape and draft_probs, never a draw."""
+    depths = tree.depths.tolist()
+    groups = [(p, c, depths[p]) for p, c in enumerate(tree.children()) if c]
+    if not groups:
+        return None
+    deepest, n_rows = max(d for *_, d in groups), draft_probs.shape[0]
+    if deepest >= n_rows:
+        return f"tree has parents at depth {deepest} but draft_probs has only {n_rows} rows"
+    used = sorted({d for *_, d in groups})
+    support = dict(zip(used, (draft_probs[torch.tensor(used, device=draft_probs.device)] > 0).sum(-1).tolist()))
+    for p, c, d in groups:
+        if support[d] < len(c):
+            return (f"node {p} needs {len(c)} distinct children but draft_probs row {d} has only "
+                    f"{support[d]} nonzero entries; cap the tree width")
+    return None
+
+
 def resample_children(
     tree: DraftTree,
     draft_probs: torch.Tensor,  # [D, V], row d = draft distribution of the token at depth d+1
@@ -270,11 +290,15 @@ def resample_children(
     For every parent at depth d with k children, the children get k distinct tokens drawn
     sequentially without replacement from draft_probs[d] (rank 0 = first draw). Groups are
     independent. Uses the Gumbel-top-k trick: the top-k of log p + Gumbel noise is distributed
-    exactly as k sequential draws without replacement, in order.
+    exactly as k sequential draws without replacement, in order. ValueError (see
+    `resample_problem`) when a group cannot be drawn.
     """
     _check_logprobs(draft_probs)
     if (draft_probs < 0).any():
         raise ValueError("draft_probs has negative entries; rows must be probability vectors")
+    problem = resample_problem(tree, draft_probs)
+    if problem is not None:
+        raise ValueError(problem)
     kids = tree.children()
     groups = [(p, c) for p, c in enumerate(kids) if c]
     tokens = tree.tokens.clone()
@@ -284,20 +308,10 @@ def resample_children(
     device = draft_probs.device
     depths = tree.depths.tolist()
     group_depths = [depths[p] for p, _ in groups]
-    n_rows = draft_probs.shape[0]
-    if max(group_depths) >= n_rows:
-        raise ValueError(f"tree has parents at depth {max(group_depths)} but draft_probs has only {n_rows} rows")
     k_max = max(len(c) for _, c in groups)
     used = sorted(set(group_depths))  # the draft rows some group draws from
     dist = draft_probs[torch.tensor(used, device=device)].float()  # [u, V]
     positive = dist > 0  # [u, V]
-    support = dict(zip(used, positive.sum(-1).tolist()))
-    for (p, c), d in zip(groups, group_depths):
-        if support[d] < len(c):
-            raise ValueError(
-                f"node {p} needs {len(c)} distinct children but draft_probs row {d} has only "
-                f"{support[d]} nonzero entries; cap the tree width"
-            )
     # only the columns some group can draw when they are at most half (a draft vocabulary: a
     # sixth of the tokens); otherwise every column, so a (nearly) full support draws exactly
     # what it drew before this shortcut

@@ -58,23 +58,15 @@ class Drafter:
         return out
 
     @torch.no_grad()
-    def draft_top(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
-                  ctx_kv: list[tuple[torch.Tensor, torch.Tensor]], ctx_valid: torch.Tensor,
-                  rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each depth row's k best draft log-probs and their token ids, ([b, rows, k'], [b, rows, k'])
-        with k' = min(k, tokens scored), on the draft's device: all a tree needs
-        (core/tree.py build_tree_from_top). With a draft vocabulary the top-k is taken over the
-        subset's scores and mapped to token ids; no full-vocabulary tensor is made."""
-        return top_of(*self.draft_scores(anchors, anchor_pos, ctx_kv, ctx_valid, rows), k)
-
-    @torch.no_grad()
     def draft_scores(self, anchors: torch.Tensor, anchor_pos: torch.Tensor,
                      ctx_kv: list[tuple[torch.Tensor, torch.Tensor]], ctx_valid: torch.Tensor,
                      rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(scores [b, rows, C] fp32 draft log-probs over the scored columns, col_ids [C] or None):
         with a draft vocabulary column j scores token col_ids[j] (C = subset size), without one
         the columns are the target's vocabulary (col_ids None). Both are normalised over their
-        columns, so exp(scores) is the draft distribution q (zero outside the columns)."""
+        columns, so exp(scores) is the draft distribution q (zero outside the columns).
+        `top_of(scores, col_ids, k)` is all a tree needs (core/tree.py build_tree_from_top): with
+        a draft vocabulary no full-vocabulary tensor is made."""
         h = self._rows_hidden(anchors, anchor_pos, ctx_kv, ctx_valid, rows)
         if self.vocab is None:
             return self._full_logprobs(h), None

@@ -33,7 +33,7 @@ import torch
 
 from sglang_jetspec.core.acceptance import accept_sampling_rrs, accept_sampling_walk
 from sglang_jetspec.core.sampling import target_distribution
-from sglang_jetspec.core.tree import DraftTree, resample_children
+from sglang_jetspec.core.tree import DraftTree, resample_children, resample_problem
 from sglang_jetspec.integration.env_setting import env_choice
 
 ENV = "SGLANG_JETSPEC_SAMPLING_RULE"
@@ -81,28 +81,13 @@ def redraw_trees(trees: list[DraftTree], draft_qs: list[torch.Tensor | None],
         raise ValueError(f"{len(draft_qs)} draft distributions for {len(trees)} trees")
     out_trees, out_qs = [], []
     for tree, q in zip(trees, draft_qs):
-        if q is None or not _fits(tree, q):
+        if q is None or resample_problem(tree, q) is not None:
             out_trees.append(tree)
             out_qs.append(None)
         else:
             out_trees.append(resample_children(tree, q, generator))
             out_qs.append(q)
     return out_trees, out_qs
-
-
-def _fits(tree: DraftTree, q: torch.Tensor) -> bool:
-    """Every parent's children fit in the support of q's row at its depth (and q is deep enough)."""
-    depths, kids = tree.depths.tolist(), tree.children()
-    need = {}  # widest sibling group at each parent depth
-    for p, c in enumerate(kids):
-        if c:
-            need[depths[p]] = max(need.get(depths[p], 0), len(c))
-    if not need:
-        return True
-    if max(need) >= q.shape[0]:
-        return False
-    support = (q[list(need)] > 0).sum(-1).tolist()
-    return all(s >= k for s, k in zip(support, need.values()))
 
 
 class LazyTargetRows:
