@@ -6,6 +6,9 @@ seeded with ``--seed`` + i), the accepted length a sampling user gets; ``--sampl
 measures the rule SGLang's server path uses (follow the sampled child of the greedy tree) instead
 of the default recursive rejection sampling over redrawn sibling groups.
 With ``--compare-head DIR`` (e.g. the bidirectional baseline) the two heads side by side.
+Trees use the head folder's n-gram prior (``pair_prior.safetensors``, launch.build_pair_prior)
+when it has one; ``--pair-prior off`` builds plain best-first trees, ``--pair-prior compare``
+measures each head both ways side by side.
 With ``--heldout-data REGEN_DIR`` also the teacher-forced accuracy per block depth on held-out
 answers of the target (the trainer's own split), the cheap number that tracks training.
 """
@@ -42,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--draft-vocab", choices=("on", "off"), default="on",
                    help="draft over each head folder's draft_vocab.safetensors when it has one (off: the whole "
                         "vocabulary)")
+    p.add_argument("--pair-prior", choices=("on", "off", "compare"), default="on",
+                   help="shape trees with each head folder's pair_prior.safetensors when it has one (off: plain "
+                        "best-first trees; compare: each head both ways, side by side)")
     p.add_argument("--heldout-data", default=None, metavar="REGEN_DIR",
                    help="also print per-depth accuracy on the held-out answers of this regenerated data "
                         "(split by prompt hash as launch.train_head splits it)")
@@ -117,14 +123,22 @@ def main(argv=None) -> None:
             raise SystemExit(f"--heldout-data {args.heldout_data}: no held-out answers at --val-percent {args.val_percent}")
     mode = f" (temperature {args.temperature:g}, {args.sampling_rule})" if args.temperature > 0 else ""
     results, depth_lines = {}, []
+    runs = []  # (folder, use the prior)
     for folder in folders:
+        runs += [(folder, True), (folder, False)] if args.pair_prior == "compare" else [(folder, args.pair_prior == "on")]
+    for folder, use_prior in runs:
         head = load_head(folder, device=str(target.device), dtype=target.dtype,
-                         draft_vocab=args.draft_vocab == "on")
+                         draft_vocab=args.draft_vocab == "on", pair_prior=use_prior)
+        if use_prior and head.pair_prior is None and args.pair_prior == "compare":
+            raise SystemExit(f"--pair-prior compare: {folder} has no pair_prior.safetensors "
+                             "(python -m launch.build_pair_prior writes one)")
         label = head_label(head, folder)
+        if args.pair_prior == "compare":
+            label += "+prior" if use_prior else "-prior"
         if label in results:
             label += "#2"
         results[label] = {}
-        if heldout is not None:
+        if heldout is not None and (args.pair_prior != "compare" or use_prior):
             depth_lines.append(depth_line(label, target, head, heldout, args.heldout_anchors))
             print(depth_lines[-1], flush=True)
         for stem, ids in prompts.items():

@@ -39,6 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="draft over the head folder's draft_vocab.safetensors when it has one (off: the whole "
                         "vocabulary; the output is the same either way). sglang: for the server it starts "
                         "(SGLANG_JETSPEC_DRAFT_VOCAB); a --server-url server keeps its own setting")
+    p.add_argument("--pair-prior", choices=("on", "off"), default="on",
+                   help="shape trees with the head folder's pair_prior.safetensors when it has one (off: plain "
+                        "best-first trees; the output is the same either way). sglang: for the server it starts "
+                        "(SGLANG_JETSPEC_PAIR_PRIOR); a --server-url server keeps its own setting")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -79,6 +83,10 @@ def _sglang_engine(args):
         from sglang_jetspec.integration.draft_vocab_setting import ENV
 
         os.environ[ENV] = "off"
+    if args.pair_prior == "off" and not args.server_url:
+        from sglang_jetspec.integration.pair_prior_setting import ENV as PRIOR_ENV
+
+        os.environ[PRIOR_ENV] = "off"
     return SGLangEngine(model, head, budget=args.budget, width=args.width, depth=args.depth,
                         server_url=args.server_url, log_path=args.server_log)
 

@@ -46,7 +46,8 @@ from sglang_jetspec.core.acceptance import (
     rrs_pick,
 )
 from sglang_jetspec.core.sampling import draft_distribution, target_distribution
-from sglang_jetspec.core.tree import DraftTree, build_tree, resample_children
+from sglang_jetspec.core.pair_prior import PairPrior, PriorSettings
+from sglang_jetspec.core.tree import DraftTree, build_tree, build_tree_from_top, resample_children
 
 V = 5
 PROMPT = (1,)
@@ -110,12 +111,22 @@ class Case:
     width: int
     depth: int
     length: int  # L committed tokens compared against the exact joint
+    prior: bool = False  # shape the trees with an n-gram prior (core/pair_prior.py)
 
 
 # small trees keep the file fast; they still hold 3-sibling groups and 2-level paths
 SKEWED = Case("skewed", budget=7, width=3, depth=2, length=2)
 CLOSE = Case("close", budget=7, width=3, depth=2, length=3)
 FULL = Case("skewed", budget=1 + V, width=V, depth=1, length=2)  # the root drafts every token
+# the prior picks each node's children by its path's tokens: the tree's shape then varies with the
+# drafted tokens, which must still leave both rules lossless (the shape is fixed before any draw)
+PRIORED = Case("close", budget=7, width=2, depth=2, length=3, prior=True)
+
+
+def _prior() -> PairPrior:
+    """Counts that favour a different successor per token, so trees differ by branch."""
+    seqs = [[a, (2 * a + 1) % V, (3 * a + 2) % V] for a in range(V)] * 5 + [[4, 0, 1, 2, 3]] * 3
+    return PairPrior.from_sequences(seqs, V, PriorSettings(weight=1.0, weight3=0.5, beta=1.0, beta3=1.0, pool=V))
 
 
 def first_child_rule(tree: DraftTree, target_probs: torch.Tensor, generator) -> AcceptResult:
@@ -138,13 +149,19 @@ def simulate(target: SyntheticTarget, case: Case, rule: str, trials: int, seed: 
     side = 0
     per_context: dict[tuple[int, ...], tuple[torch.Tensor, DraftTree, list[int]]] = {}
     counts = np.zeros(V**case.length, dtype=np.int64)
+    prior = _prior() if case.prior else None
     rounds = drafts = 0
     for _ in range(trials):
         context = PROMPT
         while len(context) - len(PROMPT) < case.length:
             if context not in per_context:
                 q = drafter(target, case.drafter, context, case.depth)  # [D, V]
-                tree = build_tree(context[-1], q.log(), case.budget, case.width, case.depth)
+                if case.prior:
+                    vals, ids = q.log().topk(V, -1)
+                    tree = build_tree_from_top(context[-1], vals, ids, case.budget, case.width, case.depth,
+                                               prior=prior, prev_token=context[-2] if len(context) > 1 else None)
+                else:
+                    tree = build_tree(context[-1], q.log(), case.budget, case.width, case.depth)
                 per_context[context] = (q, tree, tree.parents.tolist())
             q, tree, parents = per_context[context]
             if rule not in ("walk", "rrs_on_top_w_tree"):  # walk runs on the deterministic tree
@@ -201,6 +218,8 @@ def target() -> SyntheticTarget:
         ("rrs-full-width", FULL, "rrs", 13),
         ("walk-skewed", SKEWED, "walk", 14),
         ("walk-close", CLOSE, "walk", 15),
+        ("rrs-prior", PRIORED, "rrs", 16),
+        ("walk-prior", PRIORED, "walk", 17),
     ],
 )
 def test_lossless_joint(target, name, case, rule, seed):
@@ -369,3 +388,16 @@ def test_target_distribution_matches_sglang_sampler(temperature, top_k, top_p, m
     theirs = torch.zeros_like(probs).scatter_(1, idx.long(), filtered)
     theirs = theirs / theirs.sum(-1, keepdim=True)
     torch.testing.assert_close(ours, theirs)
+
+
+def test_the_prior_case_reshapes_trees(target):
+    """PRIORED is only a test of prior-shaped trees if the prior changes them."""
+    differ = 0
+    for context in [PROMPT + (a,) for a in range(V)]:
+        q = drafter(target, PRIORED.drafter, context, PRIORED.depth)
+        vals, ids = q.log().topk(V, -1)
+        shaped = build_tree_from_top(context[-1], vals, ids, PRIORED.budget, PRIORED.width, PRIORED.depth,
+                                     prior=_prior(), prev_token=context[-2])
+        plain = build_tree(context[-1], q.log(), PRIORED.budget, PRIORED.width, PRIORED.depth)
+        differ += shaped.tokens.tolist() != plain.tokens.tolist()
+    assert differ >= 2

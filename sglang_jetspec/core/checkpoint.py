@@ -55,10 +55,11 @@ def stored_dtype(config: HeadConfig) -> torch.dtype:
 
 
 def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32,
-              draft_vocab: bool = True) -> DraftHead:
+              draft_vocab: bool = True, pair_prior: bool = True) -> DraftHead:
     """Load a head folder strictly: ValueError names missing/unexpected keys and wrong shapes.
     draft_vocab: also load the folder's optional draft vocabulary (core/draft_vocab.py) into
-    head.draft_vocab; False drafts over the full vocabulary."""
+    head.draft_vocab; False drafts over the full vocabulary. pair_prior: likewise the folder's
+    optional n-gram prior (core/pair_prior.py) into head.pair_prior; False builds plain trees."""
     config = HeadConfig.load(folder)
     state = _read_weights(folder)
     want = expected_shapes(config)
@@ -83,6 +84,13 @@ def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32,
         from sglang_jetspec.core.draft_vocab import DraftVocab
 
         head.draft_vocab = DraftVocab.load(folder)
+    if pair_prior:
+        from sglang_jetspec.core.pair_prior import PairPrior
+
+        head.pair_prior = PairPrior.load(folder)
+        errs = [] if head.pair_prior is None else head.pair_prior.check(config.vocab_size)
+        if errs:
+            raise ValueError(f"head folder {folder}: " + "; ".join(errs))
     return head.eval()
 
 

@@ -198,6 +198,9 @@ class DraftHead(nn.Module):
         # optional subset of the target's tokens the draft scores (core/draft_vocab.py); not a
         # parameter: load_head sets it from the folder's draft_vocab.safetensors
         self.draft_vocab = None
+        # optional n-gram prior the tree builder shapes children with (core/pair_prior.py); set
+        # by load_head from the folder's pair_prior.safetensors
+        self.pair_prior = None
 
     def project_context(self, target_hidden: torch.Tensor) -> torch.Tensor:
         """[b, t, K*d_target] concatenated target hidden states -> context features [b, t, d]."""

@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sglang_jetspec.core.pair_prior import PairPrior
 
 # log-probs are <= 0; allow a little rounding slack from log_softmax in low precision
 _LOGPROB_SLACK = 1e-4
@@ -171,9 +175,17 @@ def build_tree_from_top(
     budget: int,
     width: int,
     max_depth: int | None = None,
+    prior: "PairPrior | None" = None,
+    prev_token: int | None = None,
 ) -> DraftTree:
     """build_tree from each row's top-k table (k >= width gives the same tree as the full rows;
-    a smaller k caps the width at k)."""
+    a smaller k caps the width at k).
+
+    With a `prior` (core/pair_prior.py) a node's children are the `width` best of the row's k
+    candidates by min(0, draft log-prob + prior bonus under the node's and its parent's tokens;
+    `prev_token` = the committed token before the root), so children depend on their path; node
+    scores then hold those rescored sums. k is the candidate pool: pass prior.settings.pool
+    columns for the prior to choose from."""
     if top_vals.dim() != 2 or top_vals.shape != top_ids.shape or top_vals.shape[1] < 1:
         raise ValueError(f"top_vals {tuple(top_vals.shape)} and top_ids {tuple(top_ids.shape)} must both be "
                          "[D, k] with k >= 1")
@@ -187,6 +199,14 @@ def build_tree_from_top(
         raise ValueError(f"top_vals max {float(vals.max())} > 0: pass log-probs (log_softmax), not logits")
     if w > 1 and bool((vals[:, 1:] > vals[:, :-1]).any()):
         raise ValueError("top_vals rows must be in descending order (as topk returns them)")
+    if prior is not None:
+        pool = top_vals[:max_depth].float()
+        if torch.isnan(pool).any() or float(pool.max()) > _LOGPROB_SLACK:
+            raise ValueError("top_vals must be log-probs without NaN")
+        if prev_token is not None and prev_token < 0:
+            raise ValueError(f"prev_token {prev_token} must be >= 0 (or None)")
+        return _best_first_rescored(root_token, pool.tolist(), top_ids[:max_depth].tolist(), budget, w, max_depth,
+                                    top_vals.device, prior, prev_token)
     return _best_first(root_token, vals.tolist(), top_ids[:max_depth, :w].tolist(), budget, w, max_depth,
                        top_vals.device)
 
@@ -218,6 +238,50 @@ def _best_first(root_token: int, vals: list[list[float]], ids: list[list[int]], 
             push(parent, depth, rank + 1)
         if depth < max_depth:  # and the best child
             push(node, depth + 1, 0)
+
+    return DraftTree(
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+        parents=torch.tensor(parents, dtype=torch.long, device=device),
+        depths=torch.tensor(depths, dtype=torch.long, device=device),
+        scores=torch.tensor(scores, dtype=torch.float32, device=device),
+        ranks=torch.tensor(ranks, dtype=torch.long, device=device),
+    )
+
+
+def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[list[int]], budget: int, w: int,
+                         max_depth: int, device, prior, prev_token: int | None) -> DraftTree:
+    """_best_first where every node orders its own children: the w best of its row's candidates
+    by min(0, draft log-prob + prior bonus under the node's path), computed when the node is added."""
+    tokens, parents, depths, scores, ranks = [root_token], [-1], [0], [0.0], [0]
+    kids: dict[int, list[tuple[float, int]]] = {}  # node -> its children's (increment, token), best first
+    heap: list[tuple[float, int, int, int]] = []  # (-score, insertion counter, parent node, rank)
+    counter = 0
+
+    def open_children(node: int) -> None:
+        nonlocal counter
+        row_vals, row_ids = vals[depths[node]], ids[depths[node]]
+        grand = tokens[parents[node]] if node else prev_token
+        inc = [min(0.0, v + b) for v, b in zip(row_vals, prior.bonus(grand, tokens[node], row_ids))]
+        order = sorted(range(len(inc)), key=lambda j: -inc[j])[:w]  # stable: ties keep draft order
+        kids[node] = [(inc[j], row_ids[j]) for j in order]
+        heapq.heappush(heap, (-(scores[node] + kids[node][0][0]), counter, node, 0))
+        counter += 1
+
+    if budget > 1:
+        open_children(0)
+    while heap and len(tokens) < budget:
+        neg_score, _, parent, rank = heapq.heappop(heap)
+        node = len(tokens)
+        tokens.append(kids[parent][rank][1])
+        parents.append(parent)
+        depths.append(depths[parent] + 1)
+        scores.append(-neg_score)
+        ranks.append(rank)
+        if rank + 1 < len(kids[parent]):
+            heapq.heappush(heap, (-(scores[parent] + kids[parent][rank + 1][0]), counter, parent, rank + 1))
+            counter += 1
+        if depths[node] < max_depth:
+            open_children(node)
 
     return DraftTree(
         tokens=torch.tensor(tokens, dtype=torch.long, device=device),

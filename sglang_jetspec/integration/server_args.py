@@ -181,6 +181,9 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
     from sglang_jetspec.integration.draft_vocab_setting import check_draft_vocab
 
     errs += check_draft_vocab(sa.speculative_draft_model_path, text.vocab_size, tree.width)
+    from sglang_jetspec.integration.pair_prior_setting import check_pair_prior
+
+    errs += check_pair_prior(sa.speculative_draft_model_path, text.vocab_size)
     backend, err = resolve_attention_backend(sa.device, sa.attention_backend)
     if err:
         errs.append(err)

@@ -53,6 +53,7 @@ from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
 from sglang_jetspec.integration.draft_vocab_setting import mode_from_env as draft_vocab_mode
+from sglang_jetspec.integration.pair_prior_setting import mode_from_env as pair_prior_mode
 from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
 from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
@@ -96,7 +97,9 @@ class JetSpecWorker(BaseSpecWorker):
 
         dtype = self.model_runner.model_config.dtype
         head = load_head(spec.speculative_draft_model_path, device=self.device, dtype=dtype,
-                         draft_vocab=draft_vocab_mode() == "on")
+                         draft_vocab=draft_vocab_mode() == "on", pair_prior=pair_prior_mode() == "on")
+        # n-gram prior the trees choose children with (core/pair_prior.py); None: plain trees
+        self.prior = head.pair_prior
         text_cfg = self.model_runner.model_config.hf_text_config
         errs = check_head(head.config, TargetDims(
             text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.vocab_size))
@@ -133,6 +136,8 @@ class JetSpecWorker(BaseSpecWorker):
         vocab = head.draft_vocab
         logger.info("JETSPEC draft vocabulary: %s", "the target's full vocabulary" if vocab is None
                     else f"{len(vocab)} of {text_cfg.vocab_size} tokens ({DRAFT_VOCAB_FILE})")
+        logger.info("JETSPEC tree prior: %s", "none (plain best-first trees)" if self.prior is None
+                    else f"{len(self.prior)} bigrams, {self.prior.trigram.shape[0]} trigrams, {self.prior.settings}")
 
     def _expert_scheduler(self, text_cfg, server_args) -> ExpertScheduler | None:
         """Expert-aware pruning (expert_schedule.py) when the target is MoE and SGLang captures
@@ -248,6 +253,8 @@ class JetSpecWorker(BaseSpecWorker):
                                                   batch.req_pool_indices, prefix)
                 # each row's top-W table is all a tree reads: [bs, rows, W] crosses to the host
                 top_w = max(t.width for t in (full if probe else settings))
+                if self.prior is not None:  # the candidates the prior chooses each node's children from
+                    top_w = max(top_w, self.prior.settings.pool)
                 scores, cols = self.drafter.draft_scores(anchors, torch.tensor(prefix),
                                                          self.head_pool.gather(slots), valid, rows)
                 top_vals, top_ids = top_of(scores, cols, top_w)
@@ -257,15 +264,16 @@ class JetSpecWorker(BaseSpecWorker):
                 top_vals, top_ids = torch.zeros(bs, 1, 1), torch.zeros(bs, 1, 1, dtype=torch.long)
                 rows, probe = 1, False
         dev = self.device
+        # the committed token before each anchor (the prior's context of the root; the expert predictor's)
+        prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1]) for r in batch.reqs]
         with stats.phase("tree"):
-            trees = [build_tree_from_top(int(root), v, i, t.budget, t.width, min(t.depth, rows))
-                     for root, v, i, t in zip(anchors.tolist(), top_vals, top_ids, full if probe else settings)]
+            trees = [build_tree_from_top(int(root), v, i, t.budget, t.width, min(t.depth, rows),
+                                         prior=self.prior, prev_token=p)
+                     for root, v, i, t, p in zip(anchors.tolist(), top_vals, top_ids, full if probe else settings, prev)]
             probe_trees = trees if probe else None
             if probe:  # verify the prefix of this width: the tree its budget builds
                 trees = [tree_prefix(p, min(p.n, t.budget)) for p, t in zip(probe_trees, settings)]
             if self.experts is not None:  # MoE: keep the nodes worth their expert reads
-                prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1])
-                        for r in batch.reqs]
                 trees = self.experts.schedule(trees, prev)
             draft_qs = None
             if scores is not None and any(rrs):  # after scheduling: it reads the greedy tokens

@@ -68,6 +68,9 @@ class ReferenceDecoder:
         self.depth = tree.validate(cfg.block_size)
         self.layer_ids = list(cfg.target_layer_ids)
         self.vocab = head.draft_vocab  # None: the draft scores the whole vocabulary
+        self.prior = getattr(head, "pair_prior", None)  # None: plain best-first trees (core/pair_prior.py)
+        # columns of each draft row the tree reads: the width, or the prior's candidate pool
+        self.pool = tree.width if self.prior is None else max(tree.width, self.prior.settings.pool)
         if self.vocab is not None:
             errs = self.vocab.check(target.vocab_size, tree.width)
             if errs:
@@ -102,15 +105,21 @@ class ReferenceDecoder:
                                                  max_new_tokens - len(out))  # as the server does
             rows = max(1, min(depth, budget - 1))  # a tree of budget B is at most B - 1 deep
             scores, ids = self._draft_scores(anchor, prefix_len, new_feats, feat_pos, head_cache, rows)
+            prev = out[-2] if len(out) > 1 else prompt_ids[-1]  # the committed token before the anchor
             if sampling and self.tree.sampling_rule == "rrs":  # the draft distribution over the whole vocabulary
                 draft_lp = self._full_width(scores, ids)  # [rows, V]
-                tree = build_tree(anchor, draft_lp, budget, self.tree.width, min(depth, rows))
+                if self.prior is None:
+                    tree = build_tree(anchor, draft_lp, budget, self.tree.width, min(depth, rows))
+                else:  # the prior shapes the tree; the redraw below keeps only its shape
+                    vals, cols = draft_lp.topk(min(self.pool, draft_lp.shape[-1]), dim=-1)
+                    tree = build_tree_from_top(anchor, vals, cols, budget, self.tree.width, min(depth, rows),
+                                               prior=self.prior, prev_token=prev)
                 q = draft_distribution(draft_lp, temperature)
                 tree = resample_children(tree, q, gen)
-            else:  # the tree reads only each row's top-W: take it over the scored columns
-                vals, cols = scores.topk(min(self.tree.width, scores.shape[-1]), dim=-1)
+            else:  # the tree reads only each row's top-W (or the prior's pool): take it over the scored columns
+                vals, cols = scores.topk(min(self.pool, scores.shape[-1]), dim=-1)
                 tree = build_tree_from_top(anchor, vals, cols if ids is None else ids[cols], budget,
-                                           self.tree.width, min(depth, rows))
+                                           self.tree.width, min(depth, rows), prior=self.prior, prev_token=prev)
             step = tgt.forward(tree.tokens, cache, prefix_len, layer_ids=self.layer_ids,
                                tree_mask=tree.ancestor_mask(), depths=tree.depths, logits=False)
             if sampling:

@@ -64,7 +64,8 @@ def default_mask_token_id(tokenizer) -> int:
     raise ValueError("target tokenizer has no special token usable as the mask token; set one in the head config")
 
 
-def load_head_arg(head: str | None, target: HFTarget, seed: int = 0, draft_vocab: bool = True):
+def load_head_arg(head: str | None, target: HFTarget, seed: int = 0, draft_vocab: bool = True,
+                  pair_prior: bool = True):
     from sglang_jetspec.core.checkpoint import load_head
     from sglang_jetspec.model_store import default_head_dir
 
@@ -77,7 +78,8 @@ def load_head_arg(head: str | None, target: HFTarget, seed: int = 0, draft_vocab
                 f"no shipped draft head for target {target.model_dir}; pass --head DIR "
                 "(or --head random for an untrained head, useful only for losslessness checks)"
             )
-    return load_head(head, device=str(target.device), dtype=target.dtype, draft_vocab=draft_vocab)
+    return load_head(head, device=str(target.device), dtype=target.dtype, draft_vocab=draft_vocab,
+                     pair_prior=pair_prior)
 
 
 def build_engine(args):
@@ -86,6 +88,7 @@ def build_engine(args):
         return AREngine(target)
     from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
 
-    head = load_head_arg(args.head, target, seed=args.seed, draft_vocab=getattr(args, "draft_vocab", "on") == "on")
+    head = load_head_arg(args.head, target, seed=args.seed, draft_vocab=getattr(args, "draft_vocab", "on") == "on",
+                         pair_prior=getattr(args, "pair_prior", "on") == "on")
     settings = TreeSettings(budget=args.budget, width=args.width, depth=args.depth)
     return ReferenceEngine(ReferenceDecoder(target, head, settings))

@@ -1,0 +1,208 @@
+"""A token n-gram prior that makes the draft tree's children depend on their ancestors' tokens.
+
+Why: the head drafts every depth in one forward with MASK inputs, so row d is one distribution
+for ALL depth-d nodes, whatever tokens their path drafted. The tree then offers the same children
+under every parent, including continuations the target never writes after that parent. The
+target's own answers say which successors each token (and each token pair) takes: this module
+counts bigrams and trigrams over them and scores a candidate child t under parent p and
+grandparent g (the root's grandparent is the committed token before the anchor) by
+
+    bonus(g, p, t) = weight  * max(log P2(t | p) / P1(t),     -clip)     if p was seen
+                   + weight3 * max(log P3(t | g, p) / P2(t | p), -clip)  if (g, p) was seen
+
+    P1(t)       = (c(t) + 1) / (N + V)
+    P2(t | p)   = (c(p, t) + beta * P1(t)) / (c(p) + beta)
+    P3(t | g,p) = (c(g, p, t) + beta3 * P2(t | p)) / (c(g, p) + beta3)
+
+(pointwise mutual information of the pair, then what the grandparent adds; the pseudo-counts
+shrink rare contexts towards no opinion). The tree builder (core/tree.py,
+`build_tree_from_top(prior=...)`) takes each node's children as the `width` best of the row's
+candidate pool by min(0, draft log-prob + bonus): capped at 0 so a path's score never rises with
+depth (measured: uncapped bonuses let n-gram chains run deep and starve the tree's breadth).
+
+Lossless by construction: the prior only chooses WHICH candidate nodes are verified; the target
+verifies every node and the acceptance rules are unchanged.
+
+Stored as an optional file beside the head (`pair_prior.safetensors`: int32 `bigram` [n2, 3] and
+`trigram` [n3, 4] rows of (tokens..., count), int64 `unigram` [V]; the settings it was tuned with
+in the file's metadata), so the published layout is untouched. `python -m launch.build_pair_prior`
+writes it from regenerated answers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+FILE_NAME = "pair_prior.safetensors"
+_KEYS = ("bigram", "trigram", "unigram")
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    weight: float = 0.5   # of the bigram term
+    weight3: float = 0.5  # of the trigram term
+    beta: float = 10.0    # pseudo-counts of P2
+    beta3: float = 2.0    # pseudo-counts of P3
+    clip: float = 8.0     # each term is at least -clip
+    pool: int = 32        # candidates per row the tree chooses each node's children from
+
+    def __post_init__(self):
+        for f in ("weight", "weight3", "clip"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"pair prior {f} {v!r} must be a finite number >= 0")
+        for f in ("beta", "beta3"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"pair prior {f} {v!r} must be a finite number > 0 (pseudo-counts)")
+        if not (isinstance(self.pool, int) and self.pool >= 1):
+            raise ValueError(f"pair prior pool {self.pool!r} must be an integer >= 1")
+
+    def to_metadata(self) -> dict[str, str]:
+        return {k: repr(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str] | None) -> "PriorSettings":
+        kw = {}
+        for f in fields(cls):
+            if meta and f.name in meta:
+                kw[f.name] = int(meta[f.name]) if f.name == "pool" else float(meta[f.name])
+        return cls(**kw)
+
+
+class PairPrior:
+    """n-gram bonus of candidate children; see the module docstring."""
+
+    def __init__(self, bigram: torch.Tensor, trigram: torch.Tensor, unigram: torch.Tensor,
+                 settings: PriorSettings | None = None):
+        if unigram.dim() != 1 or unigram.shape[0] < 1:
+            raise ValueError(f"unigram {tuple(unigram.shape)} must be a non-empty 1-D count table")
+        vocab = unigram.shape[0]
+        for name, t, cols in (("bigram", bigram, 3), ("trigram", trigram, 4)):
+            if t.dim() != 2 or t.shape[1] != cols:
+                raise ValueError(f"{name} {tuple(t.shape)} must be [n, {cols}] rows of (tokens..., count)")
+            if t.numel() and (int(t[:, :-1].min()) < 0 or int(t[:, :-1].max()) >= vocab):
+                raise ValueError(f"{name} token ids must lie in [0, {vocab}) (the unigram table's length)")
+            if t.numel() and int(t[:, -1].min()) < 1:
+                raise ValueError(f"{name} counts must be >= 1")
+        if int(unigram.min()) < 0:
+            raise ValueError("unigram counts must be >= 0")
+        self.settings = settings or PriorSettings()
+        self.vocab_size = vocab
+        self.unigram = unigram.to(torch.int64)
+        self.bigram, self.trigram = bigram.to(torch.int32), trigram.to(torch.int32)
+        total = int(self.unigram.sum())
+        self._log_p1 = torch.log((self.unigram.double() + 1) / (total + vocab)).tolist()
+        self._succ2: dict[int, dict[int, int]] = {}
+        self._ctx2: dict[int, int] = {}
+        for p, t, c in self.bigram.tolist():
+            self._succ2.setdefault(p, {})[t] = c
+            self._ctx2[p] = self._ctx2.get(p, 0) + c
+        self._succ3: dict[tuple[int, int], dict[int, int]] = {}
+        self._ctx3: dict[tuple[int, int], int] = {}
+        for g, p, t, c in self.trigram.tolist():
+            self._succ3.setdefault((g, p), {})[t] = c
+            self._ctx3[(g, p)] = self._ctx3.get((g, p), 0) + c
+
+    def __len__(self) -> int:
+        return int(self.bigram.shape[0])
+
+    def with_settings(self, **changes) -> "PairPrior":
+        """The same counts under other settings."""
+        return PairPrior(self.bigram, self.trigram, self.unigram, PriorSettings(**{**asdict(self.settings), **changes}))
+
+    # ---- scores ---------------------------------------------------------------------------
+
+    def bonus(self, grandparent: int | None, parent: int, tokens: list[int]) -> list[float]:
+        """What the tree builder adds to each candidate child's draft log-prob (before the cap)."""
+        s = self.settings
+        out = [0.0] * len(tokens)
+        succ2 = self._succ2.get(parent)
+        if succ2 is None or (s.weight == 0 and s.weight3 == 0):
+            return out
+        lp1 = self._log_p1
+        log_den2 = math.log(self._ctx2[parent] + s.beta)
+        log_p2 = []  # log P2(t | parent) per token
+        for i, t in enumerate(tokens):
+            c = succ2.get(t, 0)
+            lp = math.log(c + s.beta * math.exp(lp1[t])) - log_den2
+            log_p2.append(lp)
+            out[i] = s.weight * max(lp - lp1[t], -s.clip)
+        ctx = (grandparent, parent)
+        succ3 = self._succ3.get(ctx) if grandparent is not None and s.weight3 else None
+        if succ3 is not None:
+            log_den3 = math.log(self._ctx3[ctx] + s.beta3)
+            for i, t in enumerate(tokens):
+                c = succ3.get(t, 0)
+                lp = math.log(c + s.beta3 * math.exp(log_p2[i])) - log_den3
+                out[i] += s.weight3 * max(lp - log_p2[i], -s.clip)
+        return out
+
+    # ---- building -------------------------------------------------------------------------
+
+    @classmethod
+    def from_sequences(cls, seqs: Iterable[list[int]], vocab_size: int,
+                       settings: PriorSettings | None = None) -> "PairPrior":
+        """Count the bigrams and trigrams of each sequence, and every token after the first."""
+        bi: Counter = Counter()
+        tri: Counter = Counter()
+        uni = torch.zeros(vocab_size, dtype=torch.int64)
+        for seq in seqs:
+            seq = list(seq)
+            if any(not 0 <= t < vocab_size for t in seq):
+                raise ValueError(f"a sequence holds a token id outside [0, {vocab_size})")
+            bi.update(zip(seq[:-1], seq[1:]))
+            tri.update(zip(seq[:-2], seq[1:-1], seq[2:]))
+            if len(seq) > 1:
+                uni += torch.bincount(torch.tensor(seq[1:]), minlength=vocab_size)
+
+        def table(counter: Counter, cols: int) -> torch.Tensor:
+            rows = [(*k, c) for k, c in sorted(counter.items())]
+            return torch.tensor(rows, dtype=torch.int32).reshape(-1, cols)
+
+        return cls(table(bi, 3), table(tri, 4), uni, settings)
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def save(self, folder: str) -> str:
+        from safetensors.torch import save_file
+
+        path = os.path.join(folder, FILE_NAME)
+        save_file({"bigram": self.bigram.contiguous(), "trigram": self.trigram.contiguous(),
+                   "unigram": self.unigram.contiguous()}, path, metadata=self.settings.to_metadata())
+        return path
+
+    @classmethod
+    def load(cls, folder: str, **overrides) -> "PairPrior | None":
+        """The folder's prior with the settings stored in it (keyword arguments override them),
+        or None when the folder has none. ValueError on a bad file."""
+        path = os.path.join(folder, FILE_NAME)
+        if not os.path.isfile(path):
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata()
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # a truncated or foreign file
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+        if tuple(sorted(t)) != _KEYS:
+            raise ValueError(f"{path}: expected tensors {list(_KEYS)}, found {sorted(t)}")
+        try:
+            settings = PriorSettings(**{**asdict(PriorSettings.from_metadata(meta)), **overrides})
+            return cls(t["bigram"], t["trigram"], t["unigram"], settings)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def check(self, vocab_size: int) -> list[str]:
+        """Problems using this prior with a target of `vocab_size` tokens."""
+        if self.vocab_size != vocab_size:
+            return [f"pair prior covers {self.vocab_size} tokens, the target's vocabulary has {vocab_size}"]
+        return []
