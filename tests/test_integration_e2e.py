@@ -1,6 +1,9 @@
 """End to end: the REAL SGLang server with --speculative-algorithm JETSPEC on CPU produces
 exactly the tokens of the same server without speculation (greedy), and drafts exactly as the
-reference decoder (reference/decoder.py, on transformers) does.
+reference decoder (reference/decoder.py, on transformers) does, n-gram prior included: the head
+folder holds a pair_prior.safetensors counted from the target's continuations of every prompt, and
+the fixture checks that the prior changes the reference's rounds somewhere (else matching them
+could not show that the server applied it).
 
 The head is OVERFIT here on the target's own greedy continuations of four prompts (about a
 minute of training on CPU), so on those prompts it accepts several tokens per round: the
@@ -69,8 +72,9 @@ def _overfit_head(target, sequences: list[list[int]], steps: int = 80):
 
 @pytest.fixture(scope="module")
 def setup(smollm2_dir, smollm2_target, tmp_path_factory):
-    """(plain server, JETSPEC server, prompt ids, reference results on the trained prompts)."""
+    """(plain server, JETSPEC server, prompt ids, reference results, reference rounds without the prior)."""
     from sglang_jetspec.core.checkpoint import save_head
+    from sglang_jetspec.core.pair_prior import PairPrior
     from sglang_jetspec.reference.ar import generate_ar
     from sglang_jetspec.reference.decoder import ReferenceDecoder, TreeSettings
 
@@ -81,22 +85,31 @@ def setup(smollm2_dir, smollm2_target, tmp_path_factory):
         plain = Server(smollm2_dir, tmp / "plain.log")
         started.append(plain)
         ids = {p: target.tokenizer(p)["input_ids"] for p in TRAINED + [u for u, _ in UNTRAINED]}
-        continuations = [generate_ar(target, ids[p], NEW_TOKENS).output_ids for p in TRAINED]
-        head = _overfit_head(target, [ids[p] + c for p, c in zip(TRAINED, continuations)])
+        new = {**{p: NEW_TOKENS for p in TRAINED}, **dict(UNTRAINED)}
+        continuations = {p: generate_ar(target, ids[p], n).output_ids for p, n in new.items()}
+        head = _overfit_head(target, [ids[p] + continuations[p] for p in TRAINED])
         save_head(head, str(tmp / "head"))
+        prior = PairPrior.from_sequences([ids[p] + c for p, c in continuations.items()], target.vocab_size)
+        prior.save(str(tmp / "head"))
         spec = Server(smollm2_dir, tmp / "jetspec.log", "--speculative-algorithm", "JETSPEC",
                       "--speculative-draft-model-path", str(tmp / "head"),
                       "--speculative-num-draft-tokens", str(BUDGET),
                       "--speculative-eagle-topk", str(WIDTH), "--enable-metrics")
         started.append(spec)
+        head.pair_prior = prior  # as load_head would attach it from the folder
         decoder = ReferenceDecoder(target, head, TreeSettings(budget=BUDGET, width=WIDTH))
-        reference = {p: decoder.generate(ids[p], NEW_TOKENS) for p in TRAINED}
+        reference = {p: decoder.generate(ids[p], n) for p, n in new.items()}
+        head.pair_prior = None
+        plain_trees = ReferenceDecoder(target, head, TreeSettings(budget=BUDGET, width=WIDTH))
+        rounds_without = {p: plain_trees.generate(ids[p], n).rounds for p, n in new.items()}
+        assert any(reference[p].rounds != r for p, r in rounds_without.items()), \
+            "the prior changed no round here: the server's rounds could not show it applied the prior"
         deadline = time.time() + STARTUP_TIMEOUT_S
         plain.wait_ready(deadline)
         spec.wait_ready(deadline)
         time.sleep(2)
         spec.mark()
-        yield plain, spec, ids, reference
+        yield plain, spec, ids, reference, rounds_without
     finally:
         for s in started:
             s.kill()
@@ -107,18 +120,22 @@ def _run_all(server: Server, items) -> list[dict]:
 
 
 def test_greedy_outputs_equal_the_plain_server_and_rounds_the_reference(setup):
-    plain, spec, ids, reference = setup
+    plain, spec, ids, reference, rounds_without = setup
+    prompts = TRAINED + [p for p, _ in UNTRAINED]
     items = [(ids[p], NEW_TOKENS) for p in TRAINED] + [(ids[p], n) for p, n in UNTRAINED]
     want = _run_all(plain, items)
     got = _run_all(spec, items)
     for (prompt_ids, _), w, g in zip(items, want, got):
         assert g["output_ids"] == w["output_ids"], (prompt_ids, w["output_ids"], g["output_ids"])
         assert g["meta_info"]["finish_reason"] == w["meta_info"]["finish_reason"]
-    for p, g in zip(TRAINED, got):
+    assert "JETSPEC tree prior: " in spec.tail(10**6) and "bigrams" in spec.tail(10**6)
+    for p, g in zip(prompts, got):
         ref = reference[p]
         assert g["output_ids"] == ref.output_ids, p  # the oracle agrees with the plain server
-        # the same drafts were made: the same number of verify rounds as the reference
-        assert g["meta_info"]["spec_verify_ct"] == ref.rounds, (p, g["meta_info"], ref.accepted)
+        # the same drafts were made (prior-shaped trees): the same verify rounds as the reference
+        # (SGLang leaves the counter out of a request that never reached a verify round)
+        assert g["meta_info"].get("spec_verify_ct", 0) == ref.rounds, (p, g["meta_info"], ref.accepted,
+                                                                       rounds_without[p])
     trained = got[: len(TRAINED)]
     accepted = sum(g["meta_info"]["spec_num_correct_drafts"] for g in trained)
     rounds = sum(g["meta_info"]["spec_verify_ct"] for g in trained)
@@ -129,7 +146,7 @@ def test_radix_cache_hits_keep_the_heads_context(setup):
     """The head's context lives in a pool keyed by the target's KV slots, so a request whose
     prefix comes from the radix cache (prompt, and tokens committed by earlier verify rounds)
     drafts from the same context as the reference decoder, which recomputes everything."""
-    _, spec, ids, reference = setup
+    _, spec, ids, reference, _ = setup
     prompt = TRAINED[0]
     first = spec.generate(ids[prompt], NEW_TOKENS)
     second = spec.generate(ids[prompt], NEW_TOKENS)
@@ -149,7 +166,7 @@ def test_radix_cache_hits_keep_the_heads_context(setup):
 def test_sampled_requests_share_a_batch_with_greedy_ones(setup):
     """On CPU a batch with a sampled row is accepted by the host walk rule (SGLang's CPU verify
     is greedy-only); the greedy rows in it must still produce the greedy tokens."""
-    _, spec, ids, reference = setup
+    _, spec, ids, reference, _ = setup
     greedy, sampled = TRAINED[1], TRAINED[2]
     items = [(ids[greedy], NEW_TOKENS, 0.0), (ids[sampled], NEW_TOKENS, 0.8),
              (ids[UNTRAINED[2][0]], NEW_TOKENS, 1.0)]
@@ -164,7 +181,7 @@ def test_sampled_requests_share_a_batch_with_greedy_ones(setup):
 
 def test_server_survives_the_idle_memory_check(setup):
     """SGLang checks for leaked KV slots when idle and treats a leak as an error."""
-    _, spec, _, _ = setup
+    _, spec, _, _, _ = setup
     time.sleep(6)
     assert spec.proc.poll() is None, spec.tail()
     assert spec.healthy()
@@ -177,7 +194,7 @@ def test_round_counters_and_gauges_are_published(setup):
     import json
     import urllib.request
 
-    _, spec, _, _ = setup
+    _, spec, _, _, _ = setup
     info = json.loads(urllib.request.urlopen(spec.url("/get_server_info"), timeout=30).read())
     js = info["internal_states"][0]["jetspec"]
     assert js["rounds"] > 0 and sum(js["accept_hist"]) == js["request_rounds"]

@@ -17,9 +17,10 @@ server without speculation, through every front door a user has:
 
 Greedy outputs must be identical token for token. Three servers run on 127.0.0.1 (plain,
 JETSPEC budget 8, JETSPEC budget 32) and are killed (process group) at the end. The budget-8
-server drafts over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off) and samples by the walk
-rule, the budget-32 one over the head's draft vocabulary and by rrs (both defaults), so every
-check covers both draft paths and both sampling rules.
+server drafts over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), builds plain best-first
+trees (SGLANG_JETSPEC_PAIR_PRIOR=off) and samples by the walk rule, the budget-32 one drafts over
+the head's draft vocabulary, shapes its trees with the head's n-gram prior and samples by rrs (all
+defaults), so every check covers both draft paths, both tree builders and both sampling rules.
 """
 
 import json
@@ -37,6 +38,7 @@ NEW_TOKENS = 128
 BUDGETS = (8, 32)
 DRAFT_VOCAB = {8: "off", 32: "on"}
 SAMPLING_RULE = {8: "walk", 32: "rrs"}
+PAIR_PRIOR = {8: "off", 32: "on"}
 
 
 def _prompts() -> list[str]:
@@ -63,7 +65,8 @@ def servers(smollm2_dir, tmp_path_factory):
                                 "--speculative-algorithm", "JETSPEC", "--speculative-draft-model-path",
                                 str(head), "--speculative-num-draft-tokens", str(b),
                                 env={"SGLANG_JETSPEC_DRAFT_VOCAB": DRAFT_VOCAB[b],
-                                     "SGLANG_JETSPEC_SAMPLING_RULE": SAMPLING_RULE[b]})
+                                     "SGLANG_JETSPEC_SAMPLING_RULE": SAMPLING_RULE[b],
+                                     "SGLANG_JETSPEC_PAIR_PRIOR": PAIR_PRIOR[b]})
         deadline = time.time() + STARTUP_TIMEOUT_S
         for s in started.values():
             s.wait_ready(deadline)
@@ -71,6 +74,8 @@ def servers(smollm2_dir, tmp_path_factory):
             want = "of 49152 tokens" if DRAFT_VOCAB[b] == "on" else "the target's full vocabulary"
             assert "JETSPEC draft vocabulary: " in started[b].tail(10**6) and want in started[b].tail(10**6), b
             assert f"JETSPEC sampled requests: {SAMPLING_RULE[b]} rule" in started[b].tail(10**6), b
+            want = "bigrams" if PAIR_PRIOR[b] == "on" else "none (plain best-first trees)"
+            assert "JETSPEC tree prior: " in started[b].tail(10**6) and want in started[b].tail(10**6), b
         yield started
         for s in started.values():  # nothing died or logged a traceback under all that load
             assert s.proc.poll() is None, s.tail()

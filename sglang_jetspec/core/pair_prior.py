@@ -122,26 +122,35 @@ class PairPrior:
     def bonus(self, grandparent: int | None, parent: int, tokens: list[int]) -> list[float]:
         """What the tree builder adds to each candidate child's draft log-prob (before the cap)."""
         s = self.settings
-        out = [0.0] * len(tokens)
         succ2 = self._succ2.get(parent)
         if succ2 is None or (s.weight == 0 and s.weight3 == 0):
-            return out
+            return [0.0] * len(tokens)
         lp1 = self._log_p1
-        log_den2 = math.log(self._ctx2[parent] + s.beta)
-        log_p2 = []  # log P2(t | parent) per token
+        # a successor never counted after `parent` has P2 = beta P1 / (c(p) + beta): the same
+        # log-ratio for every such token, so only counted successors need their own logarithm
+        log, exp, clip = math.log, math.exp, -s.clip
+        log_den2 = log(self._ctx2[parent] + s.beta)
+        unseen2 = log(s.beta) - log_den2  # log P2/P1 of an unseen successor
+        ratio2 = [unseen2] * len(tokens)  # log P2(t | p) / P1(t)
         for i, t in enumerate(tokens):
-            c = succ2.get(t, 0)
-            lp = math.log(c + s.beta * math.exp(lp1[t])) - log_den2
-            log_p2.append(lp)
-            out[i] = s.weight * max(lp - lp1[t], -s.clip)
+            c = succ2.get(t)
+            if c is not None:
+                ratio2[i] = log(c * exp(-lp1[t]) + s.beta) - log_den2
+        w2 = s.weight
+        out = [w2 * (r if r > clip else clip) for r in ratio2]
         ctx = (grandparent, parent)
         succ3 = self._succ3.get(ctx) if grandparent is not None and s.weight3 else None
         if succ3 is not None:
-            log_den3 = math.log(self._ctx3[ctx] + s.beta3)
+            log_den3 = log(self._ctx3[ctx] + s.beta3)
+            w3 = s.weight3
+            unseen3 = w3 * max(log(s.beta3) - log_den3, clip)
             for i, t in enumerate(tokens):
-                c = succ3.get(t, 0)
-                lp = math.log(c + s.beta3 * math.exp(log_p2[i])) - log_den3
-                out[i] += s.weight3 * max(lp - log_p2[i], -s.clip)
+                c = succ3.get(t)
+                if c is None:
+                    out[i] += unseen3
+                else:  # log P3/P2 = log(c / P2 + beta3) - log(c(g, p) + beta3)
+                    r = log(c * exp(-(ratio2[i] + lp1[t])) + s.beta3) - log_den3
+                    out[i] += w3 * (r if r > clip else clip)
         return out
 
     # ---- building -------------------------------------------------------------------------
