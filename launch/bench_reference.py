@@ -5,7 +5,8 @@
 
 Every prompt is decoded by `ar` and by each configuration in turn (sglang_jetspec/reference/
 wall_clock.py); prints tokens/s, speedup over `ar`, accepted length and output equality per set.
-`--draft-vocab on,off` measures the head with and without its draft vocabulary in the same run.
+`--draft-vocab on,off` measures the head with and without its draft vocabulary in the same run,
+`--pair-prior on,off` with and without its n-gram tree prior (core/pair_prior.py).
 `--cpu-linear onednn,torch` also times plain decoding with PyTorch's own CPU linear (`ar[torch]`)
 beside the packed oneDNN one every configuration uses by default (core/packed_linear.py).
 `ar` is one target forward per token through the reference decoder's own forward path
@@ -28,6 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default="8,16", help="node budgets of the reference decoder")
     p.add_argument("--width", type=int, default=7)
     p.add_argument("--draft-vocab", default="on", help="on, off or on,off (both, side by side)")
+    p.add_argument("--pair-prior", default="on", help="the head folder's n-gram tree prior: on, off or on,off "
+                   "(both, side by side; on needs a pair_prior.safetensors)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--cpu-linear", default=None,
                    help="CPU fp32 linear backend of the target: onednn (default; core/packed_linear.py) or "
@@ -45,6 +48,10 @@ def parse_args(argv=None):
     args.draft_vocab = [m.strip() for m in args.draft_vocab.split(",")]
     if not args.draft_vocab or any(m not in ("on", "off") for m in args.draft_vocab):
         p.error(f"--draft-vocab {','.join(args.draft_vocab)!r}: expected on, off or on,off")
+    args.pair_prior = [m.strip() for m in args.pair_prior.split(",")]
+    if not args.pair_prior or any(m not in ("on", "off") for m in args.pair_prior) or \
+            len(set(args.pair_prior)) != len(args.pair_prior):
+        p.error(f"--pair-prior {','.join(args.pair_prior)!r}: expected on, off or on,off")
     args.cpu_linear = [b.strip() for b in args.cpu_linear.split(",")] if args.cpu_linear else [None]
     if any(b not in (None, "onednn", "torch") for b in args.cpu_linear) or len(set(args.cpu_linear)) != len(args.cpu_linear):
         p.error(f"--cpu-linear {','.join(map(str, args.cpu_linear))!r}: expected onednn, torch, onednn,torch or torch,onednn")
@@ -69,18 +76,23 @@ def main(argv=None) -> None:
     for b in args.cpu_linear[1:]:
         other = HFTarget(resolve_model(args.model), linear_backend=b)
         other_ar[f"ar[{other.linear_backend}]"] = other
-    heads = {m: load_head_arg(args.head, target, draft_vocab=m == "on") for m in args.draft_vocab}
-    if "on" in heads and heads["on"].draft_vocab is None:
+    heads = {(m, pp): load_head_arg(args.head, target, draft_vocab=m == "on", pair_prior=pp == "on")
+             for m in args.draft_vocab for pp in args.pair_prior}
+    if any(m == "on" and h.draft_vocab is None for (m, _), h in heads.items()):
         raise SystemExit(f"--draft-vocab on: the head {args.head or '(shipped)'} has no draft_vocab.safetensors "
                          "(python -m launch.draft_vocab makes one); use --draft-vocab off")
+    if any(pp == "on" and h.pair_prior is None for (_, pp), h in heads.items()):
+        raise SystemExit(f"--pair-prior on: the head {args.head or '(shipped)'} has no pair_prior.safetensors "
+                         "(python -m launch.build_pair_prior makes one); use --pair-prior off")
     decoders = {}
     for b in args.budgets:
-        for m, head in heads.items():
-            label = f"reference@{b}" + ("" if m == "on" or len(heads) == 1 else "-fullvocab")
+        for (m, pp), head in heads.items():
+            label = (f"reference@{b}" + ("" if m == "on" or len(args.draft_vocab) == 1 else "-fullvocab")
+                     + ("" if pp == "on" or len(args.pair_prior) == 1 else "-noprior"))
             decoders[label] = ReferenceDecoder(target, head, TreeSettings(budget=b, width=args.width))
     prompts = {os.path.basename(f).removesuffix(".jsonl"): encode_prompts(target.tokenizer, read_prompts(f)[: args.num_prompts])
                for f in args.prompts}
-    vocab = heads.get("on")
+    vocab = next((h for (m, _), h in heads.items() if m == "on"), None)
     shown = os.path.relpath(target.model_dir) if os.path.abspath(target.model_dir).startswith(os.getcwd()) else target.model_dir
     print(f"target {shown}; head {args.head or '(shipped)'}"
           + (f"; draft vocabulary {len(vocab.draft_vocab)} tokens" if vocab is not None else "")

@@ -211,6 +211,18 @@ def build_tree_from_top(
                        top_vals.device)
 
 
+def _to_tree(tokens: list[int], parents: list[int], depths: list[int], scores: list[float], ranks: list[int],
+             device) -> DraftTree:
+    """A DraftTree from the builders' node lists."""
+    return DraftTree(
+        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
+        parents=torch.tensor(parents, dtype=torch.long, device=device),
+        depths=torch.tensor(depths, dtype=torch.long, device=device),
+        scores=torch.tensor(scores, dtype=torch.float32, device=device),
+        ranks=torch.tensor(ranks, dtype=torch.long, device=device),
+    )
+
+
 def _best_first(root_token: int, vals: list[list[float]], ids: list[list[int]], budget: int, w: int,
                 max_depth: int, device) -> DraftTree:
     """The heap walk over the W-ary candidate tree of per-depth top-w tables (lists)."""
@@ -239,13 +251,7 @@ def _best_first(root_token: int, vals: list[list[float]], ids: list[list[int]], 
         if depth < max_depth:  # and the best child
             push(node, depth + 1, 0)
 
-    return DraftTree(
-        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
-        parents=torch.tensor(parents, dtype=torch.long, device=device),
-        depths=torch.tensor(depths, dtype=torch.long, device=device),
-        scores=torch.tensor(scores, dtype=torch.float32, device=device),
-        ranks=torch.tensor(ranks, dtype=torch.long, device=device),
-    )
+    return _to_tree(tokens, parents, depths, scores, ranks, device)
 
 
 def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[list[int]], budget: int, w: int,
@@ -282,13 +288,7 @@ def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[lis
         if depths[node] < max_depth:
             heapq.heappush(heap, (neg_score, node, -1))
 
-    return DraftTree(
-        tokens=torch.tensor(tokens, dtype=torch.long, device=device),
-        parents=torch.tensor(parents, dtype=torch.long, device=device),
-        depths=torch.tensor(depths, dtype=torch.long, device=device),
-        scores=torch.tensor(scores, dtype=torch.float32, device=device),
-        ranks=torch.tensor(ranks, dtype=torch.long, device=device),
-    )
+    return _to_tree(tokens, parents, depths, scores, ranks, device)
 
 
 def limits_for_remaining(budget: int, max_depth: int, remaining: int | None) -> tuple[int, int]:
