@@ -29,8 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default="8,16", help="node budgets of the reference decoder")
     p.add_argument("--width", type=int, default=7)
     p.add_argument("--draft-vocab", default="on", help="on, off or on,off (both, side by side)")
-    p.add_argument("--pair-prior", default="on", help="the head folder's n-gram tree prior: on, off or on,off "
-                   "(both, side by side; on needs a pair_prior.safetensors)")
+    p.add_argument("--pair-prior", default="auto", help="the head folder's n-gram tree prior: auto (used when the "
+                   "folder has one), on, off or on,off (both, side by side; on needs a pair_prior.safetensors)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--cpu-linear", default=None,
                    help="CPU fp32 linear backend of the target: onednn (default; core/packed_linear.py) or "
@@ -49,9 +49,9 @@ def parse_args(argv=None):
     if not args.draft_vocab or any(m not in ("on", "off") for m in args.draft_vocab):
         p.error(f"--draft-vocab {','.join(args.draft_vocab)!r}: expected on, off or on,off")
     args.pair_prior = [m.strip() for m in args.pair_prior.split(",")]
-    if not args.pair_prior or any(m not in ("on", "off") for m in args.pair_prior) or \
-            len(set(args.pair_prior)) != len(args.pair_prior):
-        p.error(f"--pair-prior {','.join(args.pair_prior)!r}: expected on, off or on,off")
+    if args.pair_prior != ["auto"] and (any(m not in ("on", "off") for m in args.pair_prior)
+                                        or len(set(args.pair_prior)) != len(args.pair_prior)):
+        p.error(f"--pair-prior {','.join(args.pair_prior)!r}: expected auto, on, off or on,off")
     args.cpu_linear = [b.strip() for b in args.cpu_linear.split(",")] if args.cpu_linear else [None]
     if any(b not in (None, "onednn", "torch") for b in args.cpu_linear) or len(set(args.cpu_linear)) != len(args.cpu_linear):
         p.error(f"--cpu-linear {','.join(map(str, args.cpu_linear))!r}: expected onednn, torch, onednn,torch or torch,onednn")
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     for b in args.cpu_linear[1:]:
         other = HFTarget(resolve_model(args.model), linear_backend=b)
         other_ar[f"ar[{other.linear_backend}]"] = other
-    heads = {(m, pp): load_head_arg(args.head, target, draft_vocab=m == "on", pair_prior=pp == "on")
+    heads = {(m, pp): load_head_arg(args.head, target, draft_vocab=m == "on", pair_prior=pp != "off")
              for m in args.draft_vocab for pp in args.pair_prior}
     if any(m == "on" and h.draft_vocab is None for (m, _), h in heads.items()):
         raise SystemExit(f"--draft-vocab on: the head {args.head or '(shipped)'} has no draft_vocab.safetensors "

@@ -398,6 +398,22 @@ def test_train_and_eval_command_lines(tiny_model_dir, tiny_data, tmp_path, capsy
     assert all(r.split("|")[6].strip().startswith("2/2") for r in rows)  # greedy: every output = ar's
     with pytest.raises(SystemExit, match="no draft_vocab.safetensors"):
         wall_main(["--head", str(tmp_path / "bidir"), "--model", str(tiny_model_dir), "--prompts", str(prompts)])
+    with pytest.raises(SystemExit, match="no pair_prior.safetensors"):  # asked for, not there
+        wall_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
+                   "--pair-prior", "on"])
+    # with an n-gram prior in the folder: both tree builders side by side, the same outputs
+    from sglang_jetspec.core.head_config import HeadConfig
+    from sglang_jetspec.core.pair_prior import PairPrior
+
+    vocab = HeadConfig.load(str(tmp_path / "causal")).vocab_size
+    PairPrior.from_sequences([[i % vocab for i in range(3 * k, 3 * k + 40)] for k in range(5)], vocab).save(
+        str(tmp_path / "causal"))
+    wall_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
+               "--budgets", "4", "--num-prompts", "2", "--max-new-tokens", "6", "--pair-prior", "on,off"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| heldout |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["ar", "reference@4", "reference@4-noprior"]
+    assert all(r.split("|")[6].strip().startswith("2/2") for r in rows)
+    (tmp_path / "causal" / "pair_prior.safetensors").unlink()
     # plain decoding with PyTorch's own CPU linear timed beside the packed oneDNN one
     wall_main(["--head", str(tmp_path / "causal"), "--model", str(tiny_model_dir), "--prompts", str(prompts),
                "--budgets", "4", "--num-prompts", "1", "--max-new-tokens", "6", "--cpu-linear", "onednn,torch"])
