@@ -257,28 +257,26 @@ def _best_first(root_token: int, vals: list[list[float]], ids: list[list[int]], 
 def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[list[int]], budget: int, w: int,
                          max_depth: int, device, prior, prev_token: int | None) -> DraftTree:
     """Best-first where every node orders its own children: the w best of its row's candidates by
-    min(0, draft log-prob + prior bonus under the node's path).
-
-    Ties pop by (parent node, rank). Children are capped at their parent's score, so a node's
-    children are computed only when the node itself reaches the top of the heap (an entry keyed by
-    the node's own score): most nodes of a tree are leaves and never pay for the prior."""
+    min(0, draft log-prob + prior bonus under the node's path), computed when the node is added.
+    Ties pop by (parent node, rank)."""
     tokens, parents, depths, scores, ranks = [root_token], [-1], [0], [0.0], [0]
     kids: dict[int, list[tuple[float, int]]] = {}  # node -> its children's (increment, token), best first
-    # heap entry: (-score, parent node, rank); rank -1 = "open this node's children"
-    heap: list[tuple[float, int, int]] = [(0.0, 0, -1)] if budget > 1 and max_depth >= 1 else []
+    heap: list[tuple[float, int, int]] = []  # (-score, parent node, rank)
+
+    def open_children(node: int) -> None:
+        grand = tokens[parents[node]] if node else prev_token
+        row_vals, row_ids = vals[depths[node]], ids[depths[node]]
+        inc = [min(0.0, v + b) for v, b in zip(row_vals, prior.bonus(grand, tokens[node], row_ids))]
+        order = sorted(range(len(inc)), key=inc.__getitem__, reverse=True)[:w]  # stable: ties keep draft order
+        kids[node] = [(inc[j], row_ids[j]) for j in order]
+        heapq.heappush(heap, (-(scores[node] + kids[node][0][0]), node, 0))
+
+    if budget > 1:
+        open_children(0)
     while heap and len(tokens) < budget:
         neg_score, parent, rank = heapq.heappop(heap)
-        if rank < 0:  # the node's turn: its best child can now be the best frontier candidate
-            grand = tokens[parents[parent]] if parent else prev_token
-            row_vals, row_ids = vals[depths[parent]], ids[depths[parent]]
-            inc = [min(0.0, v + b) for v, b in zip(row_vals, prior.bonus(grand, tokens[parent], row_ids))]
-            order = sorted(range(len(inc)), key=inc.__getitem__, reverse=True)[:w] if len(inc) > 1 else [0]
-            kids[parent] = [(inc[j], row_ids[j]) for j in order]
-            heapq.heappush(heap, (-(scores[parent] + kids[parent][0][0]), parent, 0))
-            continue
         node = len(tokens)
-        inc, tok = kids[parent][rank]
-        tokens.append(tok)
+        tokens.append(kids[parent][rank][1])
         parents.append(parent)
         depths.append(depths[parent] + 1)
         scores.append(-neg_score)
@@ -286,7 +284,7 @@ def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[lis
         if rank + 1 < len(kids[parent]):
             heapq.heappush(heap, (-(scores[parent] + kids[parent][rank + 1][0]), parent, rank + 1))
         if depths[node] < max_depth:
-            heapq.heappush(heap, (neg_score, node, -1))
+            open_children(node)
 
     return _to_tree(tokens, parents, depths, scores, ranks, device)
 
