@@ -14,6 +14,7 @@ here in its metadata, and prints the table sizes. Decoders use the file when it 
 import argparse
 import os
 
+from launch.head_files import open_head_for
 from sglang_jetspec.core.pair_prior import PriorSettings
 
 _D = PriorSettings()
@@ -36,7 +37,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from sglang_jetspec.core.head_config import HeadConfig
     from sglang_jetspec.core.pair_prior import FILE_NAME, PairPrior
     from sglang_jetspec.train.dataset import load_sequences, split_validation
 
@@ -45,13 +45,7 @@ def main(argv=None) -> None:
                                  clip=args.clip, pool=args.pool)
     except ValueError as e:
         raise SystemExit(str(e)) from e
-    try:
-        cfg = HeadConfig.load(args.head)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--head {args.head}: {e}") from e
-    path = os.path.join(args.head, FILE_NAME)
-    if os.path.exists(path) and not args.force:
-        raise SystemExit(f"{path} exists; pass --force to replace it")
+    cfg, path = open_head_for(args.head, FILE_NAME, args.force)
     train, val = split_validation(load_sequences(args.data), args.val_percent)
     seqs = [q.ids[max(0, q.prompt_len - 2):].tolist() for q in train]
     try:

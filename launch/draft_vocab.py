@@ -11,7 +11,8 @@ training and of the held-out answers it covers. Decoders use the file when it is
 """
 
 import argparse
-import os
+
+from launch.head_files import open_head_for
 
 
 def parse_args(argv=None):
@@ -43,19 +44,12 @@ def eos_ids(model_dir) -> set[int]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from sglang_jetspec.core.draft_vocab import FILE_NAME, coverage, most_frequent
-    from sglang_jetspec.core.head_config import HeadConfig
     from sglang_jetspec.reference.runner import resolve_model
     from sglang_jetspec.train.dataset import load_sequences, split_validation
 
     if args.size < 1:
         raise SystemExit(f"--size {args.size}: the draft vocabulary needs at least one token")
-    try:
-        cfg = HeadConfig.load(args.head)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--head {args.head}: {e}") from e
-    path = os.path.join(args.head, FILE_NAME)
-    if os.path.exists(path) and not args.force:
-        raise SystemExit(f"{path} exists; pass --force to replace it")
+    cfg, path = open_head_for(args.head, FILE_NAME, args.force)
     model_dir = resolve_model(args.model)
     train, val = split_validation(load_sequences(args.data), args.val_percent)
     answers = lambda seqs: [q.ids[q.prompt_len:].tolist() for q in seqs]
