@@ -49,6 +49,9 @@ def main(argv=None) -> None:
                    help="also measure every static jetspec budget drafting over the target's whole vocabulary "
                         "instead of the head folder's draft vocabulary (its own server; "
                         "SGLANG_JETSPEC_DRAFT_VOCAB=off)")
+    p.add_argument("--pair-prior-off", action="store_true",
+                   help="also measure every static jetspec budget with plain best-first trees, ignoring the head "
+                        "folder's n-gram prior pair_prior.safetensors (its own server; SGLANG_JETSPEC_PAIR_PRIOR=off)")
     p.add_argument("--cpu-linear-onednn", action="store_true",
                    help="CPU: also measure ar and every static jetspec budget on servers whose linear layers use "
                         "packed oneDNN products instead of PyTorch's F.linear (SGLANG_JETSPEC_CPU_LINEAR=onednn), "
@@ -104,12 +107,19 @@ def main(argv=None) -> None:
                 raise ValueError("method bidirectional needs --bidir-head DIR (a head trained with "
                                  "causal_head false, e.g. by launch.train_head --also-bidirectional)")
             heads["bidirectional"] = args.bidir_head
+        if args.pair_prior_off:
+            from sglang_jetspec.core.pair_prior import FILE_NAME
+            if "jetspec" not in heads or not Path(heads["jetspec"], FILE_NAME).is_file():
+                raise ValueError(f"--pair-prior-off pairs every static budget with and without the head folder's "
+                                 f"{FILE_NAME}; {heads.get('jetspec', 'no jetspec head')} has none (make it with "
+                                 "python -m launch.build_pair_prior)")
         depth = None
         if heads:
             cfg = HeadConfig.load(heads.get("jetspec") or heads["bidirectional"])
             depth = cfg.block_size - 1
         configs = plan_configs(methods, budgets, depth or 15, autos, expert_off=args.expert_aware_off,
-                               draft_vocab_off=args.draft_vocab_off, onednn_linear=args.cpu_linear_onednn)
+                               draft_vocab_off=args.draft_vocab_off, onednn_linear=args.cpu_linear_onednn,
+                               pair_prior_off=args.pair_prior_off)
         workloads = {workload_name(w): load_workload(w) for w in parse_list(args.workload, "workload")}
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.bench: {exc}") from None

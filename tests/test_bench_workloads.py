@@ -261,6 +261,30 @@ def test_draft_vocab_off_pairs_every_static_budget_on_its_own_server():
     assert max_budget(configs, "jetspec-fullvocab") == 16
 
 
+def test_pair_prior_off_pairs_every_static_budget_on_its_own_server():
+    from sglang_jetspec.bench.suite import server_env
+
+    configs = plan_configs(["jetspec"], [8, 16], depth=15, pair_prior_off=True)
+    assert [c.label for c in configs] == ["ar", "jetspec@8", "jetspec@16", "jetspec@8-noprior", "jetspec@16-noprior"]
+    assert configs[3].custom_params() == {"jetspec": {"budget": 8}}
+    assert servers_needed(configs) == ["ar", "jetspec", "jetspec-noprior"]
+    assert server_env("jetspec-noprior") == {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_JETSPEC_PAIR_PRIOR": "off"}
+    assert "SGLANG_JETSPEC_PAIR_PRIOR" not in server_env("jetspec")  # the default: the folder's prior when there
+    assert max_budget(configs, "jetspec-noprior") == 16
+
+
+def test_pair_prior_off_needs_a_head_with_a_prior(tmp_path):
+    import shutil
+
+    from launch.bench import main
+    from sglang_jetspec.model_store import model_path, shipped_head_dir
+
+    head = tmp_path / "head"
+    shutil.copytree(shipped_head_dir("qwen3moe"), head, ignore=shutil.ignore_patterns("pair_prior.safetensors"))
+    with pytest.raises(SystemExit, match="--pair-prior-off .* has none"):
+        main(["--model", str(model_path("qwen3moe")), "--head", str(head), "--pair-prior-off", "--out", str(tmp_path / "out")])
+
+
 def test_cpu_linear_onednn_pairs_ar_and_every_static_budget():
     from sglang_jetspec.bench.runner import compare_to_ar
     from sglang_jetspec.bench.suite import server_env

@@ -17,6 +17,9 @@ instead of following the width (integration/kv_reserve.py): the on/off pair of t
 `-fullvocab` (launch.bench --draft-vocab-off): the static budgets again on a server that drafts
 over the target's whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off), the on/off pair of the head
 folder's draft vocabulary (core/draft_vocab.py).
+`-noprior` (launch.bench --pair-prior-off): the static budgets again on a server that builds plain
+best-first trees, ignoring the head folder's n-gram prior (SGLANG_JETSPEC_PAIR_PRIOR=off), the
+on/off pair of core/pair_prior.py.
 `ar-onednn` and `-onednn` (launch.bench --cpu-linear-onednn, CPU only): plain decoding and the
 static budgets again on servers whose linear layers use packed oneDNN products instead of PyTorch's
 F.linear (SGLANG_JETSPEC_CPU_LINEAR=onednn; integration/cpu_linear.py), the on/off pair of that.
@@ -34,11 +37,12 @@ AUTO_MAX_RESERVE_SERVER = "jetspec-auto-maxreserve"
 AUTO_SERVERS = (AUTO_SERVER, AUTO_MAX_RESERVE_SERVER)  # adaptive width
 NO_EXPERT_SERVER = "jetspec-noexpert"  # static widths, expert-aware scheduling off (MoE targets)
 FULL_VOCAB_SERVER = "jetspec-fullvocab"  # static widths, draft over the whole vocabulary
+NO_PRIOR_SERVER = "jetspec-noprior"  # static widths, plain trees without the head's n-gram prior
 ONEDNN_SERVER = "jetspec-onednn"  # static widths, packed oneDNN CPU linear layers
 ONEDNN_AR = "ar-onednn"  # plain decoding, packed oneDNN CPU linear layers
 ONEDNN_SERVERS = (ONEDNN_AR, ONEDNN_SERVER)
 VARIANT_SERVERS = {NO_EXPERT_SERVER: "noexpert", FULL_VOCAB_SERVER: "fullvocab",
-                   ONEDNN_SERVER: "onednn"}  # the causal head, one switch flipped
+                   NO_PRIOR_SERVER: "noprior", ONEDNN_SERVER: "onednn"}  # the causal head, one switch flipped
 HEAD_SERVERS = ("jetspec", "bidirectional", *VARIANT_SERVERS) + AUTO_SERVERS  # servers with a head
 
 
@@ -114,11 +118,13 @@ def parse_mixed_load(text: str) -> list[int]:
 
 
 def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
-                 expert_off: bool = False, draft_vocab_off: bool = False, onednn_linear: bool = False) -> list[Config]:
+                 expert_off: bool = False, draft_vocab_off: bool = False, onednn_linear: bool = False,
+                 pair_prior_off: bool = False) -> list[Config]:
     """Configurations in measurement order; `depth` = the head's maximum depth (block_size - 1).
     expert_off: also measure every static jetspec budget with expert-aware scheduling off
     (SGLANG_JETSPEC_EXPERT_AWARE=off; MoE targets), the on/off pair of that feature.
     draft_vocab_off: likewise with the draft over the whole vocabulary (SGLANG_JETSPEC_DRAFT_VOCAB=off).
+    pair_prior_off: likewise with plain trees, the head's n-gram prior unused (SGLANG_JETSPEC_PAIR_PRIOR=off).
     onednn_linear: also ar and every static jetspec budget with packed oneDNN CPU linear layers
     (SGLANG_JETSPEC_CPU_LINEAR=onednn)."""
     unknown = [m for m in methods if m not in METHODS]
@@ -140,6 +146,8 @@ def plan_configs(methods: list[str], budgets: list[int], depth: int, auto=(),
                 out.extend(Config(m, NO_EXPERT_SERVER, budget=b) for b in budgets)
             if m == "jetspec" and draft_vocab_off:
                 out.extend(Config(m, FULL_VOCAB_SERVER, budget=b) for b in budgets)
+            if m == "jetspec" and pair_prior_off:
+                out.extend(Config(m, NO_PRIOR_SERVER, budget=b) for b in budgets)
             if m == "jetspec" and onednn_linear:
                 out.extend(Config(m, ONEDNN_SERVER, budget=b) for b in budgets)
             if m == "jetspec":

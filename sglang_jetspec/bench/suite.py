@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sglang_jetspec.bench.methods import (AUTO_MAX_RESERVE_SERVER, AUTO_SERVER, AUTO_SERVERS, FULL_VOCAB_SERVER,
-                                          HEAD_SERVERS, NO_EXPERT_SERVER, ONEDNN_AR, ONEDNN_SERVERS,
+                                          HEAD_SERVERS, NO_EXPERT_SERVER, NO_PRIOR_SERVER, ONEDNN_AR, ONEDNN_SERVERS,
                                           VARIANT_SERVERS, Config, max_budget,
                                           servers_needed)
 from sglang_jetspec.bench.runner import Measurement, compare_to_ar, measure, merge_repeats
@@ -118,6 +118,8 @@ def server_env(key: str, expert_trace: str | None = None) -> dict:
             env["SGLANG_JETSPEC_EXPERT_TRACE"] = expert_trace
     if key == FULL_VOCAB_SERVER:
         env["SGLANG_JETSPEC_DRAFT_VOCAB"] = "off"
+    if key == NO_PRIOR_SERVER:
+        env["SGLANG_JETSPEC_PAIR_PRIOR"] = "off"
     if key in ONEDNN_SERVERS:
         env["SGLANG_JETSPEC_CPU_LINEAR"] = "onednn"
     return env
