@@ -36,6 +36,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from itertools import repeat
+from operator import add
 
 import torch
 
@@ -99,16 +101,41 @@ class PairPrior:
         self.bigram, self.trigram = bigram.to(torch.int32), trigram.to(torch.int32)
         total = int(self.unigram.sum())
         self._log_p1 = torch.log((self.unigram.double() + 1) / (total + vocab)).tolist()
-        self._succ2: dict[int, dict[int, int]] = {}
-        self._ctx2: dict[int, int] = {}
+        self._tabulate()
+
+    def _tabulate(self) -> None:
+        """Every weighted, clipped term `bonus` can add, computed once from the counts: per counted
+        (p, t) and (g, p, t), and per context the term of a successor it never saw. `bonus` then
+        only looks them up and adds, so a lookup gives the same float as the formula."""
+        s, lp1 = self.settings, self._log_p1
+        log, exp = math.log, math.exp
+        w2, w3, clip = s.weight, s.weight3, -s.clip
+        succ2: dict[int, dict[int, int]] = {}
         for p, t, c in self.bigram.tolist():
-            self._succ2.setdefault(p, {})[t] = c
-            self._ctx2[p] = self._ctx2.get(p, 0) + c
-        self._succ3: dict[tuple[int, int], dict[int, int]] = {}
-        self._ctx3: dict[tuple[int, int], int] = {}
+            succ2.setdefault(p, {})[t] = c
+        self._term2: dict[int, dict[int, float]] = {}  # p -> {t: w2 * max(log P2/P1, -clip)}
+        self._unseen2: dict[int, float] = {}  # p -> the same for a successor never counted after p
+        ratio2: dict[tuple[int, int], float] = {}
+        for p, succ in succ2.items():
+            log_den2 = log(sum(succ.values()) + s.beta)
+            unseen = log(s.beta) - log_den2  # P2 = beta P1 / (c(p) + beta) for every unseen t
+            self._unseen2[p] = w2 * max(unseen, clip)
+            terms = self._term2[p] = {}
+            for t, c in succ.items():
+                r = ratio2[p, t] = log(c * exp(-lp1[t]) + s.beta) - log_den2
+                terms[t] = w2 * max(r, clip)
+        succ3: dict[tuple[int, int], dict[int, int]] = {}
         for g, p, t, c in self.trigram.tolist():
-            self._succ3.setdefault((g, p), {})[t] = c
-            self._ctx3[(g, p)] = self._ctx3.get((g, p), 0) + c
+            succ3.setdefault((g, p), {})[t] = c
+        self._term3: dict[tuple[int, int], dict[int, float]] = {}  # (g, p) -> {t: w3 * max(log P3/P2, -clip)}
+        self._unseen3: dict[tuple[int, int], float] = {}
+        for ctx, succ in succ3.items():
+            log_den3 = log(sum(succ.values()) + s.beta3)
+            self._unseen3[ctx] = w3 * max(log(s.beta3) - log_den3, clip)
+            terms = self._term3[ctx] = {}
+            for t, c in succ.items():  # a counted (g, p, t) implies a counted (p, t)
+                r = log(c * exp(-(ratio2[ctx[1], t] + lp1[t])) + s.beta3) - log_den3
+                terms[t] = w3 * max(r, clip)
 
     def __len__(self) -> int:
         return int(self.bigram.shape[0])
@@ -122,36 +149,17 @@ class PairPrior:
     def bonus(self, grandparent: int | None, parent: int, tokens: list[int]) -> list[float]:
         """What the tree builder adds to each candidate child's draft log-prob (before the cap)."""
         s = self.settings
-        succ2 = self._succ2.get(parent)
-        if succ2 is None or (s.weight == 0 and s.weight3 == 0):
+        terms2 = self._term2.get(parent)
+        if terms2 is None or (s.weight == 0 and s.weight3 == 0):
             return [0.0] * len(tokens)
-        lp1 = self._log_p1
-        # a successor never counted after `parent` has P2 = beta P1 / (c(p) + beta): the same
-        # log-ratio for every such token, so only counted successors need their own logarithm
-        log, exp, clip = math.log, math.exp, -s.clip
-        log_den2 = log(self._ctx2[parent] + s.beta)
-        unseen2 = log(s.beta) - log_den2  # log P2/P1 of an unseen successor
-        ratio2 = [unseen2] * len(tokens)  # log P2(t | p) / P1(t)
-        for i, t in enumerate(tokens):
-            c = succ2.get(t)
-            if c is not None:
-                ratio2[i] = log(c * exp(-lp1[t]) + s.beta) - log_den2
-        w2 = s.weight
-        out = [w2 * (r if r > clip else clip) for r in ratio2]
-        ctx = (grandparent, parent)
-        succ3 = self._succ3.get(ctx) if grandparent is not None and s.weight3 else None
-        if succ3 is not None:
-            log_den3 = log(self._ctx3[ctx] + s.beta3)
-            w3 = s.weight3
-            unseen3 = w3 * max(log(s.beta3) - log_den3, clip)
-            for i, t in enumerate(tokens):
-                c = succ3.get(t)
-                if c is None:
-                    out[i] += unseen3
-                else:  # log P3/P2 = log(c / P2 + beta3) - log(c(g, p) + beta3)
-                    r = log(c * exp(-(ratio2[i] + lp1[t])) + s.beta3) - log_den3
-                    out[i] += w3 * (r if r > clip else clip)
-        return out
+        n = len(tokens)  # map over the C lookups: this runs for every node a tree opens
+        out = list(map(terms2.get, tokens, repeat(self._unseen2[parent], n)))
+        if grandparent is None or not s.weight3:
+            return out
+        terms3 = self._term3.get((grandparent, parent))
+        if terms3 is None:
+            return out
+        return list(map(add, out, map(terms3.get, tokens, repeat(self._unseen3[grandparent, parent], n))))
 
     # ---- building -------------------------------------------------------------------------
 

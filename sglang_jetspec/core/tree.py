@@ -22,6 +22,7 @@ the server worker computes it where the draft ran and moves [b, D, W] to the hos
 from __future__ import annotations
 
 import heapq
+from operator import add
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -266,7 +267,7 @@ def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[lis
     def open_children(node: int) -> None:
         grand = tokens[parents[node]] if node else prev_token
         row_vals, row_ids = vals[depths[node]], ids[depths[node]]
-        inc = [min(0.0, v + b) for v, b in zip(row_vals, prior.bonus(grand, tokens[node], row_ids))]
+        inc = [x if x < 0.0 else 0.0 for x in map(add, row_vals, prior.bonus(grand, tokens[node], row_ids))]
         order = sorted(range(len(inc)), key=inc.__getitem__, reverse=True)[:w]  # stable: ties keep draft order
         kids[node] = [(inc[j], row_ids[j]) for j in order]
         heapq.heappush(heap, (-(scores[node] + kids[node][0][0]), node, 0))
