@@ -1,8 +1,9 @@
 """JETSPEC on the embedded MoE target through the real SGLang server (slow).
 
 Both shipped Qwen3-MoE targets (the default, 8 experts top-2, and qwen3moe-e64, 64 experts
-top-4) with their shipped heads, static budget 16, expert-aware scheduling on (the default on MoE
-targets): greedy tokens equal transformers' fp32 greedy (a
+top-4) with their shipped heads and the heads' n-gram priors (on by default when the folder has
+one; the worker's startup line must say so), static budget 16, expert-aware scheduling on (the
+default on MoE targets): greedy tokens equal transformers' fp32 greedy (a
 difference is tolerated only at a reported fp32 near-tie), while the worker really pruned trees
 with predicted experts and counted the experts every verify activated (/get_server_info).
 """
@@ -35,6 +36,9 @@ def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_expe
                     "--speculative-num-draft-tokens", "16")
     try:
         server.wait_ready(time.time() + STARTUP_TIMEOUT_S)
+        # the shipped head folder's n-gram prior shapes the trees (on by default when the file is there)
+        log = server.tail(10**6)
+        assert "JETSPEC tree prior: " in log and "bigrams" in log, server.tail()
         got = run_all(server.generate, [(ids, NEW_TOKENS) for ids in prompts])
         info = json.loads(urllib.request.urlopen(server.url("/get_server_info"), timeout=30).read())
         state = info["internal_states"][0]["jetspec"]
