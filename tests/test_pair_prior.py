@@ -45,6 +45,22 @@ def test_bonus_matches_the_formula():
     assert pp.with_settings(clip=0.1).bonus(None, 1, [4]) == [pytest.approx(-0.05)]
 
 
+def test_bonus_of_hand_made_tables_follows_the_formula():
+    """Counted answers always hold (p, t) when they hold (g, p, t); a file made otherwise still
+    loads, and the trigram term then divides by the unseen pair's P2, as the formula says."""
+    s = PriorSettings(weight=0.5, weight3=0.5, beta=2.0, beta3=1.0, clip=8.0)
+    bigram = torch.tensor([[1, 2, 3]], dtype=torch.int32)             # (1, 2) three times
+    trigram = torch.tensor([[0, 1, 3, 2], [0, 4, 3, 1]], dtype=torch.int32)  # (1, 3) and (4, *) never bigrams
+    unigram = torch.tensor([0, 1, 3, 2, 0])
+    pp = PairPrior(bigram, trigram, unigram, s)
+    p1 = lambda t: (unigram[t].item() + 1) / (6 + 5)  # noqa: E731
+    p2 = lambda t: ((3 if t == 2 else 0) + 2.0 * p1(t)) / (3 + 2.0)  # noqa: E731  after token 1
+    p3 = lambda t: ((2 if t == 3 else 0) + 1.0 * p2(t)) / (2 + 1.0)  # noqa: E731  after (0, 1)
+    want = [0.5 * math.log(p2(t) / p1(t)) + 0.5 * math.log(p3(t) / p2(t)) for t in (2, 3)]
+    assert pp.bonus(0, 1, [2, 3]) == pytest.approx(want)
+    assert pp.bonus(0, 4, [3]) == [0.0]  # a parent without bigrams has no opinion, trigrams or not
+
+
 def test_save_load_roundtrip_keeps_counts_and_settings(tmp_path):
     pp = _prior(0, weight=0.7, beta3=3.0, pool=9)
     pp.save(str(tmp_path))

@@ -115,10 +115,11 @@ class PairPrior:
             succ2.setdefault(p, {})[t] = c
         self._term2: dict[int, dict[int, float]] = {}  # p -> {t: w2 * max(log P2/P1, -clip)}
         self._unseen2: dict[int, float] = {}  # p -> the same for a successor never counted after p
-        ratio2: dict[tuple[int, int], float] = {}
+        ratio2: dict[tuple[int, int], float] = {}  # log P2(t | p) / P1(t) of the counted pairs
+        unseen_ratio: dict[int, float] = {}
         for p, succ in succ2.items():
             log_den2 = log(sum(succ.values()) + s.beta)
-            unseen = log(s.beta) - log_den2  # P2 = beta P1 / (c(p) + beta) for every unseen t
+            unseen = unseen_ratio[p] = log(s.beta) - log_den2  # P2 = beta P1 / (c(p) + beta) for every unseen t
             self._unseen2[p] = w2 * max(unseen, clip)
             terms = self._term2[p] = {}
             for t, c in succ.items():
@@ -130,11 +131,14 @@ class PairPrior:
         self._term3: dict[tuple[int, int], dict[int, float]] = {}  # (g, p) -> {t: w3 * max(log P3/P2, -clip)}
         self._unseen3: dict[tuple[int, int], float] = {}
         for ctx, succ in succ3.items():
+            p = ctx[1]
+            if p not in unseen_ratio:  # `bonus` has no opinion after a parent without bigrams
+                continue
             log_den3 = log(sum(succ.values()) + s.beta3)
             self._unseen3[ctx] = w3 * max(log(s.beta3) - log_den3, clip)
             terms = self._term3[ctx] = {}
-            for t, c in succ.items():  # a counted (g, p, t) implies a counted (p, t)
-                r = log(c * exp(-(ratio2[ctx[1], t] + lp1[t])) + s.beta3) - log_den3
+            for t, c in succ.items():  # counted answers: (g, p, t) implies (p, t); a hand-made table may not
+                r = log(c * exp(-(ratio2.get((p, t), unseen_ratio[p]) + lp1[t])) + s.beta3) - log_den3
                 terms[t] = w3 * max(r, clip)
 
     def __len__(self) -> int:

@@ -22,8 +22,8 @@ the server worker computes it where the draft ran and moves [b, D, W] to the hos
 from __future__ import annotations
 
 import heapq
-from operator import add
 from dataclasses import dataclass
+from operator import add
 from typing import TYPE_CHECKING
 
 import torch
