@@ -23,11 +23,27 @@ class Scorer:
         v = math.log((c / pu + self.beta) / (cp + self.beta))
         return max(-self.clip, v)
 
+def best_first(anchor, budget, dmax, children):
+    """The best-first heap walk both simulators use. children(node, toks, parents, depths) -> the
+    node's children as [(score increment, token)], best first."""
+    toks, parents, depths, scores = [anchor], [-1], [0], [0.0]
+    cand, heap, cnt = {}, [], 0
+    if budget > 1 and dmax >= 1:
+        cand[0] = children(0, toks, parents, depths); heapq.heappush(heap, (-cand[0][0][0], cnt, 0, 0)); cnt += 1
+    while heap and len(toks) < budget:
+        _, _, par, r = heapq.heappop(heap)
+        v, t = cand[par][r]; node = len(toks)
+        toks.append(t); parents.append(par); depths.append(depths[par] + 1); scores.append(scores[par] + v)
+        if r + 1 < len(cand[par]):
+            heapq.heappush(heap, (-(scores[par] + cand[par][r + 1][0]), cnt, par, r + 1)); cnt += 1
+        if depths[node] < dmax:
+            cand[node] = children(node, toks, parents, depths)
+            heapq.heappush(heap, (-(scores[node] + cand[node][0][0]), cnt, node, 0)); cnt += 1
+    return toks, parents
+
 def build(anchor, vals, ids, budget, width, depth_max, scorer, pool):
     """Best-first tree; children lists depend on the parent's token when scorer is given."""
-    toks, parents, depths, scores = [anchor], [-1], [0], [0.0]
-    cand = {}
-    def child_list(node):
+    def child_list(node, toks, parents, depths):
         d = depths[node] + 1
         if scorer is None:
             return list(zip(vals[d - 1][:width], ids[d - 1][:width]))
@@ -36,20 +52,7 @@ def build(anchor, vals, ids, budget, width, depth_max, scorer, pool):
         lst = [(v + lam * scorer.pmi(p, t), t) for v, t in zip(vals[d - 1][:pool], ids[d - 1][:pool])]
         lst.sort(key=lambda x: -x[0])
         return lst[:width]
-    heap, cnt = [], 0
-    if budget > 1 and depth_max >= 1:
-        cand[0] = child_list(0); heapq.heappush(heap, (-cand[0][0][0], cnt, 0, 0)); cnt += 1
-    while heap and len(toks) < budget:
-        ns, _, par, r = heapq.heappop(heap)
-        v, t = cand[par][r]
-        node = len(toks)
-        toks.append(t); parents.append(par); depths.append(depths[par] + 1); scores.append(scores[par] + v)
-        if r + 1 < len(cand[par]):
-            heapq.heappush(heap, (-(scores[par] + cand[par][r + 1][0]), cnt, par, r + 1)); cnt += 1
-        if depths[node] < depth_max:
-            cand[node] = child_list(node)
-            heapq.heappush(heap, (-(scores[node] + cand[node][0][0]), cnt, node, 0)); cnt += 1
-    return toks, parents
+    return best_first(anchor, budget, depth_max, child_list)
 
 def accept(toks, parents, truth):
     kids = {}

@@ -6,11 +6,11 @@ Greedy decoding along the target's own answers: each round builds a tree from th
 draft tables (plain, or rescored by bigram pmi `lam`, trigram-over-bigram pmi `lam3`, a context
 bigram bonus `gam`, `cap` = min(0, .)), accepts the longest path matching the answer, and jumps
 by accepted + 1. Prints mean accepted length per set for records [lo:hi] of each set."""
-import heapq, math, pickle, sys, torch
+import math, sys, torch
 from collections import Counter
 import os
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sim_common import load_pmi, accept
+from sim_common import load_pmi, accept, best_first
 
 class S3:
     def __init__(self, ng, tri2, beta=10.0, lam=0.3, lam1=None, lam3=0.0, beta3=10.0, gam=0.0, clip=8.0, cap=False):
@@ -36,9 +36,7 @@ class S3:
         return b
 
 def build3(prev, anchor, vals, ids, budget, width, dmax, sc, pool):
-    toks, parents, depths, scores = [anchor], [-1], [0], [0.0]
-    cand = {}
-    def child_list(node):
+    def child_list(node, toks, parents, depths):
         d = depths[node] + 1; p = toks[node]
         g = toks[parents[node]] if node else prev
         if sc is None:
@@ -54,19 +52,7 @@ def build3(prev, anchor, vals, ids, budget, width, dmax, sc, pool):
                 lst = [(min(v, 0.0), t) for v, t in lst]
             lst.sort(key=lambda x: -x[0])
         return lst[:width]
-    heap, cnt = [], 0
-    if budget > 1 and dmax >= 1:
-        cand[0] = child_list(0); heapq.heappush(heap, (-cand[0][0][0], cnt, 0, 0)); cnt += 1
-    while heap and len(toks) < budget:
-        _, _, par, r = heapq.heappop(heap)
-        v, t = cand[par][r]; node = len(toks)
-        toks.append(t); parents.append(par); depths.append(depths[par] + 1); scores.append(scores[par] + v)
-        if r + 1 < len(cand[par]):
-            heapq.heappush(heap, (-(scores[par] + cand[par][r + 1][0]), cnt, par, r + 1)); cnt += 1
-        if depths[node] < dmax:
-            cand[node] = child_list(node)
-            heapq.heappush(heap, (-(scores[node] + cand[node][0][0]), cnt, node, 0)); cnt += 1
-    return toks, parents
+    return best_first(anchor, budget, dmax, child_list)
 
 def simulate(rec, budget, width, sc, pool):
     seq, pl = rec["seq"].tolist(), rec["prompt_len"]
