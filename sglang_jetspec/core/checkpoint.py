@@ -91,6 +91,8 @@ def load_head(folder: str, device="cpu", dtype: torch.dtype = torch.float32,
         errs = [] if head.pair_prior is None else head.pair_prior.check(config.vocab_size)
         if errs:
             raise ValueError(f"head folder {folder}: " + "; ".join(errs))
+        if head.pair_prior is not None:
+            head.pair_prior.prepare()  # its lookup tables now, not in the first request's tree
     return head.eval()
 
 

@@ -101,45 +101,55 @@ class PairPrior:
         self.bigram, self.trigram = bigram.to(torch.int32), trigram.to(torch.int32)
         total = int(self.unigram.sum())
         self._log_p1 = torch.log((self.unigram.double() + 1) / (total + vocab)).tolist()
-        self._tabulate()
+        self._terms: tuple | None = None  # the lookup tables of `bonus`, built by `prepare`
 
-    def _tabulate(self) -> None:
+    def prepare(self) -> "PairPrior":
+        """Build the lookup tables `bonus` reads now (its first call builds them otherwise; about a
+        second for the SmolLM2 head's). Decoders do it when they load the head (core/checkpoint.py),
+        so no request pays for it; a startup check that only validates the file does not."""
+        if self._terms is None:
+            self._terms = self._tabulate()
+        return self
+
+    def _tabulate(self) -> tuple:
         """Every weighted, clipped term `bonus` can add, computed once from the counts: per counted
         (p, t) and (g, p, t), and per context the term of a successor it never saw. `bonus` then
-        only looks them up and adds, so a lookup gives the same float as the formula."""
+        only looks them up and adds, so a lookup gives the same float as the formula.
+        Returns (term2, unseen2, term3, unseen3)."""
         s, lp1 = self.settings, self._log_p1
         log, exp = math.log, math.exp
         w2, w3, clip = s.weight, s.weight3, -s.clip
         succ2: dict[int, dict[int, int]] = {}
         for p, t, c in self.bigram.tolist():
             succ2.setdefault(p, {})[t] = c
-        self._term2: dict[int, dict[int, float]] = {}  # p -> {t: w2 * max(log P2/P1, -clip)}
-        self._unseen2: dict[int, float] = {}  # p -> the same for a successor never counted after p
+        term2: dict[int, dict[int, float]] = {}  # p -> {t: w2 * max(log P2/P1, -clip)}
+        unseen2: dict[int, float] = {}  # p -> the same for a successor never counted after p
         ratio2: dict[tuple[int, int], float] = {}  # log P2(t | p) / P1(t) of the counted pairs
         unseen_ratio: dict[int, float] = {}
         for p, succ in succ2.items():
             log_den2 = log(sum(succ.values()) + s.beta)
             unseen = unseen_ratio[p] = log(s.beta) - log_den2  # P2 = beta P1 / (c(p) + beta) for every unseen t
-            self._unseen2[p] = w2 * max(unseen, clip)
-            terms = self._term2[p] = {}
+            unseen2[p] = w2 * max(unseen, clip)
+            terms = term2[p] = {}
             for t, c in succ.items():
                 r = ratio2[p, t] = log(c * exp(-lp1[t]) + s.beta) - log_den2
                 terms[t] = w2 * max(r, clip)
         succ3: dict[tuple[int, int], dict[int, int]] = {}
         for g, p, t, c in self.trigram.tolist():
             succ3.setdefault((g, p), {})[t] = c
-        self._term3: dict[tuple[int, int], dict[int, float]] = {}  # (g, p) -> {t: w3 * max(log P3/P2, -clip)}
-        self._unseen3: dict[tuple[int, int], float] = {}
+        term3: dict[tuple[int, int], dict[int, float]] = {}  # (g, p) -> {t: w3 * max(log P3/P2, -clip)}
+        unseen3: dict[tuple[int, int], float] = {}
         for ctx, succ in succ3.items():
             p = ctx[1]
             if p not in unseen_ratio:  # `bonus` has no opinion after a parent without bigrams
                 continue
             log_den3 = log(sum(succ.values()) + s.beta3)
-            self._unseen3[ctx] = w3 * max(log(s.beta3) - log_den3, clip)
-            terms = self._term3[ctx] = {}
+            unseen3[ctx] = w3 * max(log(s.beta3) - log_den3, clip)
+            terms = term3[ctx] = {}
             for t, c in succ.items():  # counted answers: (g, p, t) implies (p, t); a hand-made table may not
                 r = log(c * exp(-(ratio2.get((p, t), unseen_ratio[p]) + lp1[t])) + s.beta3) - log_den3
                 terms[t] = w3 * max(r, clip)
+        return term2, unseen2, term3, unseen3
 
     def __len__(self) -> int:
         return int(self.bigram.shape[0])
@@ -153,17 +163,18 @@ class PairPrior:
     def bonus(self, grandparent: int | None, parent: int, tokens: list[int]) -> list[float]:
         """What the tree builder adds to each candidate child's draft log-prob (before the cap)."""
         s = self.settings
-        terms2 = self._term2.get(parent)
+        term2, unseen2, term3, unseen3 = self._terms or self.prepare()._terms
+        terms2 = term2.get(parent)
         if terms2 is None or (s.weight == 0 and s.weight3 == 0):
             return [0.0] * len(tokens)
         n = len(tokens)  # map over the C lookups: this runs for every node a tree opens
-        out = list(map(terms2.get, tokens, repeat(self._unseen2[parent], n)))
+        out = list(map(terms2.get, tokens, repeat(unseen2[parent], n)))
         if grandparent is None or not s.weight3:
             return out
-        terms3 = self._term3.get((grandparent, parent))
+        terms3 = term3.get((grandparent, parent))
         if terms3 is None:
             return out
-        return list(map(add, out, map(terms3.get, tokens, repeat(self._unseen3[grandparent, parent], n))))
+        return list(map(add, out, map(terms3.get, tokens, repeat(unseen3[grandparent, parent], n))))
 
     # ---- building -------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
 import sys, time, torch
 from sglang_jetspec.core.pair_prior import PairPrior
 from sglang_jetspec.core.tree import build_tree_from_top
-t0 = time.perf_counter(); prior = PairPrior.load("models/smollm2-135m-jetspec"); print(f"load {time.perf_counter()-t0:.2f} s")
+t0 = time.perf_counter(); prior = PairPrior.load("models/smollm2-135m-jetspec").prepare(); print(f"load {time.perf_counter()-t0:.2f} s")
 data = torch.load(sys.argv[1])
 cases = []
 for recs in data.values():
