@@ -240,12 +240,47 @@ def test_observed_acceptance_per_rank_overrules_a_calibration_off_by_rank():
     assert curve[1] == pytest.approx(2.0, abs=0.15)  # rank 1: always accepted
     assert curve[7] - curve[1] < 0.6  # ranks 2..7: never (the calibration alone: 6 x 0.56)
     assert curve[8] - curve[7] == pytest.approx(0.7 * 0.8)  # rank 8 was never verified
-    # ranks not verified for a long time drift back toward the calibration
+    # ranks not verified for a while drift back toward the calibration (EMP_DECAY a round), and
+    # after long enough they are the calibration
     fresh = float(pol.curve()[0])  # rank 1
+    plain = lambda: pol.observe([build_tree(0, torch.zeros(1, 40), 1, 1)], [1], [[0]], [None], 0.05)
+    for _ in range(15):
+        pol.plan(1, None)
+        plain()
+    assert 0.6 < float(pol.curve()[0]) < fresh - 0.1
     for _ in range(300):
         pol.plan(1, None)
-        pol.observe([build_tree(0, torch.zeros(1, 40), 1, 1)], [1], [[0]], [None], 0.05)
-    assert 0.56 < float(pol.curve()[0]) < fresh - 0.1
+        plain()
+    assert float(pol.curve()[0]) == pytest.approx(0.56, abs=1e-3)
+
+
+def test_what_one_workload_taught_the_ranks_beyond_the_width_fades_when_the_next_one_comes():
+    """Replayed on the MoE target with its prior (chat, then code, batch 4): ranks 2-7, last
+    verified in the chat phase where they accepted little, kept that through the code phase
+    where they accept 0.3-0.7, and held the width at 2 where 5-7 pays. Here ranks 1-7 are
+    verified and never accepted, then the workload turns: rank 1 is accepted every round at
+    width 2 and the calibration (fed full trees, as by curve probes) rises from 0.2 to 0.6.
+    Within 30 rounds the ranks beyond the width follow the calibration, not the old outcomes;
+    rank 1 follows its own outcomes and keeps its full weight, being verified every round."""
+    from sglang_jetspec.core.budget_controller import tree_prefix
+    from sglang_jetspec.integration.budget_policy import EMP_CAP
+
+    pol = BudgetPolicy(16, "adaptive", warmup_reps=1, explore_every=0)
+    calibrated = {"p": 0.2}
+    pol.controller.calibrator.trees_probs = lambda trees: [torch.full((t.n - 1,), calibrated["p"]) for t in trees]
+    full = _candidates(1, 16)
+    for _ in range(20):  # the first workload: width 8, nothing accepted
+        pol.plan(1, None)
+        pol.observe([tree_prefix(full[0], 8)], [8], [[0]], [None], 0.05, full, [16])
+    assert max(pol.curve()[:7].tolist()) < 0.05
+    calibrated["p"] = 0.6
+    for _ in range(30):  # the next one: width 2, rank 1 always accepted
+        pol.plan(1, None)
+        pol.observe([tree_prefix(full[0], 2)], [2], [[0, 1]], [None], 0.05, full, [16])
+    curve = pol.curve().tolist()
+    assert curve[0] > 0.7 and pol.emp_weight[0] == EMP_CAP  # about 20 observations remembered
+    beyond = curve[1:7]  # the calibration times the bias correction is 0.6 x 1.5 here, and EMP_DECAY
+    assert min(beyond) > 0.5, beyond  # 0.01 (before 2026-12-06) left them at 0.2
 
 
 def test_measured_round_times_overrule_a_linear_model_that_underprices_wide_rounds():
@@ -473,7 +508,7 @@ def _reference_curve(pol):
     """The policy's curve as first written, in tensors (the reference for its Python path)."""
     from sglang_jetspec.integration.budget_policy import EMP_DECAY, EMP_PRIOR
     calibrated = torch.nan_to_num(pol.marginal, nan=0.0) * pol.bias_ratio
-    weight = pol.emp_weight * (1.0 - EMP_DECAY) ** (pol.rounds - pol.emp_round)
+    weight = pol.emp_weight * (1.0 - EMP_DECAY) ** (pol.rounds - pol.emp_round - 1).clamp(min=0)
     observed = torch.nan_to_num(pol.emp, nan=0.0)
     blend = (weight * observed + EMP_PRIOR * calibrated) / (weight + EMP_PRIOR)
     return torch.where(weight > 0, blend, calibrated).clamp(0, 1)
@@ -496,7 +531,7 @@ def _reference_updates(pol, trees, budgets, paths, probs):
                     hits[j - 1] += 1
     seen = count > 0
     if bool(seen.any()):
-        old = eweight[seen] * (1.0 - EMP_DECAY) ** (pol.rounds - eround[seen])
+        old = eweight[seen] * (1.0 - EMP_DECAY) ** (pol.rounds - eround[seen] - 1).clamp(min=0)
         total = old + count[seen]
         emp[seen] = (old * torch.nan_to_num(emp[seen], nan=0.0) + hits[seen]) / total
         eweight[seen], eround[seen] = total.clamp(max=EMP_CAP), float(pol.rounds)

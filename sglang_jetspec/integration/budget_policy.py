@@ -38,7 +38,7 @@ share of its nodes the target accepted (exact for that rank whatever width verif
 are stored best-first and a node's acceptance does not depend on the rest of the tree),
 blended with the corrected calibration by their weights (EMP_PRIOR request-observations for the
 calibration, at most EMP_CAP for the observations, which lose EMP_DECAY of their weight per
-round the rank is not verified). Ranks beyond the widths verified keep calibration x bias.
+round since the rank was last verified). Ranks beyond the widths verified keep calibration x bias.
 
 Measured step times: the cost model is linear, and on a CPU the real step time is not (a
 verify row costs more once the batch's rows make the matmuls compute-bound): fitted mostly on
@@ -119,8 +119,16 @@ MODES = ("adaptive", "static")
 PROBE_MIN_GAP = 16
 # per-rank empirical acceptance (see the module docstring): weight of the calibrated estimate in
 # request-observations, the most observations a rank's mean remembers, and how much of that
-# weight a rank loses per round it is not verified
-EMP_PRIOR, EMP_CAP, EMP_DECAY = 4.0, 20.0, 0.01
+# weight a rank loses per round since it was last verified. 0.1, not 0.01: ranks beyond the
+# width in use are seen only in exploration rounds, and with 0.01 what one workload taught them
+# outlived it. Replayed rounds of the MoE target with its prior (chat, then code, then math, at
+# batch 4) held ranks 2-7 at the chat phase's 0.0-0.2 through the code phase, where they accept
+# 0.3-0.7, and the width at 2 where 5-7 pays: 0.89x the best static width's tokens/s, 0.965x
+# with 0.1; over three workload orders at batch 1 and 4, 0.89-0.99x became 0.965-1.01x, and on
+# SmolLM2 0.958-0.996x became 0.958-1.003x (docs/bench/cpu-qwen3moe-prior-auto/decay_replay.txt).
+# (Until then a rank verified every round also lost this share each round; now only skipped
+# rounds count, see _skipped.)
+EMP_PRIOR, EMP_CAP, EMP_DECAY = 4.0, 20.0, 0.1
 # close calls (see the module docstring): at most one in this many rounds, and the credit they
 # are paid from holds at most this many steps' time
 CLOSE_MIN_GAP, CLOSE_CREDIT_STEPS = 8, 4.0
@@ -138,6 +146,12 @@ def _forced(width: int, reason: str) -> Decision:
     nan = float("nan")
     return Decision(width=width, per_request_budgets=[], expected_tokens=nan, predicted_seconds=nan,
                     objective=nan, reason=reason)
+
+
+def _skipped(rounds: int, last: float) -> float:
+    """Rounds that passed without verifying a rank last verified in round `last` (rounds counts
+    the round being planned or observed, which does not count against it)."""
+    return max(0.0, rounds - last - 1.0)
 
 
 def mode_from_env(environ=os.environ) -> str:
@@ -483,7 +497,7 @@ class BudgetPolicy:
             count += reach[i + 1]
             if not count:
                 continue
-            old = weight[i] * (1.0 - EMP_DECAY) ** (self.rounds - last[i])
+            old = weight[i] * (1.0 - EMP_DECAY) ** _skipped(self.rounds, last[i])
             total = old + count
             prev = 0.0 if emp[i] != emp[i] else emp[i]
             emp[i] = (old * prev + hits[i]) / total
@@ -509,7 +523,7 @@ class BudgetPolicy:
         for m, e, w, r in zip(self.marginal.tolist(), self.emp.tolist(), self.emp_weight.tolist(),
                               self.emp_round.tolist()):
             calibrated = (0.0 if m != m else m) * bias
-            weight = w * keep ** (self.rounds - r)
+            weight = w * keep ** _skipped(self.rounds, r)
             if weight > 0:
                 calibrated = (weight * (0.0 if e != e else e) + EMP_PRIOR * calibrated) / (weight + EMP_PRIOR)
             out.append(min(1.0, max(0.0, calibrated)))

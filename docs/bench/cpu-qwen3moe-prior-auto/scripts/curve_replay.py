@@ -69,8 +69,9 @@ def replay(rounds, cost, skip=20):
 def main():
     model, head_dir, prompts_file, n, pkl = sys.argv[1:6]
     if not os.path.exists(pkl):
+        rounds = record(model, head_dir, prompts_file, int(n))
         with open(pkl, "wb") as f:
-            pickle.dump(record(model, head_dir, prompts_file, int(n)), f)
+            pickle.dump(rounds, f)
     with open(pkl, "rb") as f:
         rounds = pickle.load(f)
     full = [r for r in rounds if r[0].n == B]
