@@ -65,6 +65,10 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="measure every cell this many times, the configurations taking turns, and report "
                         "the totals (a noisy machine's slow minutes then fall on every configuration)")
+    p.add_argument("--warmup-passes", type=int, default=0,
+                   help="before measuring, run the first cell (first workload, first batch size) this many "
+                        "times over every configuration, unmeasured (besides each server's 3 warm-up requests): "
+                        "the adaptive width then meets the widths it will use and learns its curve first")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -87,6 +91,8 @@ def main(argv=None) -> None:
         rates = [float(r) for r in parse_list(args.serving_rates, "serving-rates")] if args.serving_rates else []
         if args.repeats < 1:
             raise ValueError(f"--repeats {args.repeats} must be >= 1")
+        if args.warmup_passes < 0:
+            raise ValueError(f"--warmup-passes {args.warmup_passes} must be >= 0")
         if args.max_new_tokens < 1 or args.num_prompts < 1:
             raise ValueError("--max-new-tokens and --num-prompts must be >= 1")
         if args.expert_trace and not args.expert_aware_off:
@@ -132,7 +138,8 @@ def main(argv=None) -> None:
                      serving_prompts=args.serving_prompts, max_total_tokens=args.max_total_tokens,
                      expert_trace=str(Path(args.expert_trace).resolve()) if args.expert_trace else None,
                      auto_max_width=args.auto_max_width, standalone_draft=args.standalone_draft,
-                     standalone_steps=args.standalone_steps, repeats=args.repeats)
+                     standalone_steps=args.standalone_steps, repeats=args.repeats,
+                     warmup_passes=args.warmup_passes)
     print(f"[bench] {len(configs)} configurations x {len(workloads)} workloads x {len(batch_sizes)} batch sizes; "
           f"logs in {out / 'logs'}", flush=True)
     report = run_suite(plan, out / "logs", progress=lambda s: print(s, flush=True))

@@ -27,11 +27,12 @@ def test_bench_runs_end_to_end_and_writes_its_schema(tmp_path, smollm2_dir, smol
     out = tmp_path / "bench"
     main(["--model", str(smollm2_dir), "--workload", str(work), "--batch-sizes", "1,2", "--budgets", "8,auto",
           "--methods", "ar,jetspec,chain,ngram", "--max-new-tokens", "16", "--num-prompts", "2",
-          "--out", str(out)])
+          "--warmup-passes", "1", "--out", str(out)])
 
     report = json.loads((out / "results.json").read_text())
     assert report["schema_version"] == 1 and report["skipped"] == {}
     assert {"machine", "plan", "results", "serving", "seconds"} <= set(report)
+    assert report["plan"]["warmup_passes"] == 1
     results = report["results"]
     labels = {(r["label"], r["batch_size"]) for r in results}
     assert labels == {(lab, bs) for lab in ("ar", "jetspec@8", "jetspec@auto", "chain@16", "ngram")

@@ -285,6 +285,14 @@ def test_pair_prior_off_needs_a_head_with_a_prior(tmp_path):
         main(["--model", str(model_path("qwen3moe")), "--head", str(head), "--pair-prior-off", "--out", str(tmp_path / "out")])
 
 
+def test_warmup_passes_must_not_be_negative(tmp_path):
+    from launch.bench import main
+    from sglang_jetspec.model_store import model_path
+
+    with pytest.raises(SystemExit, match=r"--warmup-passes -1 must be >= 0"):
+        main(["--model", str(model_path("qwen3moe")), "--warmup-passes", "-1", "--out", str(tmp_path / "out")])
+
+
 def test_cpu_linear_onednn_pairs_ar_and_every_static_budget():
     from sglang_jetspec.bench.runner import compare_to_ar
     from sglang_jetspec.bench.suite import server_env

@@ -55,6 +55,7 @@ class BenchPlan:
     standalone_draft: str | None = None  # draft model of method standalone (SGLang STANDALONE)
     standalone_steps: int = 4            # its chain length (num-draft-tokens = steps + 1)
     repeats: int = 1                     # each cell measured this many times, interleaved
+    warmup_passes: int = 0               # unmeasured passes of the first cell before measuring
 
 
 def server_spec(plan: BenchPlan, key: str):
@@ -158,6 +159,13 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
             for ids in encoded[next(iter(encoded))][:WARMUP_REQUESTS]:
                 server.generate(ids, plan.max_new_tokens, temperature=0.0)
         configs = [c for c in plan.configs if c.server in servers]  # plan order: ar first
+        first = next(iter(encoded))
+        bs0 = plan.batch_sizes[0]
+        for k in range(plan.warmup_passes):  # the first cell, every configuration, not measured
+            progress(f"[bench] warm-up pass {k + 1}/{plan.warmup_passes} (not measured): {first}, batch {bs0}")
+            for c in configs:
+                measure(servers[c.server], c, first, encoded[first][: max(plan.num_prompts, bs0)], bs0,
+                        plan.max_new_tokens)
 
         def cell(w, name, prompts, bs, phases=None):
             """Every configuration on one (workload, load), `repeats` passes in turn."""
@@ -195,7 +203,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
                  "max_total_tokens": plan.max_total_tokens,
                  "standalone_draft": _shown(plan.standalone_draft) if plan.standalone_draft else None,
                  "standalone_steps": plan.standalone_steps if plan.standalone_draft else None,
-                 "repeats": plan.repeats},
+                 "repeats": plan.repeats, "warmup_passes": plan.warmup_passes},
         "results": [m.to_json() for m in results],
         "skipped": skipped,
         "serving": serving,
