@@ -140,6 +140,7 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
     serving: list[dict] = []
     t_start = time.time()
     servers: dict[str, LocalServer] = {}
+    first = next(iter(encoded))  # the first workload: warm-up requests and warm-up passes
     try:
         for key in servers_needed(plan.configs):
             labels = ", ".join(c.label for c in plan.configs if c.server == key)
@@ -156,10 +157,9 @@ def run_suite(plan: BenchPlan, log_dir: Path, progress=print) -> dict:
             servers[key] = server
             # warm-up, not measured: a few full-length requests, so that one-off costs (first
             # shapes, the adaptive width's warm-up ladder over every width) stay out of the numbers
-            for ids in encoded[next(iter(encoded))][:WARMUP_REQUESTS]:
+            for ids in encoded[first][:WARMUP_REQUESTS]:
                 server.generate(ids, plan.max_new_tokens, temperature=0.0)
         configs = [c for c in plan.configs if c.server in servers]  # plan order: ar first
-        first = next(iter(encoded))
         bs0 = plan.batch_sizes[0]
         for k in range(plan.warmup_passes):  # the first cell, every configuration, not measured
             progress(f"[bench] warm-up pass {k + 1}/{plan.warmup_passes} (not measured): {first}, batch {bs0}")
