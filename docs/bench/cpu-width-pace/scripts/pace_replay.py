@@ -32,10 +32,9 @@ import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "cpu-qwen3moe-prior-auto", "scripts"))
-from decay_replay import B, cut  # noqa: E402
+from decay_replay import B, Sim  # noqa: E402
 
 import sglang_jetspec.integration.budget_policy as bp  # noqa: E402
-from sglang_jetspec.core.budget_controller import tree_prefix  # noqa: E402
 
 
 def parse_args():
@@ -56,52 +55,46 @@ def parse_args():
     return p.parse_args()
 
 
-class Run:
-    def __init__(self, steps, bs, args, seed):
-        self.steps, self.bs, self.a = steps, bs, args
+class DriftSim(Sim):
+    """decay_replay's simulation with every step's time (head included) scaled by the drift of
+    its step index; static() and policy() both call step_s once per step, in order."""
+
+    def __init__(self, rounds_by_name, order, bs, args, seed):
+        super().__init__(rounds_by_name, order, bs, args)
         rng = random.Random(1000 + seed)
         self.factor = []
-        while len(self.factor) < len(steps):
+        while len(self.factor) < len(self.steps):
             f = rng.uniform(1 - args.drift, 1 + args.drift)
             self.factor += [f] * rng.randint(args.phase_min, args.phase_max)
-        self.factor = [f * math.exp(rng.gauss(0, args.noise)) for f in self.factor[:len(steps)]]
+        self.factor = [f * math.exp(rng.gauss(0, args.noise)) for f in self.factor[:len(self.steps)]]
+        self.k = 0
 
-    def head_s(self, k, rows):
-        a = self.a
-        return 0.0 if rows == 0 else (a.draft_ms + a.draft_row_ms * self.bs * rows) / 1e3 * self.factor[k]
+    def draft_s(self, rows):
+        return super().draft_s(rows) * self.factor[self.k]
 
-    def step_s(self, k, width, rows):
-        return (self.a.verify_ms + self.a.row_ms * self.bs * width) / 1e3 * self.factor[k] + self.head_s(k, rows)
+    def step_s(self, width, rows):
+        s = (self.a.verify_ms + self.a.row_ms * self.bs * width) / 1e3 * self.factor[self.k] + self.draft_s(rows)
+        self.k += 1
+        return s
 
     def static(self, width):
-        tokens = sum(cut(t, p, width)[1] for st in self.steps for t, p, _ in st)
-        seconds = sum(self.step_s(k, max(min(width, t.n) for t, _, _ in st), width - 1)
-                      for k, st in enumerate(self.steps))
-        return tokens / seconds
+        self.k = 0
+        return super().static(width)
 
-    def policy(self, seed, pace_alpha, base_alpha):
-        pol = bp.BudgetPolicy(B, draft_depth=B - 1, seed=seed, **({"pace_alpha": pace_alpha} if pace_alpha else {}))
-        pol.measured_alpha = base_alpha
-        tokens = seconds = 0.0
-        for k, st in enumerate(self.steps):
-            w = pol.plan(self.bs, None)
-            trees, budgets, paths, bonus = [], [], [], []
-            for tree, path, bonus_token in st:
-                b, n = cut(tree, path, w)
-                trees.append(tree_prefix(tree, b))
-                budgets.append(b)
-                paths.append(path[:n])
-                bonus.append(int(tree.tokens[path[n]]) if n < len(path) else bonus_token)
-                tokens += n
-            probe = pol.probe
-            rows = B - 1 if probe else min(w, B) - 1
-            if rows:
-                pol.note_draft(self.bs, rows, self.head_s(k, rows))
-            s = self.step_s(k, max(budgets), rows)
-            pol.observe(trees, budgets, paths, bonus, s, probe_trees=[r[0] for r in st] if probe else None,
-                        probe_budgets=[r[0].n for r in st] if probe else None)
-            seconds += s
-        return tokens / seconds
+    def policy(self, seed, pace_alpha=0.0, base_alpha=0.2):
+        self.k = 0
+        plain = bp.BudgetPolicy
+
+        def make(*a, **kw):
+            pol = plain(*a, **kw, **({"pace_alpha": pace_alpha} if pace_alpha else {}))
+            pol.measured_alpha = base_alpha
+            return pol
+
+        bp.BudgetPolicy = make  # decay_replay builds its policy through this module attribute
+        try:
+            return super().policy(seed)
+        finally:
+            bp.BudgetPolicy = plain
 
 
 def main():
@@ -117,16 +110,11 @@ def main():
           f" policy tokens/s over the best static width's, mean (min) over seeds 0-{args.seeds - 1}")
     totals = {v: [] for v in variants}
     for order in args.orders:
-        rounds = []
-        for name in order.split(",") * 2:
-            rounds += rounds_by_name[name]
         for bs in (int(x) for x in args.batch_sizes.split(",")):
-            streams = [rounds[i::bs] for i in range(bs)]
-            steps = [[s[k] for s in streams] for k in range(min(len(s) for s in streams))]
             res = {v: [] for v in variants}
             widths = []
             for seed in range(args.seeds):
-                run = Run(steps, bs, args, seed)
+                run = DriftSim(rounds_by_name, order.split(","), bs, args, seed)
                 static = {w: run.static(w) for w in range(1, B + 1)}
                 best = max(static, key=static.get)
                 widths.append(best)
