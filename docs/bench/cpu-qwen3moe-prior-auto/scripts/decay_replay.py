@@ -93,13 +93,19 @@ class Sim:
         return tokens / seconds
 
 
-def main():
-    args = parse_args()
+def load_rounds(paths):
+    """{workload: recorded rounds} from curve_replay.py's PKL files (named rec_WORKLOAD.pkl)."""
     rounds_by_name = {}
-    for path in args.rounds:
+    for path in paths:
         name = path.rsplit("/", 1)[-1].removesuffix(".pkl").removeprefix("rec_")
         with open(path, "rb") as f:
             rounds_by_name[name] = [r for r in pickle.load(f) if r is not None]
+    return rounds_by_name
+
+
+def main():
+    args = parse_args()
+    rounds_by_name = load_rounds(args.rounds)
     print(f"step = {args.verify_ms} + {args.row_ms} ms x rows, head {args.draft_ms} + {args.draft_row_ms} ms x head rows;"
           f" policy tokens/s over the best static width's, mean (min) over seeds 0-{args.seeds - 1}")
     decays = [float(x) for x in args.decays.split(",")]

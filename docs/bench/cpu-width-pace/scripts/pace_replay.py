@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "cpu-qwen3moe-prior-auto", "scripts"))
-from decay_replay import B, Sim  # noqa: E402
+from decay_replay import B, Sim, load_rounds  # noqa: E402
 
 import sglang_jetspec.integration.budget_policy as bp  # noqa: E402
 
@@ -99,11 +98,7 @@ class DriftSim(Sim):
 
 def main():
     args = parse_args()
-    rounds_by_name = {}
-    for path in args.rounds:
-        name = path.rsplit("/", 1)[-1].removesuffix(".pkl").removeprefix("rec_")
-        with open(path, "rb") as f:
-            rounds_by_name[name] = [r for r in pickle.load(f) if r is not None]
+    rounds_by_name = load_rounds(args.rounds)
     variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
     print(f"step = ({args.verify_ms} + {args.row_ms} ms x rows + head {args.draft_ms} + {args.draft_row_ms} ms x head rows)"
           f" x drift (+-{args.drift:g}, phases {args.phase_min}-{args.phase_max} steps) x noise (sigma {args.noise:g});"
