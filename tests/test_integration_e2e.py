@@ -199,6 +199,8 @@ def test_round_counters_and_gauges_are_published(setup):
     js = info["internal_states"][0]["jetspec"]
     assert js["rounds"] > 0 and sum(js["accept_hist"]) == js["request_rounds"]
     assert js["budget"]["mode"] == "static" and js["seconds"]["verify"] > 0
+    # the head's context pool was counted in SGLang's KV pool sizing (hooks.py, patch 6)
+    assert js["head_pool"]["budgeted"] is True and js["head_pool"]["bytes_per_slot"] > 0, js["head_pool"]
     text = urllib.request.urlopen(spec.url("/metrics"), timeout=30).read().decode()
     width = [ln for ln in text.splitlines() if ln.startswith("sglang:jetspec_verify_width{")]
     assert width and float(width[0].rsplit(" ", 1)[1]) == BUDGET, width

@@ -1,4 +1,4 @@
-"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Five.
+"""Every HookRegistry patch JETSPEC applies to SGLang, named and explained here. Six.
 
 1. `sglang.srt.mem_cache.allocation_sizing.get_alloc_len_per_decode` (AROUND; the value
    follows the adaptive width under SGLANG_JETSPEC_KV_RESERVE=follow: kv_reserve.py)
@@ -43,6 +43,18 @@
    The scheduler's internal state is what /get_server_info returns, so the hook adds the
    worker's cumulative counters there as `internal_states[0]["jetspec"]`. Scope: only when the
    scheduler's speculative worker is JETSPEC's; it reads counters, changes nothing.
+
+6. `sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator` (AROUND)
+   Why: the head keeps its context K/V in a pool with one row per target KV slot
+   (head_pool.py), allocated by the worker after SGLang sized its KV pool from
+   --mem-fraction-static. Unbudgeted, that pool (2 x head layers x kv heads x head dim x dtype
+   bytes per slot: 2/48 of a Qwen3-30B-A3B KV pool for a 2-layer head of its attention shape)
+   comes out of the memory SGLang leaves for activations and graphs, where a large KV pool can
+   run the device out of memory at the first big verify. EAGLE's draft KV is budgeted the same way (SGLang adds the
+   draft layers to the per-token cell size). The hook adds the head's bytes per slot to the
+   standard configurator's per-token cell size, so the KV pool and the head pool together fit
+   the budget; for the other configurators (sliding-window, hybrid) it logs how much is not
+   budgeted. Scope: only when the configured algorithm is JETSPEC, on the target's pools.
 """
 
 from __future__ import annotations
@@ -56,6 +68,9 @@ VALIDATE_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager._valid
 ROW_EXTRA_TARGET = "sglang.srt.mem_cache.allocation_sizing.get_req_to_token_extra_context_len"
 STATE_TARGET = ("sglang.srt.managers.scheduler_components.internal_state."
                 "SchedulerInternalStateController._add_speculative")
+POOL_TARGET = "sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator"
+# what hook 6 did in this process: bytes per slot added to SGLang's cell size (None: not run)
+head_pool_budget: dict = {"bytes_per_slot": None, "budgeted": False}
 
 
 def is_jetspec(algorithm: str | None) -> bool:
@@ -137,6 +152,49 @@ def _add_round_stats(result, controller, state, *args, **kwargs):
     return result
 
 
+def head_pool_bytes_per_slot(num_layers: int, num_kv_heads: int, head_dim: int, element_size: int) -> int:
+    """Bytes the head's context pool holds per target KV slot: K and V of every head layer."""
+    for name, v in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+                    ("element_size", element_size)):
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"{name} {v!r} must be an int >= 1")
+    return 2 * num_layers * num_kv_heads * head_dim * element_size
+
+
+def budget_head_pool(configurator, per_slot: int) -> bool:
+    """Add the head pool's bytes per slot to a pool configurator's per-token cell size; False
+    (nothing changed) for a configurator without one (sliding-window and hybrid pools)."""
+    cell = getattr(configurator, "_cell_size", None)
+    if not isinstance(cell, int) or cell <= 0:
+        return False
+    configurator._cell_size = cell + per_slot
+    return True
+
+
+def _budget_pool(original, kvc, *args, **kwargs):
+    import logging
+
+    import torch
+
+    configurator = original(kvc, *args, **kwargs)
+    sa = getattr(kvc, "server_args", None)
+    if getattr(kvc, "is_draft_worker", False) or not is_jetspec(getattr(sa, "speculative_algorithm", None)):
+        return configurator
+    from sglang_jetspec.integration.server_args import load_head_config
+
+    head = load_head_config(sa.speculative_draft_model_path)
+    # the worker allocates the pool in the target's dtype (worker.py: the drafter's dtype)
+    per_slot = head_pool_bytes_per_slot(head.num_hidden_layers, head.num_key_value_heads, head.head_dim,
+                                        torch.empty((), dtype=kvc.model_dtype).element_size())
+    budgeted = budget_head_pool(configurator, per_slot)
+    head_pool_budget.update(bytes_per_slot=per_slot, budgeted=budgeted)
+    if not budgeted:
+        logging.getLogger(__name__).warning(
+            "JETSPEC: the head context pool (%d bytes per KV slot) is not budgeted by SGLang's %s; "
+            "leave room for it with a lower --mem-fraction-static", per_slot, type(configurator).__name__)
+    return configurator
+
+
 _registered = False
 
 
@@ -154,4 +212,5 @@ def register_hooks() -> None:
     HookRegistry.register(VALIDATE_TARGET, _reject_bad_prompt, HookType.BEFORE)
     HookRegistry.register(ROW_EXTRA_TARGET, _row_extra, HookType.AROUND)
     HookRegistry.register(STATE_TARGET, _add_round_stats, HookType.AFTER)
+    HookRegistry.register(POOL_TARGET, _budget_pool, HookType.AROUND)
     _registered = True

@@ -179,8 +179,12 @@ class JetSpecWorker(BaseSpecWorker):
         cfg = self.drafter.cfg
         self.head_pool = HeadContextPool(cfg.num_hidden_layers, num_slots, cfg.num_key_value_heads,
                                          cfg.head_dim, self.device, self.drafter.embed_weight.dtype)
-        logger.info("JETSPEC head context pool: %d slots, %.1f MB", num_slots,
-                    self.head_pool.nbytes() / 2**20)
+        from sglang_jetspec.integration.hooks import head_pool_budget
+
+        budget = dict(head_pool_budget, slots=num_slots, mb=round(self.head_pool.nbytes() / 2**20, 3))
+        self.stats.attach("head_pool", lambda: dict(budget))
+        logger.info("JETSPEC head context pool: %d slots, %.1f MB (%s SGLang's KV pool sizing)", num_slots,
+                    budget["mb"], "budgeted in" if budget["budgeted"] else "NOT budgeted in")
         # the routed-experts capturer exists once the target's pools do
         self.experts = self._expert_scheduler(self._text_cfg, self.server_args)
 
