@@ -5,10 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sglang_jetspec.integration.hooks import (POOL_TARGET, budget_head_pool, head_pool_bytes_per_slot,
-                                              register_hooks)
+from sglang_jetspec.integration.head_pool import HeadContextPool
+from sglang_jetspec.integration.hooks import POOL_TARGET, budget_head_pool, register_hooks
+from sglang_jetspec.model_store import shipped_head_dir
 
-HEAD = "models/qwen3moe-tiny-jetspec"
+HEAD = str(shipped_head_dir("qwen3moe"))
 
 
 def _sglang_configurator(cell: int):
@@ -23,14 +24,17 @@ def _sglang_configurator(cell: int):
 
 
 def test_bytes_per_slot_are_k_and_v_of_every_head_layer():
-    assert head_pool_bytes_per_slot(2, 4, 128, 2) == 2 * 2 * 4 * 128 * 2
+    assert HeadContextPool.bytes_per_slot(2, 4, 128, torch.bfloat16) == 2 * 2 * 4 * 128 * 2
     with pytest.raises(ValueError, match="num_kv_heads 0 must be an int >= 1"):
-        head_pool_bytes_per_slot(2, 0, 128, 2)
+        HeadContextPool.bytes_per_slot(2, 0, 128, torch.bfloat16)
+    # the pool the worker allocates holds exactly that per slot
+    pool = HeadContextPool(2, 10, 4, 128, "cpu", torch.bfloat16)
+    assert pool.nbytes() == 10 * HeadContextPool.bytes_per_slot(2, 4, 128, torch.bfloat16) == 2 * pool.k.numel() * 2
 
 
 def test_kv_pool_and_head_pool_together_fit_the_budget_sglang_sizes_from():
     # Qwen3-30B-A3B: 48 layers x 4 kv heads x 128 x bf16 (K and V) per token; a 2-layer head
-    target_cell, head = 2 * 48 * 4 * 128 * 2, head_pool_bytes_per_slot(2, 4, 128, 2)
+    target_cell, head = 2 * 48 * 4 * 128 * 2, HeadContextPool.bytes_per_slot(2, 4, 128, torch.bfloat16)
     budget = 20 * 2**30
     plain = _sglang_configurator(target_cell).calculate_pool_sizes(budget, 1).max_total_num_tokens
     conf = _sglang_configurator(target_cell)

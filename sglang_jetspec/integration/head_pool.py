@@ -28,8 +28,18 @@ class HeadContextPool:
     def num_slots(self) -> int:
         return self.k.shape[1]
 
+    @staticmethod
+    def bytes_per_slot(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        """Bytes the pool holds per target KV slot: K and V of every head layer (what hooks.py
+        adds to SGLang's per-token cell size before it sizes the KV pool)."""
+        for name, v in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} {v!r} must be an int >= 1")
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        layers, slots, kv_heads, head_dim = self.k.shape
+        return slots * self.bytes_per_slot(layers, kv_heads, head_dim, self.k.dtype)
 
     def write(self, slots: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Store per-layer k, v [t, H_kv, hd] of t tokens at their target slots [t].

@@ -50,9 +50,9 @@
    --mem-fraction-static. Unbudgeted, that pool (2 x head layers x kv heads x head dim x dtype
    bytes per slot: 2/48 of a Qwen3-30B-A3B KV pool for a 2-layer head of its attention shape)
    comes out of the memory SGLang leaves for activations and graphs, where a large KV pool can
-   run the device out of memory at the first big verify. EAGLE's draft KV is budgeted the same way (SGLang adds the
-   draft layers to the per-token cell size). The hook adds the head's bytes per slot to the
-   standard configurator's per-token cell size, so the KV pool and the head pool together fit
+   run the device out of memory at the first big verify. EAGLE's draft KV is budgeted the same
+   way (SGLang adds the draft layers to the per-token cell size). The hook adds the head's bytes
+   per slot (HeadContextPool.bytes_per_slot) to the standard configurator's per-token cell size, so the KV pool and the head pool together fit
    the budget; for the other configurators (sliding-window, hybrid) it logs how much is not
    budgeted. Scope: only when the configured algorithm is JETSPEC, on the target's pools.
 """
@@ -152,15 +152,6 @@ def _add_round_stats(result, controller, state, *args, **kwargs):
     return result
 
 
-def head_pool_bytes_per_slot(num_layers: int, num_kv_heads: int, head_dim: int, element_size: int) -> int:
-    """Bytes the head's context pool holds per target KV slot: K and V of every head layer."""
-    for name, v in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
-                    ("element_size", element_size)):
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"{name} {v!r} must be an int >= 1")
-    return 2 * num_layers * num_kv_heads * head_dim * element_size
-
-
 def budget_head_pool(configurator, per_slot: int) -> bool:
     """Add the head pool's bytes per slot to a pool configurator's per-token cell size; False
     (nothing changed) for a configurator without one (sliding-window and hybrid pools)."""
@@ -174,18 +165,17 @@ def budget_head_pool(configurator, per_slot: int) -> bool:
 def _budget_pool(original, kvc, *args, **kwargs):
     import logging
 
-    import torch
-
     configurator = original(kvc, *args, **kwargs)
     sa = getattr(kvc, "server_args", None)
     if getattr(kvc, "is_draft_worker", False) or not is_jetspec(getattr(sa, "speculative_algorithm", None)):
         return configurator
+    from sglang_jetspec.integration.head_pool import HeadContextPool
     from sglang_jetspec.integration.server_args import load_head_config
 
     head = load_head_config(sa.speculative_draft_model_path)
     # the worker allocates the pool in the target's dtype (worker.py: the drafter's dtype)
-    per_slot = head_pool_bytes_per_slot(head.num_hidden_layers, head.num_key_value_heads, head.head_dim,
-                                        torch.empty((), dtype=kvc.model_dtype).element_size())
+    per_slot = HeadContextPool.bytes_per_slot(head.num_hidden_layers, head.num_key_value_heads, head.head_dim,
+                                              kvc.model_dtype)
     budgeted = budget_head_pool(configurator, per_slot)
     head_pool_budget.update(bytes_per_slot=per_slot, budgeted=budgeted)
     if not budgeted:
