@@ -48,7 +48,7 @@ from sglang.srt.speculative.spec_utils import (
 from sglang_jetspec.core.budget_controller import tree_prefix
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
-from sglang_jetspec.core.tree import build_tree_from_top
+from sglang_jetspec.core.tree import build_trees_from_top
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
@@ -271,9 +271,10 @@ class JetSpecWorker(BaseSpecWorker):
         # the committed token before each anchor (the prior's context of the root; the expert predictor's)
         prev = [int(r.output_ids[-2]) if len(r.output_ids) > 1 else int(r.origin_input_ids[-1]) for r in batch.reqs]
         with stats.phase("tree"):
-            trees = [build_tree_from_top(int(root), v, i, t.budget, t.width, min(t.depth, rows),
-                                         prior=self.prior, prev_token=p)
-                     for root, v, i, t, p in zip(anchors.tolist(), top_vals, top_ids, full if probe else settings, prev)]
+            built = full if probe else settings
+            trees = build_trees_from_top(anchors.tolist(), top_vals, top_ids, [t.budget for t in built],
+                                         [t.width for t in built], [min(t.depth, rows) for t in built],
+                                         prior=self.prior, prev_tokens=prev)
             probe_trees = trees if probe else None
             if probe:  # verify the prefix of this width: the tree its budget builds
                 trees = [tree_prefix(p, min(p.n, t.budget)) for p, t in zip(probe_trees, settings)]

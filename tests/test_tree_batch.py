@@ -1,0 +1,97 @@
+"""build_trees_from_top (core/tree.py): a batch's trees built with one table check and one host
+copy equal the trees of build_tree_from_top called per request, with and without the n-gram
+prior, for mixed budgets, widths and depths, and bad tables are refused as per request."""
+
+import random
+
+import pytest
+import torch
+
+from sglang_jetspec.core.pair_prior import PairPrior, PriorSettings
+from sglang_jetspec.core.tree import build_tree_from_top, build_trees_from_top
+
+FIELDS = ("tokens", "parents", "depths", "ranks", "scores")
+
+
+def _case(seed: int):
+    rnd, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    vocab, b, rows = rnd.choice([7, 20, 60]), rnd.randint(1, 6), rnd.randint(1, 8)
+    k = rnd.randint(1, min(vocab, 12))
+    logits = torch.randn(b, rows, vocab, generator=g) * rnd.choice([0.1, 1.0, 3.0])
+    if rnd.random() < 0.3:
+        logits = logits.round()  # many equal log-probs: the tie order must match too
+    vals, ids = torch.log_softmax(logits, -1).topk(k, -1)
+    seqs = [[rnd.randrange(vocab) for _ in range(rnd.randint(2, 40))] for _ in range(rnd.randint(0, 30))]
+    prior = PairPrior.from_sequences(seqs, vocab, PriorSettings(weight=rnd.choice([0.0, 0.5, 1.0]),
+                                                                weight3=rnd.choice([0.0, 0.5]), pool=k))
+    args = dict(roots=[rnd.randrange(vocab) for _ in range(b)], budgets=[rnd.randint(1, 40) for _ in range(b)],
+                widths=[rnd.randint(1, 9) for _ in range(b)], max_depths=[rnd.randint(1, rows) for _ in range(b)],
+                prev_tokens=[rnd.choice([None, rnd.randrange(vocab)]) for _ in range(b)])
+    return vals, ids, prior, args
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+@pytest.mark.parametrize("seed", range(40))
+def test_batch_trees_equal_the_per_request_trees(seed, with_prior):
+    vals, ids, prior, a = _case(seed)
+    prior = prior if with_prior else None
+    got = build_trees_from_top(a["roots"], vals, ids, a["budgets"], a["widths"], a["max_depths"], prior,
+                               a["prev_tokens"])
+    assert len(got) == vals.shape[0]
+    for i, tree in enumerate(got):
+        ref = build_tree_from_top(a["roots"][i], vals[i], ids[i], a["budgets"][i], a["widths"][i],
+                                  a["max_depths"][i], prior=prior, prev_token=a["prev_tokens"][i])
+        for f in FIELDS:
+            assert torch.equal(getattr(tree, f), getattr(ref, f)), (seed, i, f)
+
+
+def _table(rows=3, k=4):
+    return torch.log_softmax(torch.randn(2, rows, 20, generator=torch.Generator().manual_seed(0)), -1).topk(k, -1)
+
+
+@pytest.mark.parametrize("spoil,msg", [
+    (lambda v: v[1, 0, 1].fill_(float("nan")), "NaN"),
+    (lambda v: v[0, 1, 0].fill_(0.5), "not logits"),
+    (lambda v: v[1, 1, 2].fill_(0.0), "descending"),
+])
+def test_bad_tables_are_refused_like_one_request(spoil, msg):
+    vals, ids = _table()
+    spoil(vals)
+    with pytest.raises(ValueError, match=msg):
+        build_trees_from_top([0, 0], vals, ids, [8, 8], [4, 4], [3, 3])
+    errors = []
+    for i in range(2):  # the per-request calls refuse the same table, for the same reason
+        try:
+            build_tree_from_top(0, vals[i], ids[i], 8, 4, 3)
+        except ValueError as e:
+            errors.append(str(e))
+    assert len(errors) == 1 and msg in errors[0]
+
+
+def test_rows_and_columns_a_request_never_reads_are_not_checked():
+    vals, ids = _table()
+    vals[0, 2, :] = float("nan")  # request 0 stops at depth 2: its row 2 is never read
+    vals[1, :, 3] = float("nan")  # request 1 has width 3 and no prior: column 3 is never read
+    trees = build_trees_from_top([1, 2], vals, ids, [8, 8], [4, 3], [2, 3])
+    assert [t.n for t in trees] == [8, 8]
+    with pytest.raises(ValueError, match="NaN"):
+        build_trees_from_top([1, 2], vals, ids, [8, 8], [4, 3], [3, 3])
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(budgets=[8]), "one entry per request"),
+    (dict(budgets=[0, 8]), "budget 0"),
+    (dict(max_depths=[4, 3]), "max_depth 4"),
+])
+def test_bad_arguments_name_the_value(kw, msg):
+    vals, ids = _table()
+    a = dict(roots=[0, 0], budgets=[8, 8], widths=[4, 4], max_depths=[3, 3]) | kw
+    with pytest.raises(ValueError, match=msg):
+        build_trees_from_top(a["roots"], vals, ids, a["budgets"], a["widths"], a["max_depths"])
+
+
+def test_a_negative_prev_token_is_refused_with_a_prior():
+    vals, ids = _table()
+    prior = PairPrior.from_sequences([[1, 2, 3, 1, 2]], 20)
+    with pytest.raises(ValueError, match="prev_token -3"):
+        build_trees_from_top([0, 0], vals, ids, [8, 8], [4, 4], [3, 3], prior, [1, -3])
