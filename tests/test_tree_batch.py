@@ -1,13 +1,16 @@
 """build_trees_from_top (core/tree.py): a batch's trees built with one table check and one host
-copy equal the trees of build_tree_from_top called per request, with and without the n-gram
-prior, for mixed budgets, widths and depths, and bad tables are refused as per request."""
+copy, and with the prior by the compiled builder (core/tree_native.py), equal the trees of
+build_tree_from_top called per request (the Python reference), with and without the n-gram
+prior, for mixed budgets, widths and depths; bad tables are refused as per request."""
 
 import random
+import shutil
 
 import pytest
 import torch
 
 from sglang_jetspec.core.pair_prior import PairPrior, PriorSettings
+from sglang_jetspec.core import tree_native
 from sglang_jetspec.core.tree import build_tree_from_top, build_trees_from_top
 
 FIELDS = ("tokens", "parents", "depths", "ranks", "scores")
@@ -30,13 +33,18 @@ def _case(seed: int):
     return vals, ids, prior, args
 
 
-@pytest.mark.parametrize("with_prior", [False, True])
+def test_the_native_builder_is_built_where_there_is_a_compiler():
+    if shutil.which("c++") or shutil.which("g++"):
+        assert tree_native.library() is not None, "a C++ compiler is here but the native tree builder failed"
+
+
+@pytest.mark.parametrize("path", ["plain", "prior-python", "prior-native"])
 @pytest.mark.parametrize("seed", range(40))
-def test_batch_trees_equal_the_per_request_trees(seed, with_prior):
+def test_batch_trees_equal_the_per_request_trees(seed, path):
     vals, ids, prior, a = _case(seed)
-    prior = prior if with_prior else None
+    prior = None if path == "plain" else prior
     got = build_trees_from_top(a["roots"], vals, ids, a["budgets"], a["widths"], a["max_depths"], prior,
-                               a["prev_tokens"])
+                               a["prev_tokens"], native=path == "prior-native")
     assert len(got) == vals.shape[0]
     for i, tree in enumerate(got):
         ref = build_tree_from_top(a["roots"][i], vals[i], ids[i], a["budgets"][i], a["widths"][i],
@@ -95,3 +103,48 @@ def test_a_negative_prev_token_is_refused_with_a_prior():
     prior = PairPrior.from_sequences([[1, 2, 3, 1, 2]], 20)
     with pytest.raises(ValueError, match="prev_token -3"):
         build_trees_from_top([0, 0], vals, ids, [8, 8], [4, 4], [3, 3], prior, [1, -3])
+
+
+# ---- the compiled builder's switch and fallbacks ----------------------------------------------
+
+@pytest.fixture
+def fresh_native(monkeypatch):
+    """tree_native as if not yet loaded in this process (restored afterwards)."""
+    monkeypatch.setattr(tree_native, "_state", {})
+    return monkeypatch
+
+
+@pytest.mark.parametrize("how", ["off", "no-compiler", "broken-compiler"])
+def test_without_the_native_builder_the_python_builder_gives_the_trees(fresh_native, caplog, how, tmp_path):
+    fresh_native.setenv("JETSPEC_CACHE_DIR", str(tmp_path))  # nothing compiled there yet
+    if how == "off":
+        fresh_native.setenv(tree_native.ENV, "Off ")
+    elif how == "no-compiler":
+        fresh_native.delenv("CXX", raising=False)
+        fresh_native.setattr(tree_native.shutil, "which", lambda name: None)
+    else:
+        fresh_native.setenv("CXX", "false")  # exits 1: the build fails
+    assert tree_native.library() is None
+    if how != "off":
+        assert "Python" in caplog.text  # said once, as a warning
+    vals, ids, prior, a = _case(3)
+    got = build_trees_from_top(a["roots"], vals, ids, a["budgets"], a["widths"], a["max_depths"], prior,
+                               a["prev_tokens"])
+    for i, tree in enumerate(got):
+        ref = build_tree_from_top(a["roots"][i], vals[i], ids[i], a["budgets"][i], a["widths"][i],
+                                  a["max_depths"][i], prior=prior, prev_token=a["prev_tokens"][i])
+        assert torch.equal(tree.tokens, ref.tokens) and torch.equal(tree.parents, ref.parents)
+
+
+def test_a_typo_in_the_switch_stops_the_server_at_startup(tmp_path):
+    from sglang_jetspec.integration.pair_prior_setting import check_pair_prior
+
+    PairPrior.from_sequences([[1, 2, 3, 1, 2]], 20).save(str(tmp_path))
+    errs = check_pair_prior(str(tmp_path), 20, environ={tree_native.ENV: "yes"})
+    assert errs and "SGLANG_JETSPEC_NATIVE_TREE='yes'" in errs[0] and "['on', 'off']" in errs[0]
+    assert check_pair_prior(str(tmp_path), 20, environ={tree_native.ENV: "off"}) == []
+
+
+def test_an_empty_batch_gives_no_trees():
+    vals, ids = _table()
+    assert build_trees_from_top([], vals[:0], ids[:0], [], [], []) == []

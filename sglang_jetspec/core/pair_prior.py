@@ -176,6 +176,28 @@ class PairPrior:
             return out
         return list(map(add, out, map(terms3.get, tokens, repeat(unseen3[grandparent, parent], n))))
 
+    def flat_tables(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`bonus`'s lookup tables as (int64 keys, float64 terms) pairs, the floats it adds: bigram
+        terms keyed p*V + t, the unseen-successor term of each bigram context keyed p, trigram
+        terms keyed (g*V + p)*V + t, the unseen term of each trigram context keyed g*V + p
+        (V = vocab_size). For the compiled tree builder (core/tree_native.py)."""
+        term2, unseen2, term3, unseen3 = self._terms or self.prepare()._terms
+        v = self.vocab_size
+        if v ** 3 >= 2 ** 63:
+            raise ValueError(f"a vocabulary of {v} tokens makes trigram keys overflow int64")
+
+        def table(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, vals = [], []
+            for key, x in pairs:
+                keys.append(key)
+                vals.append(x)
+            return torch.tensor(keys, dtype=torch.int64), torch.tensor(vals, dtype=torch.float64)
+
+        return [table((p * v + t, x) for p, terms in term2.items() for t, x in terms.items()),
+                table(unseen2.items()),
+                table(((g * v + p) * v + t, x) for (g, p), terms in term3.items() for t, x in terms.items()),
+                table((g * v + p, x) for (g, p), x in unseen3.items())]
+
     # ---- building -------------------------------------------------------------------------
 
     @classmethod

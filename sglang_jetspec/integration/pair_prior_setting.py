@@ -4,7 +4,8 @@
   SGLANG_JETSPEC_PAIR_PRIOR=off  plain best-first trees on the draft's log-probs
 
 Either way every drafted token is verified by the target, so outputs are the same; the prior only
-chooses which candidates become nodes. The file is checked at startup (readable, settings valid,
+chooses which candidates become nodes. SGLANG_JETSPEC_NATIVE_TREE=off builds the prior's trees in
+Python instead of the compiled builder (core/tree_native.py; the same trees). The file is checked at startup (readable, settings valid,
 its vocabulary the target's).
 """
 
@@ -25,10 +26,12 @@ def mode_from_env(environ=None) -> str:
 def check_pair_prior(folder: str, vocab_size: int, environ=None) -> list[str]:
     """Startup problems of the head folder's pair prior (none when it is off or absent)."""
     from sglang_jetspec.core.pair_prior import PairPrior
+    from sglang_jetspec.core.tree_native import setting as native_setting
 
     try:
         if mode_from_env(environ) == "off":
             return []
+        native_setting(environ)  # a typo stops the server here, not at the first tree
         prior = PairPrior.load(folder)
     except ValueError as e:
         return [str(e)]

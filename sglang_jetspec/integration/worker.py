@@ -49,6 +49,7 @@ from sglang_jetspec.core.budget_controller import tree_prefix
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
 from sglang_jetspec.core.tree import build_trees_from_top
+from sglang_jetspec.core.tree_native import prepare as prepare_native
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
 from sglang_jetspec.integration.budget_policy import BudgetPolicy, mode_from_env
@@ -137,7 +138,8 @@ class JetSpecWorker(BaseSpecWorker):
         logger.info("JETSPEC draft vocabulary: %s", "the target's full vocabulary" if vocab is None
                     else f"{len(vocab)} of {text_cfg.vocab_size} tokens ({DRAFT_VOCAB_FILE})")
         logger.info("JETSPEC tree prior: %s", "none (plain best-first trees)" if self.prior is None
-                    else f"{len(self.prior)} bigrams, {self.prior.trigram.shape[0]} trigrams, {self.prior.settings}")
+                    else f"{len(self.prior)} bigrams, {self.prior.trigram.shape[0]} trigrams, {self.prior.settings}; "
+                    f"trees built by {prepare_native(self.prior)}")
 
     def _expert_scheduler(self, text_cfg, server_args) -> ExpertScheduler | None:
         """Expert-aware pruning (expert_schedule.py) when the target is MoE and SGLang captures

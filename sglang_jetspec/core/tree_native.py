@@ -1,0 +1,167 @@
+"""The compiled fast path of the n-gram-prior tree builder (`tree_native.cpp`), loaded by ctypes.
+
+Why: with the prior every opened node scores its row's whole candidate pool under its own path,
+about 20 us of Python per node on this CPU (0.6-1 ms a budget-32 tree), and the server builds
+every request's tree on the host each round, so a GPU batch of 32 would spend ~20 ms a round in
+it. The same algorithm in C++ takes microseconds a tree (`python -m launch.bench_tree_build`).
+
+The Python builder (core/tree.py `_best_first_rescored`) stays the reference: the C++ repeats its
+float64 sums in the same order, its stable sort and its pop order, and tests compare the two
+trees on random inputs. The library is compiled on first use with the system C++ compiler ($CXX,
+else c++ / g++; about a second, no Python or torch headers) into the model cache
+(`$JETSPEC_CACHE_DIR/native/`), named by a hash of the source and flags. Without a compiler, or
+with SGLANG_JETSPEC_NATIVE_TREE=off, `library()` returns None and the Python builder runs (a
+warning says so once).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+if TYPE_CHECKING:
+    from .pair_prior import PairPrior
+
+logger = logging.getLogger(__name__)
+
+ENV = "SGLANG_JETSPEC_NATIVE_TREE"
+_SOURCE = Path(__file__).with_name("tree_native.cpp")
+_FLAGS = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off"]
+_state: dict = {}  # "lib": the loaded library or None, once tried
+
+
+def _cache_dir() -> Path:
+    from sglang_jetspec.model_store import cache_dir
+
+    return cache_dir() / "native"
+
+
+def _compile(compiler: str) -> Path:
+    source = _SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"jetspec_tree_{tag}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)  # concurrent builders each write their own
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)  # atomic: a reader sees the whole library or none
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    i64, p = ctypes.c_int64, ctypes.c_void_p
+    lib.jetspec_prior_new.restype = p
+    lib.jetspec_prior_new.argtypes = [i64, ctypes.c_int32, ctypes.c_int32] + [p, p, i64] * 4
+    lib.jetspec_prior_free.restype = None
+    lib.jetspec_prior_free.argtypes = [p]
+    lib.jetspec_build_trees.restype = None
+    lib.jetspec_build_trees.argtypes = [p, i64, i64, i64] + [p] * 7 + [i64] + [p] * 6
+    return lib
+
+
+def setting(environ=None) -> str:
+    """SGLANG_JETSPEC_NATIVE_TREE: on (default) or off; ValueError naming any other value."""
+    value = (os.environ if environ is None else environ).get(ENV, "on").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{ENV}={value!r} must be one of ['on', 'off']")
+    return value
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled builder, or None when it is switched off or cannot be built."""
+    if "lib" in _state:
+        return _state["lib"]
+    lib = None
+    if setting() == "on":
+        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+        if compiler is None:
+            logger.warning("no C++ compiler found ($CXX, c++, g++): the n-gram-prior trees are built in "
+                           "Python (about 20 us a node)")
+        else:
+            try:
+                lib = _load(_compile(compiler))
+            except Exception as e:  # a broken toolchain must not stop decoding: the reference builds the trees
+                logger.warning("the native tree builder could not be built (%s); trees are built in Python", e)
+    _state["lib"] = lib
+    return lib
+
+
+class _NativePrior:
+    """A PairPrior's lookup tables copied into the library (freed with this object)."""
+
+    def __init__(self, lib: ctypes.CDLL, prior: "PairPrior"):
+        self._lib = lib
+        tables = prior.flat_tables()  # keep the arrays alive while the library copies them
+        args = []
+        for keys, vals in tables:
+            args += [keys.data_ptr(), vals.data_ptr(), int(keys.numel())]
+        s = prior.settings
+        self.handle = lib.jetspec_prior_new(prior.vocab_size, int(s.weight == 0 and s.weight3 == 0),
+                                            int(s.weight3 != 0), *args)
+
+    def __del__(self):
+        handle, self.handle = getattr(self, "handle", None), None
+        if handle:
+            self._lib.jetspec_prior_free(handle)
+
+
+def native_prior(lib: ctypes.CDLL, prior: "PairPrior") -> _NativePrior:
+    """The library's copy of `prior`'s tables, made once per prior object."""
+    mine = getattr(prior, "_native", None)
+    if mine is None or mine._lib is not lib:
+        mine = prior._native = _NativePrior(lib, prior)
+    return mine
+
+
+def prepare(prior: "PairPrior") -> str:
+    """Compile (once) and load the library and copy `prior`'s tables into it now, so that no
+    request pays for it; says which builder the trees will use."""
+    lib = library()
+    if lib is None:
+        return "Python (the native builder is off or unavailable)"
+    native_prior(lib, prior)
+    return "the native builder"
+
+
+def build_rescored(lib: ctypes.CDLL, prior: "PairPrior", roots: Sequence[int], vals: torch.Tensor,
+                   ids: torch.Tensor, budgets: Sequence[int], widths: Sequence[int], max_depths: Sequence[int],
+                   prev_tokens: Sequence[int | None]):
+    """The rescored best-first trees of a batch (vals [b, D, k] float32 and ids [b, D, k] int64 on
+    the CPU, widths already capped at k): (tokens, parents, depths, scores, ranks) as [b, stride]
+    tensors and the node count of each request."""
+    b, rows, k = vals.shape
+    vals = vals.to(torch.float32).contiguous()
+    ids = ids.to(torch.int64).contiguous()
+    stride = max(budgets)
+
+    def longs(xs):
+        return torch.tensor(list(xs), dtype=torch.int64)
+
+    meta = [longs(roots), longs(budgets), longs(widths), longs(max_depths),
+            longs(-1 if p is None else p for p in prev_tokens)]
+    tokens, parents, depths, ranks = (torch.empty(b, stride, dtype=torch.int64) for _ in range(4))
+    scores = torch.empty(b, stride, dtype=torch.float64)
+    sizes = torch.empty(b, dtype=torch.int64)
+    lib.jetspec_build_trees(native_prior(lib, prior).handle, b, rows, k, vals.data_ptr(), ids.data_ptr(),
+                            *(m.data_ptr() for m in meta), stride, tokens.data_ptr(), parents.data_ptr(),
+                            depths.data_ptr(), scores.data_ptr(), ranks.data_ptr(), sizes.data_ptr())
+    return tokens, parents, depths, scores, ranks, sizes.tolist()
