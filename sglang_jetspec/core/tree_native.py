@@ -2,13 +2,14 @@
 
 Why: with the prior every opened node scores its row's whole candidate pool under its own path,
 about 20 us of Python per node on this CPU (0.6-1 ms a budget-32 tree), and the server builds
-every request's tree on the host each round, so a GPU batch of 32 would spend ~20 ms a round in
-it. The same algorithm in C++ takes microseconds a tree (`python -m launch.bench_tree_build`).
+every request's tree on the host each round, so a GPU batch of 32 would spend ~25-35 ms a round in
+it. The same algorithm in C++ takes ~0.13 ms a budget-32 tree in a batch of 32, the Python around
+it included (`python -m launch.bench_tree_build`, docs/bench/cpu-tree-build).
 
 The Python builder (core/tree.py `_best_first_rescored`) stays the reference: the C++ repeats its
 float64 sums in the same order, its stable sort and its pop order, and tests compare the two
 trees on random inputs. The library is compiled on first use with the system C++ compiler ($CXX,
-else c++ / g++; about a second, no Python or torch headers) into the model cache
+else c++ / g++; a few seconds, no Python or torch headers) into the model cache
 (`$JETSPEC_CACHE_DIR/native/`), named by a hash of the source and flags. Without a compiler, or
 with SGLANG_JETSPEC_NATIVE_TREE=off, `library()` returns None and the Python builder runs (a
 warning says so once).
