@@ -148,3 +148,29 @@ def test_a_typo_in_the_switch_stops_the_server_at_startup(tmp_path):
 def test_an_empty_batch_gives_no_trees():
     vals, ids = _table()
     assert build_trees_from_top([], vals[:0], ids[:0], [], [], []) == []
+
+
+def test_bench_tree_build_command(tmp_path, capsys):
+    """launch.bench_tree_build on a small prior and answers of its own: it checks the two builders
+    agree and prints one row per (prior, budget, batch)."""
+    import json
+
+    from launch.bench_tree_build import main
+
+    rnd = random.Random(0)
+    answers = [[rnd.randrange(50) for _ in range(60)] for _ in range(20)]
+    PairPrior.from_sequences(answers, 50, PriorSettings(pool=8)).save(str(tmp_path))
+    data = tmp_path / "regen"
+    data.mkdir()
+    with open(data / "shard_00000.jsonl", "w") as f:
+        for a in answers:
+            f.write(json.dumps({"prompt": "p", "prompt_ids": [1], "output_ids": a}) + "\n")
+    main(["--head", str(tmp_path), "--data", str(data), "--batch-sizes", "1,3", "--budgets", "8,16",
+          "--width", "3", "--rows", "6", "--repeats", "1"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["on"], ["off"])]
+    assert len(rows) == 8 and {(r[0], r[1], r[2]) for r in rows} == {
+        (p, b, n) for p in ("on", "off") for b in ("8", "16") for n in ("1", "3")}
+    assert "every batched tree equals its one-request tree" in out
+    with pytest.raises(SystemExit, match="no pair_prior"):
+        main(["--head", str(data), "--data", str(data)])
