@@ -174,3 +174,19 @@ def test_bench_tree_build_command(tmp_path, capsys):
     assert "every batched tree equals its one-request tree" in out
     with pytest.raises(SystemExit, match="no pair_prior"):
         main(["--head", str(data), "--data", str(data)])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tokens_outside_the_priors_vocabulary_get_no_bonus_in_both_builders(seed):
+    """A prior counted over 12 tokens, drafts over 40: keys p*V + t of such tokens would alias
+    counted pairs if the native tables looked them up."""
+    rnd, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    prior = PairPrior.from_sequences([[rnd.randrange(12) for _ in range(50)] for _ in range(8)], 12,
+                                     PriorSettings(pool=10))
+    vals, ids = torch.log_softmax(torch.randn(3, 5, 40, generator=g), -1).topk(10, -1)
+    args = ([rnd.randrange(40) for _ in range(3)], vals, ids, [24] * 3, [4] * 3, [5] * 3, prior,
+            [rnd.randrange(40) for _ in range(3)])
+    native, python = build_trees_from_top(*args), build_trees_from_top(*args, native=False)
+    for a, b in zip(native, python):
+        for f in FIELDS:
+            assert torch.equal(getattr(a, f), getattr(b, f)), f

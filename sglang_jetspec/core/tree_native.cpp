@@ -2,14 +2,13 @@
 // whole batch in one call. It must give exactly the Python builder's trees: the same float64
 // additions in the same order (no multiplications, built with -ffp-contract=off), the same
 // stable descending sort of each node's candidates, and the same pop order (score, parent
-// node, rank). tests/test_tree_native.py compares the two on random inputs.
+// node, rank). tests/test_tree_batch.py compares the two on random inputs.
 //
 // Compiled and loaded by core/tree_native.py through ctypes (no Python or torch headers).
 
 #include <algorithm>
 #include <cstdint>
 #include <queue>
-#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -39,7 +38,7 @@ struct FlatMap {
     uint64_t slot(int64_t key) const { return (static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> shift; }
     // the value of `key`, or nullptr
     const double* find(int64_t key) const {
-        if (keys.empty()) return nullptr;
+        if (keys.empty() || key < 0) return nullptr;
         for (uint64_t at = slot(key);; at = (at + 1) & mask) {
             if (keys[at] == key) return &vals[at];
             if (keys[at] == -1) return nullptr;
@@ -97,16 +96,19 @@ int64_t build_one(const Prior& pr, const float* vals, const int64_t* ids, int64_
         const int64_t parent = tokens[node];
         const float* row_vals = vals + depths[node] * k;
         const int64_t* row_ids = ids + depths[node] * k;
-        const double* unseen2 = pr.zero ? nullptr : pr.ctx2.find(parent);  // nullptr: no opinion
-        const double* unseen3 = unseen2 && pr.use3 && grand >= 0 ? pr.ctx3.find(grand * V + parent) : nullptr;
+        // a token outside the prior's vocabulary was never counted (keys are only unique inside it)
+        auto counted = [V](int64_t t) { return t >= 0 && t < V; };
+        const double* unseen2 = pr.zero || !counted(parent) ? nullptr : pr.ctx2.find(parent);  // nullptr: no opinion
+        const double* unseen3 = unseen2 && pr.use3 && counted(grand) ? pr.ctx3.find(grand * V + parent) : nullptr;
         const int64_t base2 = parent * V, base3 = (grand * V + parent) * V;
         for (int64_t j = 0; j < k; ++j) {
             double bonus = 0.0;
             if (unseen2) {
-                const double* t2 = pr.pair2.find(base2 + row_ids[j]);
+                const bool known = counted(row_ids[j]);
+                const double* t2 = known ? pr.pair2.find(base2 + row_ids[j]) : nullptr;
                 bonus = t2 ? *t2 : *unseen2;
                 if (unseen3) {
-                    const double* t3 = pr.pair3.find(base3 + row_ids[j]);
+                    const double* t3 = known ? pr.pair3.find(base3 + row_ids[j]) : nullptr;
                     bonus = bonus + (t3 ? *t3 : *unseen3);
                 }
             }
