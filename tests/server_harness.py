@@ -36,10 +36,39 @@ def spec_for_test(model: Path, extra: tuple[str, ...]) -> ServerSpec:
                       max_total_tokens=limits["--max-total-tokens"], extra=extra)
 
 
+# A CPU test server grows to ~3-4 GB, a module keeps up to four, and `make test` runs two modules
+# at once: 3 servers + the reference decoder took 11.8 GB here, and one such module beside another
+# got a scheduler OOM-killed on this 24 GB machine. A server starts only once this much memory is
+# available (or after MEMORY_WAIT_S, when it starts anyway and the test reports what happens).
+MIN_AVAILABLE_GB = 6.0
+MEMORY_WAIT_S = 600
+
+
+def available_gb() -> float:
+    """MemAvailable from /proc/meminfo in GB (infinite where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def wait_for_memory(min_gb: float = MIN_AVAILABLE_GB, timeout_s: float = MEMORY_WAIT_S) -> float:
+    """Block until min_gb are available or timeout_s passed; returns the seconds waited."""
+    start = time.monotonic()
+    while available_gb() < min_gb and time.monotonic() - start < timeout_s:
+        time.sleep(5)
+    return time.monotonic() - start
+
+
 class Server:
     """One test server in its own process group (LocalServer), with the tests' helpers."""
 
     def __init__(self, model: Path, log: Path, *extra: str, env: dict | None = None):
+        wait_for_memory()
         # static verify widths: these tests compare round counts with the reference decoder and
         # need drafted trees; the adaptive width is covered by tests/test_bench_e2e.py
         env = {"SGLANG_JETSPEC_BUDGET": "static", "SGLANG_USE_CPU_ENGINE": "1", "OMP_NUM_THREADS": "1",

@@ -1,5 +1,6 @@
 """The command line LocalServer gives `python -m sglang.launch_server` (no server is started)."""
 
+import pytest
 import torch
 
 from sglang_jetspec.integration.server_process import ServerSpec
@@ -29,3 +30,24 @@ def test_the_test_servers_command_takes_each_limit_once_and_a_tests_own_value_wi
         assert cmd[cmd.index("--max-total-tokens") + 1] == total
         assert cmd[cmd.index("--speculative-algorithm") + 1] == "JETSPEC"
         assert cmd.count("--speculative-algorithm") == 1
+
+
+def test_test_servers_wait_for_memory(monkeypatch):
+    """tests/server_harness.py starts a server only when enough memory is available, and gives up
+    waiting after its timeout (the server then starts and the test reports what happens)."""
+    import server_harness
+
+    readings = iter([1.0, 2.0, 7.0])
+    monkeypatch.setattr(server_harness, "available_gb", lambda: next(readings))
+    monkeypatch.setattr(server_harness.time, "sleep", lambda s: None)
+    server_harness.wait_for_memory(min_gb=6.0, timeout_s=60)
+    with pytest.raises(StopIteration):
+        next(readings)  # it read until 7 GB were there
+    monkeypatch.setattr(server_harness, "available_gb", lambda: 1.0)
+    assert server_harness.wait_for_memory(min_gb=6.0, timeout_s=0.05) >= 0.05
+
+
+def test_available_memory_is_read():
+    import server_harness
+
+    assert 0 < server_harness.available_gb() < 2**20
