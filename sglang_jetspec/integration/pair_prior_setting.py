@@ -4,9 +4,9 @@
   SGLANG_JETSPEC_PAIR_PRIOR=off  plain best-first trees on the draft's log-probs
 
 Either way every drafted token is verified by the target, so outputs are the same; the prior only
-chooses which candidates become nodes. SGLANG_JETSPEC_NATIVE_TREE=off builds the prior's trees in
-Python instead of the compiled builder (core/tree_native.py; the same trees). The file is checked at startup (readable, settings valid,
-its vocabulary the target's).
+chooses which candidates become nodes. The file is checked at startup (readable, settings valid,
+its vocabulary the target's), and so is SGLANG_JETSPEC_NATIVE_TREE (on by default; off builds the
+prior's trees in Python instead of the compiled builder of core/tree_native.py: the same trees).
 """
 
 from __future__ import annotations
