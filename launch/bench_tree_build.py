@@ -1,7 +1,8 @@
 """Time the host's draft-tree construction for a batch: build_tree_from_top once per request
 (core/tree.py; what the worker called until 2026-12-07) against build_trees_from_top (one table
-check and one host copy for the batch), with and without the n-gram prior, on draft tables
-shaped like the server's, and check that both give the same trees.
+check and one host copy for the batch) with the Python builders and with the compiled ones
+(core/tree_native.py, what the worker uses), with and without the n-gram prior, on draft tables
+shaped like the server's, and check that all three give the same trees.
 
     python -m launch.bench_tree_build --head models/smollm2-135m-jetspec --data data/regen/smollm2
 
@@ -94,7 +95,8 @@ def main(argv=None) -> None:
     budgets = [int(x) for x in args.budgets.split(",")]
     print(f"prior of {args.head} (pool {pool}, {len(prior)} bigrams); width {args.width}, {args.rows} rows; "
           f"median of {args.repeats} builds, ms per batch; torch threads {torch.get_num_threads()}")
-    print(f"{'prior':>5} {'budget':>6} {'batch':>5} {'per request':>12} {'batched':>8} {'ratio':>6} {'nodes':>6}")
+    print(f"{'prior':>5} {'budget':>6} {'batch':>5} {'per request':>12} {'batched py':>10} {'batched':>8} "
+          f"{'ratio':>6} {'nodes':>6}")
     for use in (prior, None):
         for budget in budgets:
             b_cap, depth = limits_for_remaining(budget, args.rows, None)
@@ -107,18 +109,22 @@ def main(argv=None) -> None:
                     return [build_tree_from_top(roots[i], vals[i], ids[i], b_cap, args.width, depth,
                                                 prior=use, prev_token=prev[i]) for i in range(bs)]
 
-                def together():
+                def together(native=True):
                     return build_trees_from_top(roots, vals, ids, [b_cap] * bs, [args.width] * bs, [depth] * bs,
-                                                use, prev)
+                                                use, prev, native=native)
 
-                ref, got = one_by_one(), together()
-                for a, r in zip(got, ref):
-                    for f in ("tokens", "parents", "depths", "ranks", "scores"):
-                        if not torch.equal(getattr(a, f), getattr(r, f)):
-                            raise SystemExit(f"budget {budget} batch {bs}: the batched trees differ in {f}")
-                t_ref, t_got = _median_ms(one_by_one, args.repeats), _median_ms(together, args.repeats)
+                def together_python():
+                    return together(native=False)
+
+                ref = one_by_one()
+                for got in (together(), together_python()):
+                    for a, r in zip(got, ref):
+                        for f in ("tokens", "parents", "depths", "ranks", "scores"):
+                            if not torch.equal(getattr(a, f), getattr(r, f)):
+                                raise SystemExit(f"budget {budget} batch {bs}: the batched trees differ in {f}")
+                t_ref, t_py, t_got = (_median_ms(fn, args.repeats) for fn in (one_by_one, together_python, together))
                 nodes = sum(t.n for t in ref) / bs
-                print(f"{'on' if use else 'off':>5} {budget:>6} {bs:>5} {t_ref:>12.2f} {t_got:>8.2f} "
+                print(f"{'on' if use else 'off':>5} {budget:>6} {bs:>5} {t_ref:>12.2f} {t_py:>10.2f} {t_got:>8.2f} "
                       f"{t_ref / t_got:>6.2f} {nodes:>6.1f}", flush=True)
     print("every batched tree equals its one-request tree")
 

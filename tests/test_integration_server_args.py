@@ -130,6 +130,15 @@ def test_one_error_lists_every_problem(tmp_path, smollm2_dir):
         assert fragment in msg, msg
 
 
+def test_a_typo_in_the_tree_builder_switch_stops_startup_without_a_prior(tmp_path, smollm2_dir, monkeypatch):
+    _save(_head(), tmp_path)  # no pair_prior.safetensors: plain trees, built natively too
+    monkeypatch.setenv("SGLANG_JETSPEC_NATIVE_TREE", "fast")
+    with pytest.raises(ValueError, match="SGLANG_JETSPEC_NATIVE_TREE='fast' must be one of"):
+        apply_jetspec_server_args(_args(tmp_path, smollm2_dir))
+    monkeypatch.setenv("SGLANG_JETSPEC_NATIVE_TREE", "off")
+    assert apply_jetspec_server_args(_args(tmp_path, smollm2_dir))
+
+
 def test_missing_or_broken_head_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match="needs --speculative-draft-model-path"):
         apply_jetspec_server_args(_args(None, speculative_draft_model_path=None))

@@ -25,6 +25,7 @@ defaults), so every check covers both draft paths, both tree builders and both s
 
 import json
 import subprocess
+import shutil
 import sys
 import time
 
@@ -76,6 +77,8 @@ def servers(smollm2_dir, tmp_path_factory):
             assert f"JETSPEC sampled requests: {SAMPLING_RULE[b]} rule" in started[b].tail(10**6), b
             want = "bigrams" if PAIR_PRIOR[b] == "on" else "none (plain best-first trees)"
             assert "JETSPEC tree prior: " in started[b].tail(10**6) and want in started[b].tail(10**6), b
+            if shutil.which("c++") or shutil.which("g++"):  # plain and prior trees alike: the C++ builder
+                assert "trees built by the native builder" in started[b].tail(10**6), b
         yield started
         for s in started.values():  # nothing died or logged a traceback under all that load
             assert s.proc.poll() is None, s.tail()

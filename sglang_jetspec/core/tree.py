@@ -227,9 +227,9 @@ def build_trees_from_top(
     """[build_tree_from_top(roots[i], top_vals[i], top_ids[i], budgets[i], widths[i], max_depths[i],
     prior, prev_tokens[i]) for each request i]: the same trees and the same checks, with the
     checks and the host copy made once for the batch instead of once per request (a dozen small
-    tensor operations each, about a third of a budget-32 tree's time with the prior). With a prior
-    and `native` the trees come from the compiled builder when it is available
-    (core/tree_native.py; same trees, about 8x faster from batch 8 on)."""
+    tensor operations each, about a third of a budget-32 tree's time with the prior). With `native`
+    the trees come from the compiled builders when they are available (core/tree_native.py; the
+    same trees; with the prior about 8x faster from batch 8 on)."""
     if top_vals.dim() != 3 or top_vals.shape != top_ids.shape or top_vals.shape[2] < 1:
         raise ValueError(f"top_vals {tuple(top_vals.shape)} and top_ids {tuple(top_ids.shape)} must both be "
                          "[b, D, k] with k >= 1")
@@ -250,16 +250,22 @@ def build_trees_from_top(
     vals = top_vals.detach().float().cpu()
     _check_batch_tables(vals, depths, ws, prior is not None)
     device = top_vals.device
-    if prior is not None and native:
-        from .tree_native import build_rescored, library
+    if native:
+        from .tree_native import build_plain, build_rescored, library
 
         lib = library()
-        if lib is not None:  # the compiled twin of _best_first_rescored (tree_native.cpp)
-            tokens, parents, depth_of, scores, ranks, sizes = build_rescored(
-                lib, prior, roots, vals, top_ids.cpu(), budgets, ws, depths, prev_tokens)
-            tables = [t if device.type == "cpu" else t.to(device) for t in (tokens, parents, depth_of,
-                                                                             scores.float(), ranks)]
-            return [DraftTree(*(row[:n] for row in rows)) for n, *rows in zip(sizes, *(t.unbind(0) for t in tables))]
+        if lib is not None:  # the compiled twins of _best_first / _best_first_rescored (tree_native.cpp)
+            ids = top_ids.cpu()
+            if prior is None:
+                built = build_plain(lib, roots, vals, ids, budgets, ws, depths)
+            else:
+                built = build_rescored(lib, prior, roots, vals, ids, budgets, ws, depths, prev_tokens)
+            *tables, sizes = built
+            tables[3] = tables[3].float()  # scores
+            stride = tables[0].shape[1]
+            pieces = [x for n in sizes for x in (n, stride - n)]  # each request's nodes, then its padding
+            fields = [t.to(device).view(-1).split_with_sizes(pieces)[::2] for t in tables]
+            return [DraftTree(*tree) for tree in zip(*fields)]
     val_lists, id_lists = vals.tolist(), top_ids.cpu().tolist()
     if prior is None:
         return [_best_first(roots[i], val_lists[i], id_lists[i], budgets[i], ws[i], depths[i], device)

@@ -1,8 +1,9 @@
-// The n-gram-prior best-first draft tree (core/tree.py `_best_first_rescored`) in C++, for a
-// whole batch in one call. It must give exactly the Python builder's trees: the same float64
-// additions in the same order (no multiplications, built with -ffp-contract=off), the same
-// stable descending sort of each node's candidates, and the same pop order (score, parent
-// node, rank). tests/test_tree_batch.py compares the two on random inputs.
+// The best-first draft trees of core/tree.py in C++, for a whole batch in one call: the plain
+// one (`_best_first`) and the n-gram-prior one (`_best_first_rescored`). Each must give exactly
+// the Python builder's trees: the same float64 additions in the same order (no multiplications,
+// built with -ffp-contract=off), and the same pop order (plain: score, then the order the
+// candidates were pushed in; prior: the same stable descending sort of each node's candidates,
+// then score, parent node, rank). tests/test_tree_batch.py compares them on random inputs.
 //
 // Compiled and loaded by core/tree_native.py through ctypes (no Python or torch headers).
 
@@ -141,6 +142,53 @@ int64_t build_one(const Prior& pr, const float* vals, const int64_t* ids, int64_
     return n;
 }
 
+struct PlainEntry {  // the next candidate `rank` at `depth` under `parent`, pushed `counter`-th
+    double neg;
+    int64_t counter;
+    int64_t parent;
+    int64_t depth;
+    int64_t rank;
+};
+
+struct PlainLater {  // Python's heap of (-score, counter, ...): counters are unique, so no further key
+    bool operator()(const PlainEntry& a, const PlainEntry& b) const {
+        if (a.neg != b.neg) return a.neg > b.neg;
+        return a.counter > b.counter;
+    }
+};
+
+// One request's plain tree (`_best_first`): the heap walk over its per-depth top-w table.
+int64_t build_plain_one(const float* vals, const int64_t* ids, int64_t k, int64_t root, int64_t budget,
+                        int64_t w, int64_t max_depth, int64_t* tokens, int64_t* parents, int64_t* depths,
+                        double* scores, int64_t* ranks) {
+    std::priority_queue<PlainEntry, std::vector<PlainEntry>, PlainLater> heap;
+    int64_t counter = 0;
+    auto push = [&](int64_t parent, int64_t depth, int64_t rank) {
+        const double s = scores[parent] + static_cast<double>(vals[(depth - 1) * k + rank]);
+        heap.push(PlainEntry{-s, counter++, parent, depth, rank});
+    };
+    int64_t n = 1;
+    tokens[0] = root;
+    parents[0] = -1;
+    depths[0] = 0;
+    scores[0] = 0.0;
+    ranks[0] = 0;
+    if (budget > 1) push(0, 1, 0);
+    while (!heap.empty() && n < budget) {
+        const PlainEntry e = heap.top();
+        heap.pop();
+        const int64_t node = n++;
+        tokens[node] = ids[(e.depth - 1) * k + e.rank];
+        parents[node] = e.parent;
+        depths[node] = e.depth;
+        scores[node] = -e.neg;
+        ranks[node] = e.rank;
+        if (e.rank + 1 < w) push(e.parent, e.depth, e.rank + 1);  // lazily expose the next sibling
+        if (e.depth < max_depth) push(node, e.depth + 1, 0);  // and the best child
+    }
+    return n;
+}
+
 }  // namespace
 
 extern "C" {
@@ -172,6 +220,18 @@ void jetspec_build_trees(const void* prior, int64_t b, int64_t rows, int64_t k, 
         const int64_t o = i * stride;
         sizes[i] = build_one(pr, vals + i * rows * k, ids + i * rows * k, k, roots[i], budgets[i], widths[i],
                              max_depths[i], prevs[i], tokens + o, parents + o, depths + o, scores + o, ranks + o);
+    }
+}
+
+// The plain trees of b requests, laid out as jetspec_build_trees'.
+void jetspec_build_plain_trees(int64_t b, int64_t rows, int64_t k, const float* vals, const int64_t* ids,
+                               const int64_t* roots, const int64_t* budgets, const int64_t* widths,
+                               const int64_t* max_depths, int64_t stride, int64_t* tokens, int64_t* parents,
+                               int64_t* depths, double* scores, int64_t* ranks, int64_t* sizes) {
+    for (int64_t i = 0; i < b; ++i) {
+        const int64_t o = i * stride;
+        sizes[i] = build_plain_one(vals + i * rows * k, ids + i * rows * k, k, roots[i], budgets[i], widths[i],
+                                   max_depths[i], tokens + o, parents + o, depths + o, scores + o, ranks + o);
     }
 }
 

@@ -1,17 +1,18 @@
-"""The compiled fast path of the n-gram-prior tree builder (`tree_native.cpp`), loaded by ctypes.
+"""The compiled fast path of the draft-tree builders (`tree_native.cpp`), loaded by ctypes.
 
-Why: with the prior every opened node scores its row's whole candidate pool under its own path,
-about 20 us of Python per node on this CPU (0.6-1 ms a budget-32 tree), and the server builds
-every request's tree on the host each round, so a GPU batch of 32 would spend ~25-35 ms a round in
-it. The same algorithm in C++ takes ~0.13 ms a budget-32 tree in a batch of 32, the Python around
-it included (`python -m launch.bench_tree_build`, docs/bench/cpu-tree-build).
+Why: the server builds every request's tree on the host each round. With the n-gram prior every
+opened node scores its row's whole candidate pool under its own path, about 20 us of Python per
+node on this CPU (0.6-1 ms a budget-32 tree), so a GPU batch of 32 would spend ~25-35 ms a round
+in it; the plain best-first tree (no prior: the published heads) costs ~0.1 ms of Python a
+budget-32 tree, ~3 ms a round for a batch of 32. The same algorithms in C++ take a fraction of
+that (`python -m launch.bench_tree_build`, docs/bench/cpu-tree-build).
 
-The Python builder (core/tree.py `_best_first_rescored`) stays the reference: the C++ repeats its
-float64 sums in the same order, its stable sort and its pop order, and tests compare the two
-trees on random inputs. The library is compiled on first use with the system C++ compiler ($CXX,
-else c++ / g++; a few seconds, no Python or torch headers) into the model cache
+The Python builders (core/tree.py `_best_first`, `_best_first_rescored`) stay the reference: the
+C++ repeats their float64 sums in the same order, their sorts and their pop orders, and tests
+compare the trees on random inputs. The library is compiled on first use with the system C++
+compiler ($CXX, else c++ / g++; a few seconds, no Python or torch headers) into the model cache
 (`$JETSPEC_CACHE_DIR/native/`), named by a hash of the source and flags. Without a compiler, or
-with SGLANG_JETSPEC_NATIVE_TREE=off, `library()` returns None and the Python builder runs (a
+with SGLANG_JETSPEC_NATIVE_TREE=off, `library()` returns None and the Python builders run (a
 warning says so once).
 """
 
@@ -76,6 +77,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.jetspec_prior_free.argtypes = [p]
     lib.jetspec_build_trees.restype = None
     lib.jetspec_build_trees.argtypes = [p, i64, i64, i64] + [p] * 7 + [i64] + [p] * 6
+    lib.jetspec_build_plain_trees.restype = None
+    lib.jetspec_build_plain_trees.argtypes = [i64, i64, i64] + [p] * 6 + [i64] + [p] * 6
     return lib
 
 
@@ -95,8 +98,8 @@ def library() -> ctypes.CDLL | None:
     if setting() == "on":
         compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
         if compiler is None:
-            logger.warning("no C++ compiler found ($CXX, c++, g++): the n-gram-prior trees are built in "
-                           "Python (about 20 us a node)")
+            logger.warning("no C++ compiler found ($CXX, c++, g++): draft trees are built in Python "
+                           "(with the n-gram prior about 20 us a node)")
         else:
             try:
                 lib = _load(_compile(compiler))
@@ -133,14 +136,33 @@ def native_prior(lib: ctypes.CDLL, prior: "PairPrior") -> _NativePrior:
     return mine
 
 
-def prepare(prior: "PairPrior") -> str:
+def prepare(prior: "PairPrior | None" = None) -> str:
     """Compile (once) and load the library and copy `prior`'s tables into it now, so that no
     request pays for it; says which builder the trees will use."""
     lib = library()
     if lib is None:
         return "Python (the native builder is off or unavailable)"
-    native_prior(lib, prior)
+    if prior is not None:
+        native_prior(lib, prior)
     return "the native builder"
+
+
+def _call(fn, head: list, vals: torch.Tensor, ids: torch.Tensor, meta: list, budgets: Sequence[int]):
+    """Run a builder entry point on a batch; its per-request arguments `meta` (lists of ints) go in
+    one int64 table and its outputs come in two buffers, so a call's fixed cost stays a few tensor
+    creations (at batch 1 it is most of the time)."""
+    b, rows, k = vals.shape
+    vals = vals.to(torch.float32).contiguous()
+    ids = ids.to(torch.int64).contiguous()
+    stride = max(budgets)
+    table = torch.tensor(meta, dtype=torch.int64)  # [len(meta), b]
+    ints = torch.empty(4, b, stride, dtype=torch.int64)  # tokens, parents, depths, ranks
+    scores = torch.empty(b, stride, dtype=torch.float64)
+    sizes = torch.empty(b, dtype=torch.int64)
+    fn(*head, b, rows, k, vals.data_ptr(), ids.data_ptr(), *(row.data_ptr() for row in table), stride,
+       ints[0].data_ptr(), ints[1].data_ptr(), ints[2].data_ptr(), scores.data_ptr(), ints[3].data_ptr(),
+       sizes.data_ptr())
+    return ints[0], ints[1], ints[2], scores, ints[3], sizes.tolist()
 
 
 def build_rescored(lib: ctypes.CDLL, prior: "PairPrior", roots: Sequence[int], vals: torch.Tensor,
@@ -149,20 +171,14 @@ def build_rescored(lib: ctypes.CDLL, prior: "PairPrior", roots: Sequence[int], v
     """The rescored best-first trees of a batch (vals [b, D, k] float32 and ids [b, D, k] int64 on
     the CPU, widths already capped at k): (tokens, parents, depths, scores, ranks) as [b, stride]
     tensors and the node count of each request."""
-    b, rows, k = vals.shape
-    vals = vals.to(torch.float32).contiguous()
-    ids = ids.to(torch.int64).contiguous()
-    stride = max(budgets)
+    meta = [list(roots), list(budgets), list(widths), list(max_depths),
+            [-1 if p is None else p for p in prev_tokens]]
+    return _call(lib.jetspec_build_trees, [native_prior(lib, prior).handle], vals, ids, meta, budgets)
 
-    def longs(xs):
-        return torch.tensor(list(xs), dtype=torch.int64)
 
-    meta = [longs(roots), longs(budgets), longs(widths), longs(max_depths),
-            longs(-1 if p is None else p for p in prev_tokens)]
-    tokens, parents, depths, ranks = (torch.empty(b, stride, dtype=torch.int64) for _ in range(4))
-    scores = torch.empty(b, stride, dtype=torch.float64)
-    sizes = torch.empty(b, dtype=torch.int64)
-    lib.jetspec_build_trees(native_prior(lib, prior).handle, b, rows, k, vals.data_ptr(), ids.data_ptr(),
-                            *(m.data_ptr() for m in meta), stride, tokens.data_ptr(), parents.data_ptr(),
-                            depths.data_ptr(), scores.data_ptr(), ranks.data_ptr(), sizes.data_ptr())
-    return tokens, parents, depths, scores, ranks, sizes.tolist()
+def build_plain(lib: ctypes.CDLL, roots: Sequence[int], vals: torch.Tensor, ids: torch.Tensor,
+                budgets: Sequence[int], widths: Sequence[int], max_depths: Sequence[int]):
+    """The plain best-first trees of a batch (core/tree.py `_best_first`), in build_rescored's
+    layout."""
+    meta = [list(roots), list(budgets), list(widths), list(max_depths)]
+    return _call(lib.jetspec_build_plain_trees, [], vals, ids, meta, budgets)

@@ -5,8 +5,8 @@
 
 Either way every drafted token is verified by the target, so outputs are the same; the prior only
 chooses which candidates become nodes. The file is checked at startup (readable, settings valid,
-its vocabulary the target's), and so is SGLANG_JETSPEC_NATIVE_TREE (on by default; off builds the
-prior's trees in Python instead of the compiled builder of core/tree_native.py: the same trees).
+its vocabulary the target's). Which builder makes the trees (SGLANG_JETSPEC_NATIVE_TREE) is
+server_args.check_native_tree's.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ def mode_from_env(environ=None) -> str:
 def check_pair_prior(folder: str, vocab_size: int, environ=None) -> list[str]:
     """Startup problems of the head folder's pair prior (none when it is off or absent)."""
     from sglang_jetspec.core.pair_prior import PairPrior
-    from sglang_jetspec.core.tree_native import setting as native_setting
 
     try:
         if mode_from_env(environ) == "off":
             return []
-        native_setting(environ)  # a typo stops the server here, not at the first tree
         prior = PairPrior.load(folder)
     except ValueError as e:
         return [str(e)]

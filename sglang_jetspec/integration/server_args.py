@@ -151,6 +151,18 @@ def weight_problems(folder: str, head: HeadConfig) -> list[str]:
     return problems(folder, head)
 
 
+def check_native_tree(environ=None) -> list[str]:
+    """SGLANG_JETSPEC_NATIVE_TREE (on / off: which builder makes the draft trees, core/tree_native.py):
+    a typo stops the server at startup, not at the first tree."""
+    from sglang_jetspec.core.tree_native import setting
+
+    try:
+        setting(environ)
+    except ValueError as e:
+        return [str(e)]
+    return []
+
+
 def load_head_config(path: str | None) -> HeadConfig:
     if not path:
         raise ValueError("JETSPEC needs --speculative-draft-model-path DIR (the draft head folder)")
@@ -184,6 +196,7 @@ def apply_jetspec_server_args(sa) -> TreeSettings:
     from sglang_jetspec.integration.pair_prior_setting import check_pair_prior
 
     errs += check_pair_prior(sa.speculative_draft_model_path, text.vocab_size)
+    errs += check_native_tree()
     backend, err = resolve_attention_backend(sa.device, sa.attention_backend)
     if err:
         errs.append(err)

@@ -138,10 +138,10 @@ class JetSpecWorker(BaseSpecWorker):
         logger.info("JETSPEC draft vocabulary: %s", "the target's full vocabulary" if vocab is None
                     else f"{len(vocab)} of {text_cfg.vocab_size} tokens ({DRAFT_VOCAB_FILE})")
         # compile (once) and load the native tree builder now, so that no request waits for it
-        builder = None if self.prior is None else prepare_native(self.prior)
-        logger.info("JETSPEC tree prior: %s", "none (plain best-first trees)" if self.prior is None
-                    else f"{len(self.prior)} bigrams, {self.prior.trigram.shape[0]} trigrams, {self.prior.settings}; "
-                    f"trees built by {builder}")
+        builder = prepare_native(self.prior)
+        logger.info("JETSPEC tree prior: %s; trees built by %s", "none (plain best-first trees)" if self.prior is None
+                    else f"{len(self.prior)} bigrams, {self.prior.trigram.shape[0]} trigrams, {self.prior.settings}",
+                    builder)
 
     def _expert_scheduler(self, text_cfg, server_args) -> ExpertScheduler | None:
         """Expert-aware pruning (expert_schedule.py) when the target is MoE and SGLang captures
