@@ -2,7 +2,8 @@
 expert-parallel placements, with the exact accepted length (sglang_jetspec/bench/expert_replay.py).
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
-    python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] [--json OUT]
+    python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] \
+        [--acceptance recorded,conditional,oracle] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -27,26 +28,34 @@ def main(argv=None) -> None:
                    "per (layer, expert on the most loaded rank) unless --d is given")
     p.add_argument("--d", type=float, default=None)
     p.add_argument("--max-expected-loss", type=float, default=0.03,
-                   help="share of the candidates' calibrated expected tokens pruning may give up")
+                   help="share of the candidates' expected tokens (by the scheduler's node probabilities) "
+                        "pruning may give up")
     p.add_argument("--oracle-routing", action="store_true",
                    help="also replay with the recorded routing in place of the predicted experts (the "
                         "bound a perfect expert predictor would reach)")
+    p.add_argument("--acceptance", default="recorded",
+                   help="comma-separated node probabilities to replay with: recorded (what the server's "
+                        "scheduler saw), calibrated (the score calibrator), conditional (the conditional "
+                        "model), oracle (the recorded accepted paths: the bound of a perfect prediction)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
 
-    from sglang_jetspec.bench.expert_replay import load_trace, markdown, replay
+    from sglang_jetspec.bench.expert_replay import ACCEPTANCE, load_trace, markdown, replay
 
     try:
         eps = [int(x) for x in args.ep.split(",") if x.strip()]
         bad = [e for e in eps if e < 1 or args.num_experts % e]
         if bad or not eps:
             raise ValueError(f"--ep {args.ep}: each placement must divide --num-experts {args.num_experts}")
+        kinds = [x.strip() for x in args.acceptance.split(",") if x.strip()]
+        if not kinds or any(k not in ACCEPTANCE for k in kinds):
+            raise ValueError(f"--acceptance {args.acceptance}: each must be one of {list(ACCEPTANCE)}")
         rounds = load_trace(args.trace)
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.replay_experts: {exc}") from None
     cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
-    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle)
-            for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
+    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind)
+            for kind in kinds for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:

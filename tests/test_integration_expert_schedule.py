@@ -129,6 +129,22 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     assert oracle["distinct_per_layer_pruned"] < full["distinct_per_layer_pruned"]
     assert oracle["accept_length_full"] == full["accept_length_full"]
     assert "| one device (oracle routing) | 30 |" in markdown([oracle])
+    # other acceptance models replayed in place of the recorded probabilities: the conditional
+    # model replayed offline gives exactly what the server's scheduler saw; the oracle (the
+    # recorded paths) gives up no accepted token and keeps only what it must
+    from sglang_jetspec.bench.expert_replay import with_acceptance
+
+    again = with_acceptance(recs, "conditional")
+    assert all(torch.allclose(a.double(), b.double(), atol=1e-6) for r, q in zip(recs, again)
+               for a, b in zip(r.probs, q.probs))
+    best = replay(recs, E, 1, cost, max_expected_loss=0.03, acceptance="oracle")
+    assert best["accept_length_pruned"] == best["accept_length_full"]
+    assert best["distinct_per_layer_pruned"] < best["distinct_per_layer_full"] and best["nodes_kept"] < 0.5
+    assert "| one device (oracle acceptance) | 30 |" in markdown([best])
+    cal = replay(recs, E, 1, cost, max_expected_loss=0.03, acceptance="calibrated")
+    assert cal["acceptance"] == "calibrated" and cal["accept_length_pruned"] <= cal["accept_length_full"]
+    with pytest.raises(ValueError, match="acceptance 'perfect' must be one of"):
+        with_acceptance(recs, "perfect")
     ep4 = replay(recs, E, 4, cost, max_expected_loss=None)
     assert ep4["max_rank_per_layer_pruned"] < ep4["max_rank_per_layer_full"] <= E // 4
     assert "| ep = 4 | 30 |" in markdown([full, ep4])

@@ -11,8 +11,12 @@ recorded. Hence, for any kept subset:
 What is simulated is only the COST the scheduler optimises: `a + b tokens + c distinct + d
 max-rank` with coefficients given here (an EP deployment, not this CPU), and the placement
 (SGLang's contiguous one: rank r holds experts [r E/R, (r+1) E/R)). The scheduler sees what it
-sees in the server: calibrated probabilities and PREDICTED experts from the trace, never the
-recorded routing.
+sees in the server: the node probabilities and PREDICTED experts the trace recorded, never the
+recorded routing. Other acceptance models can be replayed in place of the recorded
+probabilities (`with_acceptance`: each learns round by round from the recorded accepted paths
+and predicts a round before learning from it, as in the server), and two oracles bound what
+better predictions could reach: the recorded routing as the expert prediction, the recorded
+accepted paths as the node probabilities (1 on the path, 0 off it).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 
 from sglang_jetspec.bench.jsonl import read_jsonl
 from sglang_jetspec.core import expert_load as el
+from sglang_jetspec.core.calibration import AcceptanceCalibrator
+from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.tree import DraftTree
 
@@ -33,7 +39,7 @@ class Round:
     trees: list[DraftTree]
     paths: list[list[int]]
     routed: list[torch.Tensor]     # [n_b, L, K] the experts each node was routed to
-    probs: list[torch.Tensor]      # [n_b - 1] calibrated P(accept) the scheduler saw
+    probs: list[torch.Tensor]      # [n_b - 1] P(accept) the scheduler saw
     predicted: list[torch.Tensor]  # [n_b, L, K] predicted experts the scheduler saw
 
 
@@ -59,6 +65,32 @@ def load_trace(path: str | Path) -> list[Round]:
     return out
 
 
+ACCEPTANCE = ("recorded", "calibrated", "conditional", "oracle")
+
+
+def with_acceptance(rounds: list[Round], how: str) -> list[Round]:
+    """The rounds with other node probabilities: "recorded" (as the server's scheduler saw them),
+    "calibrated" (the score calibrator, core/calibration.py), "conditional"
+    (core/conditional_acceptance.py), both replayed online from the first round, or "oracle"
+    (1 for the nodes on the recorded accepted path, 0 for the others: the bound of a perfect
+    acceptance prediction)."""
+    if how not in ACCEPTANCE:
+        raise ValueError(f"acceptance {how!r} must be one of {list(ACCEPTANCE)}")
+    if how == "recorded":
+        return rounds
+    model = AcceptanceCalibrator() if how == "calibrated" else ConditionalAcceptance()
+    out = []
+    for r in rounds:
+        if how == "oracle":
+            probs = [torch.tensor([float(i in set(p)) for i in range(1, t.n)], dtype=torch.float64)
+                     for t, p in zip(r.trees, r.paths)]
+        else:
+            probs = [p.double() for p in model.trees_probs(r.trees)]
+            model.update_from_trees(r.trees, r.paths, [t.n for t in r.trees])
+        out.append(Round(r.trees, r.paths, r.routed, probs, r.predicted))
+    return out
+
+
 def committed(path: list[int], kept: set[int]) -> int:
     """Tokens a round commits when only `kept` nodes are verified: the kept prefix of the
     accepted path (root included) plus the bonus token, i.e. its length."""
@@ -81,10 +113,12 @@ def _loads(routed: list[torch.Tensor], keeps: list[set[int]], num_experts: int, 
 
 
 def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None,
-           oracle_routing: bool = False):
+           oracle_routing: bool = False, acceptance: str = "recorded"):
     """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep.
     oracle_routing: the scheduler sees the experts each node was really routed to instead of the
-    prediction (an upper bound: how much better pruning could get with a perfect predictor)."""
+    prediction (an upper bound: how much better pruning could get with a perfect predictor).
+    acceptance: which node probabilities the scheduler sees (`with_acceptance`)."""
+    rounds = with_acceptance(rounds, acceptance)
     e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
     if ep > 1:  # under EP the slowest rank prices the experts
         k = {"a": cost["a"], "b": cost["b"], "c": 0.0, "d": cost.get("d") or cost["c"]}
@@ -113,7 +147,7 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
         tot["full_nodes"] += sum(t.n for t in r.trees)
         tot["pruned_nodes"] += sum(len(kk) for kk in kept)
     n, req = tot["rounds"], tot["requests"]
-    return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing,
+    return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing, "acceptance": acceptance,
             "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
             "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
             "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
@@ -127,7 +161,9 @@ def markdown(rows: list[dict]) -> str:
            "| most-loaded rank experts / layer full -> pruned | nodes kept |",
            "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        place = ("one device" if r["ep"] == 1 else f"ep = {r['ep']}") + (" (oracle routing)" if r.get("oracle_routing") else "")
+        notes = (["oracle routing"] if r.get("oracle_routing") else []) + (
+            [f"{r['acceptance']} acceptance"] if r.get("acceptance", "recorded") != "recorded" else [])
+        place = ("one device" if r["ep"] == 1 else f"ep = {r['ep']}") + (f" ({', '.join(notes)})" if notes else "")
 
         def ch(a, b):
             return f"{a:.2f} -> {b:.2f} ({100 * (b / a - 1):+.0f}%)" if a else "-"

@@ -7,8 +7,12 @@ Each round, between building the candidate trees and the verify forward:
      c distinct experts) and keep the ancestor-closed node subset that maximises expected
      committed tokens per predicted second, giving up at most `max_expected_loss` of the
      candidates' expected tokens (core/expert_aware_tree.schedule_batch). Node acceptance
-     probabilities come from an online calibrator of the head's path scores
-     (core/calibration.py), trained here from verify outcomes, so it works with static widths.
+     probabilities come from an online conditional model, P(node accepted | parent accepted) from
+     the node's sibling rank and score step, levelled per depth
+     (core/conditional_acceptance.py), trained here from verify outcomes, so it works with static
+     widths. It replaced the score calibrator (core/calibration.py) on 2026-12-07: in exact
+     replays of the 64-expert target's recorded rounds it cuts more experts for the accepted
+     length it gives up (docs/benchmarks.md, "What better acceptance predictions reach").
 After the verify forward the experts SGLang's router picked for every verify row (its routed
 experts capturer, `--enable-return-routed-experts`, which the plugin turns on for MoE targets)
 update the predictor, the cost model and the counters (/get_server_info
@@ -35,7 +39,7 @@ all its ancestors, and acceptance (greedy, or the host walk rule) commits the ta
   SGLANG_JETSPEC_EXPERT_AWARE=off  verify the best-first trees as built; routed experts are still
                                    read and counted, so the two settings are compared like for like
   SGLANG_JETSPEC_EXPERT_TRACE=FILE  also write every verified round (trees, accepted paths, routed
-                                   experts of every node, calibrated probabilities, predicted
+                                   experts of every node, node probabilities, predicted
                                    experts) as a JSON line: `launch.replay_experts` replays such a
                                    trace (taken with scheduling off) offline, e.g. under simulated
                                    expert-parallel placements
@@ -50,7 +54,7 @@ import time
 
 import torch
 
-from sglang_jetspec.core.calibration import AcceptanceCalibrator
+from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
@@ -102,16 +106,16 @@ class ExpertScheduler:
         self.max_expected_loss, self.patience = max_expected_loss, patience
         self.predictor = ExpertPredictor(num_layers, num_experts, top_k)
         self.cost = MoeVerifyCostModel(num_layers, top_k)
-        self.calibrator = AcceptanceCalibrator()
+        self.acceptance = ConditionalAcceptance()
         self._predicted: list[torch.Tensor] | None = None  # [n_b, L, K] of the verified trees
-        self._probs: list[torch.Tensor] | None = None  # [n_b - 1] calibrated, of the verified trees
+        self._probs: list[torch.Tensor] | None = None  # [n_b - 1] P(accepted), of the verified trees
         self._trace = open(trace_path, "a") if trace_path else None
         self.rounds = 0
         self.candidate_nodes = self.kept_nodes = self.verify_rows = 0
         self.distinct = torch.zeros(num_layers, dtype=torch.float64)  # summed over rounds
         self.candidate_distinct = torch.zeros(num_layers, dtype=torch.float64)  # predicted, unpruned
         self.verify_seconds = 0.0
-        self.candidate_expected = self.kept_expected = 0.0  # calibrated expected committed tokens
+        self.candidate_expected = self.kept_expected = 0.0  # predicted expected committed tokens
         self.tp = torch.zeros(num_layers, dtype=torch.float64)
         self.fp = torch.zeros(num_layers, dtype=torch.float64)
         self.fn = torch.zeros(num_layers, dtype=torch.float64)
@@ -136,7 +140,7 @@ class ExpertScheduler:
         self.candidate_nodes += sum(t.n for t in trees)
         union = _union_counts(experts, self.E)
         self.candidate_distinct += union
-        probs = self.calibrator.trees_probs(trees)
+        probs = self.acceptance.trees_probs(trees)
         full = len(trees) + sum(float(p.sum()) for p in probs)  # expected tokens of the candidates
         self.candidate_expected += full
         if not self.prune or all(t.n == 1 for t in trees):
@@ -188,7 +192,7 @@ class ExpertScheduler:
         the experts the target's router picked for every verify row (None: not captured), the
         accepted node indices per tree, the bonus tokens (None where they do not label the
         children), the verify forward's wall time."""
-        self.calibrator.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
+        self.acceptance.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
         self.rounds += 1
         self.kept_nodes += sum(t.n for t in trees)
         self.verify_rows += len(trees) * n

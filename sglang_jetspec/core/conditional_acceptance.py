@@ -1,0 +1,216 @@
+"""Node acceptance probabilities from a CONDITIONAL model: P(child accepted | parent accepted).
+
+Why: the expert-aware scheduler (expert_aware_tree.py) keeps the nodes whose expected accepted
+tokens are worth the experts they bring, so it needs each node's own chance, not just a good
+ranking. The score calibrator (calibration.py) maps a node's cumulative path score to P(accepted);
+with the n-gram prior many scores saturate at 0 (the rescored step is capped at 0), and a
+saturated rank-0 child and its saturated rank-1 sibling then look alike although the first is
+accepted ~90% of the time and the second ~10-30% (measured on the MoE target's recordings,
+docs/sglang-integration.md next step 4). This model reads what the tree knows about each step:
+
+    q(v) = P(v accepted | parent(v) accepted) = f(rank of v among its siblings, score step of v)
+
+with the score step c = score(v) - score(parent) (the draft's conditional log-prob, prior bonus
+included), one spline over c per rank bucket (0, 1, 2+; optionally per depth bucket too),
+exponentially decayed counts, a Beta prior centred on exp(c), and knot means made non-decreasing
+in c. Then P(v) = P(parent) * q(v) / max(1, sum of q over v and its siblings) (at most one
+sibling is on the accepted path).
+
+Learning is unbiased at any width: once a node is accepted, the target's pick after it is known,
+so every child of every accepted node is labelled (accepted iff its token is the pick), including
+children beyond the verified prefix when the bonus token is given (calibration.labelled_nodes).
+
+Levels per depth: acceptances along a path are correlated beyond the parent's (easy stretches
+accept everything), so the products under-predict deep nodes, by 20-27% of the accepted nodes even
+fitted on all the rounds at once (docs/bench/cpu-qwen3moe-prior-auto/conditional_replay.txt). Each
+depth keeps decayed sums of its labelled nodes' acceptances and of the products' predictions for
+them; a node's probability is its product times their ratio (`levels`), kept at most its parent's,
+siblings scaled to sum at most it (on the 64-expert target's trace: 0.74 -> 0.87 of the accepted
+nodes predicted).
+
+Measured: node log loss 0.50 -> 0.45 (code), 0.62 -> 0.45 (math), 0.43 -> 0.41 (chat) against the
+score calibrator on the 8-expert target's recordings (without the levels); in exact expert replays
+more experts pruned at the same accepted-length loss (docs/bench/cpu-qwen3moe-acceptance/).
+
+Interface as AcceptanceCalibrator's (`update_from_trees`, `trees_probs`, `tree_probs`): call
+`update_from_trees` once per verify round. Plain Python over the nodes (trees are small; a batch
+of 32 budget-32 trees is ~1000 nodes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .calibration import _labelled_lists
+from .isotonic import isotonic
+from .tree import DraftTree
+
+
+class ConditionalAcceptance:
+    """q(rank, depth, score step) -> P(accepted | parent accepted), online; node probabilities as
+    products along the path."""
+
+    def __init__(self, step_min: float = -12.0, n_knots: int = 25, rank_bins: int = 3, depth_bins: int = 1,
+                 half_life: float | None = 200.0, prior_strength: float = 2.0, monotone: bool = True,
+                 depth_levels: bool = True, max_depth: int = 16):
+        if not (math.isfinite(step_min) and step_min < 0):
+            raise ValueError(f"step_min {step_min} must be a finite negative log-prob")
+        if n_knots < 2:
+            raise ValueError(f"n_knots {n_knots} must be >= 2")
+        if rank_bins < 1 or depth_bins < 1:
+            raise ValueError(f"rank_bins {rank_bins} and depth_bins {depth_bins} must be >= 1")
+        if half_life is not None and not half_life > 0:
+            raise ValueError(f"half_life {half_life} must be > 0 rounds (None = never forget)")
+        if not prior_strength > 0:
+            raise ValueError(f"prior_strength {prior_strength} must be > 0 pseudo-observations")
+        self.step_min, self.n_knots = float(step_min), int(n_knots)
+        self.rank_bins, self.depth_bins = int(rank_bins), int(depth_bins)
+        self.half_life, self.prior_strength, self.monotone = half_life, float(prior_strength), monotone
+        self.spacing = -self.step_min / (self.n_knots - 1)
+        self.decay = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)
+        self.prior = [min(1.0, math.exp(self.step_min + self.spacing * i)) for i in range(self.n_knots)]
+        size = self.rank_bins * self.depth_bins * self.n_knots
+        self.count = [0.0] * size  # decayed observation weight per knot
+        self.hits = [0.0] * size  # decayed accepted weight per knot
+        self.updates = 0
+        self._table: list[float] | None = None
+        # per depth: decayed accepted nodes and the path products' predictions for them
+        self.depth_levels, self.max_depth = depth_levels, int(max_depth)
+        self.level_hits = [0.0] * (self.max_depth + 1)
+        self.level_pred = [0.0] * (self.max_depth + 1)
+
+    def _knot_of(self, step: float, depth: int, rank: int) -> tuple[int, float]:
+        """(flat index of the lower knot, weight of the upper one) of a node."""
+        x = (min(0.0, max(self.step_min, step)) - self.step_min) / self.spacing
+        lo = min(max(int(math.floor(x)), 0), self.n_knots - 2)
+        group = min(max(depth - 1, 0), self.depth_bins - 1) * self.rank_bins + min(rank, self.rank_bins - 1)
+        return group * self.n_knots + lo, x - lo
+
+    def _knots(self) -> list[float]:
+        """Posterior knot means, monotone in the score step within each group (cached)."""
+        if self._table is None:
+            k, s, out = self.n_knots, self.prior_strength, []
+            for g in range(self.rank_bins * self.depth_bins):
+                counts, hits = self.count[g * k:(g + 1) * k], self.hits[g * k:(g + 1) * k]
+                weight = [c + s for c in counts]
+                mean = [(h + s * p) / w for h, p, w in zip(hits, self.prior, weight)]
+                out += isotonic(mean, weight) if self.monotone else mean
+            self._table = [min(1.0, max(0.0, m)) for m in out]
+        return self._table
+
+    # ---- learning ---------------------------------------------------------------------------
+
+    def update_from_trees(self, trees: list[DraftTree], accepted_paths: list[list[int]],
+                          verified_sizes: list[int] | None = None,
+                          bonus_tokens: list[int | None] | None = None) -> int:
+        """One verify round: every labelled child of an accepted node (see
+        calibration.labelled_nodes for verified_sizes and bonus_tokens); returns how many."""
+        if len(accepted_paths) != len(trees):
+            raise ValueError(f"{len(accepted_paths)} accepted paths for {len(trees)} trees")
+        sizes = verified_sizes or [None] * len(trees)
+        bonus = bonus_tokens or [None] * len(trees)
+        if len(sizes) != len(trees) or len(bonus) != len(trees):
+            raise ValueError(f"verified_sizes ({len(sizes)}) and bonus_tokens ({len(bonus)}) "
+                             f"must have one entry per tree ({len(trees)})")
+        seen: list[tuple[int, float, bool]] = []
+        levels: list[tuple[int, float, bool]] = []  # (depth, path product predicted, accepted)
+        for t, path, v, b in zip(trees, accepted_paths, sizes, bonus):
+            if t.n == 1:
+                continue
+            idx, acc = _labelled_lists(t, path, v, b)
+            on_path = set(path)
+            parents, depths, scores, ranks = (x.tolist() for x in (t.parents, t.depths, t.scores, t.ranks))
+            raw = [1.0] + self._path_products(t) if self.depth_levels else None
+            for i, ok in zip(idx, acc):
+                p = parents[i]
+                if raw is not None:
+                    levels.append((min(depths[i], self.max_depth), raw[i], ok))
+                if p in on_path:  # its parent was accepted: the target's pick after it is known
+                    j, f = self._knot_of(scores[i] - scores[p], depths[i], ranks[i])
+                    seen.append((j, f, ok))
+        if not seen and all(t.n == 1 for t in trees):
+            return 0
+        if self.decay != 1.0:
+            self.count = [c * self.decay for c in self.count]
+            self.hits = [h * self.decay for h in self.hits]
+            self.level_hits = [h * self.decay for h in self.level_hits]
+            self.level_pred = [h * self.decay for h in self.level_pred]
+        for d, q, ok in levels:
+            self.level_pred[d] += q
+            if ok:
+                self.level_hits[d] += 1.0
+        for j, f, ok in seen:
+            self.count[j] += 1.0 - f
+            self.count[j + 1] += f
+            if ok:
+                self.hits[j] += 1.0 - f
+                self.hits[j + 1] += f
+        self.updates += 1
+        self._table = None
+        return len(seen)
+
+    # ---- prediction -------------------------------------------------------------------------
+
+    def step_probs(self, tree: DraftTree) -> list[float]:
+        """[n - 1] q(v) of the non-root nodes: P(accepted | parent accepted), before the sibling
+        scaling."""
+        table = self._knots()
+        parents, depths, scores, ranks = (x.tolist() for x in (tree.parents, tree.depths, tree.scores, tree.ranks))
+        out = []
+        for i in range(1, tree.n):
+            j, f = self._knot_of(scores[i] - scores[parents[i]], depths[i], ranks[i])
+            out.append(table[j] * (1.0 - f) + table[j + 1] * f)
+        return out
+
+    def _path_products(self, tree: DraftTree, levels: list[float] | None = None) -> list[float]:
+        """[n - 1] P(parent) q(v) / max(1, q of v and its siblings), each node's P(parent) taken
+        from the same pass; with `levels` every node's value is scaled by its depth's level and
+        kept at most its parent's (siblings scaled to sum at most their parent's)."""
+        n = tree.n
+        if n == 1:
+            return []
+        q = [1.0] + self.step_probs(tree)
+        parents, depths = tree.parents.tolist(), tree.depths.tolist()
+        total = [0.0] * n
+        for i in range(1, n):
+            total[parents[i]] += q[i]
+        p = [1.0] * n
+        for i in range(1, n):  # topological order: the parent is final first
+            par = parents[i]
+            p[i] = p[par] * q[i] / max(1.0, total[par])
+        if levels is None:
+            return p[1:]
+        children: list[list[int]] = [[] for _ in range(n)]
+        for i in range(1, n):
+            children[parents[i]].append(i)
+        out = [1.0] * n
+        for node in range(n):  # topological order: a node is final before its children are set
+            kids = children[node]
+            if not kids:
+                continue
+            vals = [min(out[node], p[k] * levels[min(depths[k], self.max_depth)]) for k in kids]
+            total = sum(vals)
+            scale = out[node] / total if total > out[node] else 1.0  # at most one sibling is accepted
+            for k, v in zip(kids, vals):
+                out[k] = v * scale
+        return out[1:]
+
+    def levels(self) -> list[float]:
+        """Per depth: accepted nodes / the path products' prediction for them (decayed, with
+        `prior_strength` pseudo-observations at 1), the factor the products are scaled by."""
+        s = self.prior_strength
+        return [(h + s) / (q + s) for h, q in zip(self.level_hits, self.level_pred)]
+
+    def tree_prob_list(self, tree: DraftTree) -> list[float]:
+        """[n - 1] P(accepted) of the non-root nodes in node order (a list of floats)."""
+        return self._path_products(tree, self.levels() if self.depth_levels else None)
+
+    def tree_probs(self, tree: DraftTree) -> torch.Tensor:
+        """[n - 1] float32 P(accepted) of the non-root nodes: a child never above its parent,
+        siblings never summing above it."""
+        return torch.tensor(self.tree_prob_list(tree), dtype=torch.float32)
+
+    def trees_probs(self, trees: list[DraftTree]) -> list[torch.Tensor]:
+        return [self.tree_probs(t) for t in trees]

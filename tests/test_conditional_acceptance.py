@@ -1,0 +1,133 @@
+"""The conditional acceptance model (core/conditional_acceptance.py): consistent node
+probabilities, it learns P(child accepted | parent accepted) per sibling rank from the children
+of accepted nodes only (nodes under a rejected parent teach nothing), labels beyond the verified
+prefix through the bonus token, and in an expert replay it ranks nodes better than the score
+calibrator on a draft whose saturated scores hide which child wins."""
+
+import random
+
+import pytest
+import torch
+
+from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
+from sglang_jetspec.core.calibration import AcceptanceCalibrator
+from sglang_jetspec.core.tree import DraftTree, build_tree
+
+
+def saturated_tree(depth: int, kids: int, seed: int) -> DraftTree:
+    """Every node has `kids` children at depths < depth, all with cumulative score 0 (what the
+    n-gram prior's capped rescoring gives), tokens random and distinct among siblings."""
+    rnd = random.Random(seed)
+    tokens, parents, depths, scores, ranks = [rnd.randrange(1000)], [-1], [0], [0.0], [0]
+    frontier = [0]
+    while frontier:
+        node = frontier.pop(0)
+        if depths[node] >= depth:
+            continue
+        for r, tok in enumerate(rnd.sample(range(1000), kids)):
+            tokens.append(tok)
+            parents.append(node)
+            depths.append(depths[node] + 1)
+            scores.append(0.0)
+            ranks.append(r)
+            frontier.append(len(tokens) - 1)
+    return DraftTree(*(torch.tensor(x) for x in (tokens, parents, depths)), torch.tensor(scores), torch.tensor(ranks))
+
+
+def accepted_path(tree: DraftTree, p_rank0: float, p_rank1: float, rnd: random.Random) -> list[int]:
+    """The target accepts the rank-0 child with p_rank0, else the rank-1 child with p_rank1 / (1 - p_rank0)."""
+    kids = tree.children()
+    path = [0]
+    while kids[path[-1]]:
+        u = rnd.random()
+        ch = kids[path[-1]]
+        if u < p_rank0:
+            path.append(ch[0])
+        elif u < p_rank0 + p_rank1 and len(ch) > 1:
+            path.append(ch[1])
+        else:
+            break
+    return path
+
+
+def test_probabilities_respect_parents_and_exclusive_siblings():
+    model = ConditionalAcceptance(half_life=None)
+    rnd = random.Random(0)
+    for seed in range(40):  # learn something first, so the probabilities are not the prior's
+        t = build_tree(seed, torch.log_softmax(3 * torch.randn(5, 30, generator=torch.Generator().manual_seed(seed)), -1), 24, 4)
+        model.update_from_trees([t], [accepted_path(t, 0.7, 0.1, rnd)])
+    for seed in range(40, 60):
+        t = build_tree(seed, torch.log_softmax(3 * torch.randn(5, 30, generator=torch.Generator().manual_seed(seed)), -1), 24, 4)
+        p = [1.0] + model.tree_prob_list(t)
+        par = t.parents.tolist()
+        total = {}
+        for i in range(1, t.n):
+            assert 0.0 <= p[i] <= p[par[i]] + 1e-12
+            total[par[i]] = total.get(par[i], 0.0) + p[i]
+        assert all(s <= p[q] + 1e-9 for q, s in total.items())
+        assert torch.allclose(model.tree_probs(t), torch.tensor(p[1:], dtype=torch.float32))
+
+
+def test_learns_the_rank_a_saturated_score_hides():
+    model, cal, rnd = ConditionalAcceptance(half_life=None), AcceptanceCalibrator(half_life=None), random.Random(1)
+    for r in range(300):
+        t = saturated_tree(3, 2, r)
+        path = accepted_path(t, 0.85, 0.1, rnd)
+        model.update_from_trees([t], [path])
+        cal.update_from_trees([t], [path])
+    t = saturated_tree(3, 2, 999)
+    q = model.step_probs(t)
+    ranks = t.ranks.tolist()[1:]
+    q0 = [x for x, r in zip(q, ranks) if r == 0]
+    q1 = [x for x, r in zip(q, ranks) if r == 1]
+    assert all(abs(x - 0.85) < 0.05 for x in q0), q0
+    assert all(abs(x - 0.10) < 0.05 for x in q1), q1
+    p, c = model.tree_prob_list(t), cal.trees_prob_lists([t])[0]
+    kids = t.children()
+    first, second = kids[0]
+    assert p[first - 1] > 0.8 and p[second - 1] < 0.15  # the conditional model tells them apart
+    assert abs(c[first - 1] - c[second - 1]) < 1e-9  # the score calibrator cannot: same score
+
+
+def test_only_children_of_accepted_nodes_teach():
+    model = ConditionalAcceptance(half_life=None)
+    t = saturated_tree(2, 2, 5)  # root -> a, b; a -> a0, a1; b -> b0, b1
+    kids = t.children()
+    a = kids[0][0]
+    model.update_from_trees([t], [[0, a]])
+    # labelled: the root's two children (a accepted, b not) and a's two children (neither)
+    assert sum(model.count) == pytest.approx(4.0)
+    assert sum(model.hits) == pytest.approx(1.0)
+    before = list(model.count)
+    model.update_from_trees([DraftTree(t.tokens[:1], t.parents[:1], t.depths[:1], t.scores[:1], t.ranks[:1])], [[0]])
+    assert model.count == before  # a round of roots only teaches nothing (and does not decay)
+
+
+def test_the_bonus_labels_children_beyond_the_verified_prefix():
+    t = saturated_tree(2, 2, 7)
+    kids = t.children()
+    a, b = kids[0]
+    # verify only the root and a (a prefix in node order: nodes 0, 1); the bonus after a is a's rank-1 child
+    assert (a, b) == (1, 2)
+    model = ConditionalAcceptance(half_life=None)
+    n = model.update_from_trees([t], [[0, a]], verified_sizes=[2], bonus_tokens=[int(t.tokens[kids[a][1]])])
+    # labelled: a (verified, accepted), b (its parent, the root, verified: not the bonus after a), and
+    # a's children (parent a ends the path): a1 accepted via the bonus, a0 not
+    assert n == 4 and sum(model.hits) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(step_min=0.0), "step_min 0.0"), (dict(n_knots=1), "n_knots 1"), (dict(rank_bins=0), "rank_bins 0"),
+    (dict(half_life=0), "half_life 0"), (dict(prior_strength=0), "prior_strength 0"),
+])
+def test_bad_settings_are_named(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        ConditionalAcceptance(**kw)
+
+
+def test_mismatched_rounds_are_refused():
+    t = saturated_tree(1, 2, 0)
+    with pytest.raises(ValueError, match="2 accepted paths for 1 trees"):
+        ConditionalAcceptance().update_from_trees([t], [[0], [0]])
+    with pytest.raises(ValueError, match="accepted path"):
+        ConditionalAcceptance().update_from_trees([t], [[1]])
