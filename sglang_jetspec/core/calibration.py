@@ -114,13 +114,7 @@ class AcceptanceCalibrator:
                           verified_sizes: list[int] | None = None,
                           bonus_tokens: list[int | None] | None = None) -> int:
         """`update` with the labelled nodes of a whole batch (see `labelled_nodes`); returns m."""
-        if len(accepted_paths) != len(trees):
-            raise ValueError(f"{len(accepted_paths)} accepted paths for {len(trees)} trees")
-        sizes = verified_sizes or [None] * len(trees)
-        bonus = bonus_tokens or [None] * len(trees)
-        if len(sizes) != len(trees) or len(bonus) != len(trees):
-            raise ValueError(f"verified_sizes ({len(sizes)}) and bonus_tokens ({len(bonus)}) "
-                             f"must have one entry per tree ({len(trees)})")
+        sizes, bonus = round_lists(trees, accepted_paths, verified_sizes, bonus_tokens)
         if all(t.n == 1 for t in trees):  # roots alone (plain decoding) label no node
             return 0
         scores: list[float] = []
@@ -313,6 +307,20 @@ class AcceptanceCalibrator:
 def _isotonic(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Weighted least-squares non-decreasing fit of y [K] (pool adjacent violators)."""
     return torch.tensor(isotonic(y.tolist(), w.tolist()), dtype=y.dtype)
+
+
+def round_lists(trees: list[DraftTree], accepted_paths: list[list[int]], verified_sizes: list[int] | None,
+                bonus_tokens: list[int | None] | None) -> tuple[list, list]:
+    """A verify round's per-tree verified sizes and bonus tokens (None each when not given),
+    checked to have one entry per tree, as are the accepted paths."""
+    if len(accepted_paths) != len(trees):
+        raise ValueError(f"{len(accepted_paths)} accepted paths for {len(trees)} trees")
+    sizes = verified_sizes or [None] * len(trees)
+    bonus = bonus_tokens or [None] * len(trees)
+    if len(sizes) != len(trees) or len(bonus) != len(trees):
+        raise ValueError(f"verified_sizes ({len(sizes)}) and bonus_tokens ({len(bonus)}) "
+                         f"must have one entry per tree ({len(trees)})")
+    return sizes, bonus
 
 
 def labelled_nodes(tree: DraftTree, accepted_nodes: list[int], verified_n: int | None = None,

@@ -43,7 +43,7 @@ import math
 
 import torch
 
-from .calibration import _labelled_lists
+from .calibration import _labelled_lists, round_lists
 from .isotonic import isotonic
 from .tree import DraftTree
 
@@ -107,13 +107,7 @@ class ConditionalAcceptance:
                           bonus_tokens: list[int | None] | None = None) -> int:
         """One verify round: every labelled child of an accepted node (see
         calibration.labelled_nodes for verified_sizes and bonus_tokens); returns how many."""
-        if len(accepted_paths) != len(trees):
-            raise ValueError(f"{len(accepted_paths)} accepted paths for {len(trees)} trees")
-        sizes = verified_sizes or [None] * len(trees)
-        bonus = bonus_tokens or [None] * len(trees)
-        if len(sizes) != len(trees) or len(bonus) != len(trees):
-            raise ValueError(f"verified_sizes ({len(sizes)}) and bonus_tokens ({len(bonus)}) "
-                             f"must have one entry per tree ({len(trees)})")
+        sizes, bonus = round_lists(trees, accepted_paths, verified_sizes, bonus_tokens)
         seen: list[tuple[int, float, bool]] = []
         levels: list[tuple[int, float, bool]] = []  # (depth, path product predicted, accepted)
         for t, path, v, b in zip(trees, accepted_paths, sizes, bonus):

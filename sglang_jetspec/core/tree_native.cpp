@@ -57,6 +57,15 @@ struct Prior {
     FlatMap ctx3;   // g * V + p -> the trigram term of an unseen successor
 };
 
+// Node 0 of every tree: the root (the last committed token), depth 0, score 0.
+void put_root(int64_t root, int64_t* tokens, int64_t* parents, int64_t* depths, double* scores, int64_t* ranks) {
+    tokens[0] = root;
+    parents[0] = -1;
+    depths[0] = 0;
+    scores[0] = 0.0;
+    ranks[0] = 0;
+}
+
 struct Kid {
     double inc;
     int64_t token;
@@ -86,11 +95,7 @@ int64_t build_one(const Prior& pr, const float* vals, const int64_t* ids, int64_
     std::vector<int64_t> order(static_cast<size_t>(k));
     const int64_t V = pr.vocab;
     int64_t n = 1;
-    tokens[0] = root;
-    parents[0] = -1;
-    depths[0] = 0;
-    scores[0] = 0.0;
-    ranks[0] = 0;
+    put_root(root, tokens, parents, depths, scores, ranks);
 
     auto open_children = [&](int64_t node) {
         const int64_t grand = node ? tokens[parents[node]] : prev;  // -1 = none
@@ -168,11 +173,7 @@ int64_t build_plain_one(const float* vals, const int64_t* ids, int64_t k, int64_
         heap.push(PlainEntry{-s, counter++, parent, depth, rank});
     };
     int64_t n = 1;
-    tokens[0] = root;
-    parents[0] = -1;
-    depths[0] = 0;
-    scores[0] = 0.0;
-    ranks[0] = 0;
+    put_root(root, tokens, parents, depths, scores, ranks);
     if (budget > 1) push(0, 1, 0);
     while (!heap.empty() && n < budget) {
         const PlainEntry e = heap.top();
