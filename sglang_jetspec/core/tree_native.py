@@ -1,4 +1,5 @@
-"""The compiled fast path of the draft-tree builders (`tree_native.cpp`), loaded by ctypes.
+"""The compiled fast paths of the draft-tree builders (`tree_native.cpp`) and of expert-aware
+scheduling's greedy (`expert_greedy.cpp`), one library loaded by ctypes.
 
 Why: the server builds every request's tree on the host each round. With the n-gram prior every
 opened node scores its row's whole candidate pool under its own path, about 20 us of Python per
@@ -7,12 +8,13 @@ in it; the plain best-first tree (no prior: the published heads) costs ~0.1 ms o
 budget-32 tree, ~3 ms a round for a batch of 32. The same algorithms in C++ take a fraction of
 that (`python -m launch.bench_tree_build`, docs/bench/cpu-tree-build).
 
-The Python builders (core/tree.py `_best_first`, `_best_first_rescored`) stay the reference: the
-C++ repeats their float64 sums in the same order, their sorts and their pop orders, and tests
-compare the trees on random inputs. The library is compiled on first use with the system C++
+The Python builders (core/tree.py `_best_first`, `_best_first_rescored`) and the Python greedy
+(core/expert_aware_tree.py `_greedy_python`) stay the reference: the C++ repeats their float64
+operations in the same order, their sorts, pop orders and argmax ties, and tests compare the
+results on random inputs. The library is compiled on first use with the system C++
 compiler ($CXX, else c++ / g++; a few seconds, no Python or torch headers) into the model cache
 (`$JETSPEC_CACHE_DIR/native/`), named by a hash of the source and flags. Without a compiler, or
-with SGLANG_JETSPEC_NATIVE_TREE=off, `library()` returns None and the Python builders run (a
+with SGLANG_JETSPEC_NATIVE_TREE=off, `library()` returns None and the Python code runs (a
 warning says so once).
 """
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENV = "SGLANG_JETSPEC_NATIVE_TREE"
-_SOURCE = Path(__file__).with_name("tree_native.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("tree_native.cpp", "expert_greedy.cpp")]
 _FLAGS = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off"]
 _state: dict = {}  # "lib": the loaded library or None, once tried
 
@@ -48,7 +50,7 @@ def _cache_dir() -> Path:
 
 
 def _compile(compiler: str) -> Path:
-    source = _SOURCE.read_bytes()
+    source = b"".join(src.read_bytes() for src in _SOURCES)
     tag = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode()).hexdigest()[:16]
     out = _cache_dir() / f"jetspec_tree_{tag}.so"
     if out.exists():
@@ -57,8 +59,8 @@ def _compile(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)  # concurrent builders each write their own
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([compiler, *_FLAGS, *map(str, _SOURCES), "-o", tmp], capture_output=True,
+                              text=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
         os.replace(tmp, out)  # atomic: a reader sees the whole library or none
@@ -79,6 +81,9 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.jetspec_build_trees.argtypes = [p, i64, i64, i64] + [p] * 7 + [i64] + [p] * 6
     lib.jetspec_build_plain_trees.restype = None
     lib.jetspec_build_plain_trees.argtypes = [i64, i64, i64] + [p] * 6 + [i64] + [p] * 6
+    f64 = ctypes.c_double
+    lib.jetspec_expert_greedy.restype = i64
+    lib.jetspec_expert_greedy.argtypes = [i64] * 5 + [p] * 5 + [f64] * 4 + [ctypes.c_int32, i64, f64, p, p]
     return lib
 
 
