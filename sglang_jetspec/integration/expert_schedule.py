@@ -28,7 +28,8 @@ while the running mean of the saving is below that of its own time, it verifies 
 built and skips prediction too, except one round in PRUNE_RECHECK, which prunes and re-measures
 both. Measured on the 8-expert top-2 CPU target at batch 16, width 2: 6.7 ms of scheduling per
 round of ~70 ms (two thirds of the "tree" phase), where distinct experts fell by 0-5% with
-pruning on this target (docs/benchmarks.md). The counters
+pruning on this target (docs/benchmarks.md). Since 2026-12-07 the greedy runs in C++ (about 10x
+faster: a batch of 32 budget-32 trees ~90-160 -> ~9 ms; docs/bench/cpu-qwen3moe-acceptance). The counters
 that need a prediction (precision, recall, predicted candidate experts, expected-token shares)
 then cover the rounds that ran it.
 
