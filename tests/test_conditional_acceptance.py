@@ -53,11 +53,15 @@ def accepted_path(tree: DraftTree, p_rank0: float, p_rank1: float, rnd: random.R
 def test_probabilities_respect_parents_and_exclusive_siblings():
     model = ConditionalAcceptance(half_life=None)
     rnd = random.Random(0)
+    def tree(seed):
+        lp = torch.log_softmax(3 * torch.randn(5, 30, generator=torch.Generator().manual_seed(seed)), -1)
+        return build_tree(seed, lp, 24, 4)
+
     for seed in range(40):  # learn something first, so the probabilities are not the prior's
-        t = build_tree(seed, torch.log_softmax(3 * torch.randn(5, 30, generator=torch.Generator().manual_seed(seed)), -1), 24, 4)
+        t = tree(seed)
         model.update_from_trees([t], [accepted_path(t, 0.7, 0.1, rnd)])
     for seed in range(40, 60):
-        t = build_tree(seed, torch.log_softmax(3 * torch.randn(5, 30, generator=torch.Generator().manual_seed(seed)), -1), 24, 4)
+        t = tree(seed)
         p = [1.0] + model.tree_prob_list(t)
         par = t.parents.tolist()
         total = {}

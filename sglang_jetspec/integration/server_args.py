@@ -152,8 +152,9 @@ def weight_problems(folder: str, head: HeadConfig) -> list[str]:
 
 
 def check_native_tree(environ=None) -> list[str]:
-    """SGLANG_JETSPEC_NATIVE_TREE (on / off: which builder makes the draft trees, core/tree_native.py):
-    a typo stops the server at startup, not at the first tree."""
+    """SGLANG_JETSPEC_NATIVE_TREE (on / off: the compiled or the Python draft-tree builders and
+    expert-pruning greedy, core/tree_native.py): a typo stops the server at startup, not at the
+    first tree."""
     from sglang_jetspec.core.tree_native import setting
 
     try:
