@@ -66,7 +66,10 @@ from sglang_jetspec.integration.env_setting import env_choice
 ENV = "SGLANG_JETSPEC_EXPERT_AWARE"
 TRACE_ENV = "SGLANG_JETSPEC_EXPERT_TRACE"
 MODES = ("on", "off")
-MAX_EXPECTED_LOSS = 0.03  # at most 3% of the candidates' expected committed tokens given up
+# at most 1% of the candidates' expected committed tokens given up: the acceptance model under-
+# predicts deep nodes, so the accepted length fell 3-12% at a 3% bound in the 64-expert server
+# (docs/bench/cpu-qwen3moe-acceptance); at 1% it fell 0-1.3%
+MAX_EXPECTED_LOSS = 0.01
 PRUNE_RECHECK = 8  # gated: one round in this many prunes (and measures) while pruning does not pay
 GATE_ALPHA = 0.1  # running means of the pruning's own time and of the verify time it saves
 
