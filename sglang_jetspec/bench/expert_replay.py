@@ -82,8 +82,11 @@ def with_acceptance(rounds: list[Round], how: str) -> list[Round]:
     out = []
     for r in rounds:
         if how == "oracle":
-            probs = [torch.tensor([float(i in set(p)) for i in range(1, t.n)], dtype=torch.float64)
-                     for t, p in zip(r.trees, r.paths)]
+            probs = []
+            for t, path in zip(r.trees, r.paths):
+                on_path = torch.zeros(t.n, dtype=torch.float64)
+                on_path[path] = 1.0
+                probs.append(on_path[1:])
         else:
             probs = [p.double() for p in model.trees_probs(r.trees)]
             model.update_from_trees(r.trees, r.paths, [t.n for t in r.trees])

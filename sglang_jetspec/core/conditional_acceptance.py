@@ -176,12 +176,8 @@ class ConditionalAcceptance:
             p[i] = p[par] * q[i] / max(1.0, total[par])
         if levels is None:
             return p[1:]
-        children: list[list[int]] = [[] for _ in range(n)]
-        for i in range(1, n):
-            children[parents[i]].append(i)
         out = [1.0] * n
-        for node in range(n):  # topological order: a node is final before its children are set
-            kids = children[node]
+        for node, kids in enumerate(tree.children()):  # topological: a node is final before its children
             if not kids:
                 continue
             vals = [min(out[node], p[k] * levels[min(depths[k], self.max_depth)]) for k in kids]

@@ -8,7 +8,7 @@
 //
 // Compiled with tree_native.cpp into one library by core/tree_native.py.
 
-#include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -43,14 +43,10 @@ int64_t jetspec_expert_greedy(int64_t N, int64_t reads, int64_t L, int64_t R, in
                               int64_t* order, int64_t* best_len) {
     const bool ranked = d > 0;
     const int64_t LR = L * R;
-    std::vector<uint8_t> in_union(static_cast<size_t>(reads), 0), selected(static_cast<size_t>(N), 0),
-        frontier(static_cast<size_t>(N), 0);
-    for (int64_t v = 0; v < N; ++v) {
-        if (parents[v] < 0) {
-            selected[v] = 1;
+    std::vector<uint8_t> in_union(static_cast<size_t>(reads), 0), frontier(static_cast<size_t>(N), 0);
+    for (int64_t v = 0; v < N; ++v)  // the roots are selected from the start
+        if (parents[v] < 0)
             for (int64_t j = 0; j < reads; ++j) in_union[j] |= inc[v * reads + j];
-        }
-    }
     Lists readers, kids;  // readers of each (layer, expert); children of each node
     readers.build(reads, [&](auto emit) {
         for (int64_t v = 0; v < N; ++v)
@@ -78,36 +74,30 @@ int64_t jetspec_expert_greedy(int64_t N, int64_t reads, int64_t L, int64_t R, in
             }
         }
     }
-    for (int64_t v = 0; v < N; ++v)
-        if (selected[v])
-            for (int64_t i = kids.start[v]; i < kids.start[v + 1]; ++i) frontier[kids.items[i]] = 1;
+    for (int64_t v = 0; v < N; ++v)  // the roots' children
+        if (parents[v] >= 0 && parents[parents[v]] < 0) frontier[v] = 1;
     std::vector<int64_t> sizes(static_cast<size_t>(B), 1);
     int64_t widest = 1;
-    auto rank_term = [&]() {
+    std::vector<int64_t> cur(static_cast<size_t>(ranked ? L : 0));  // per layer: the most loaded rank's experts
+    auto most_loaded = [&]() {
         int64_t s = 0;
         for (int64_t l = 0; l < L; ++l) {
-            int64_t m = rank_cnt[l * R];
-            for (int64_t r = 1; r < R; ++r) m = std::max(m, rank_cnt[l * R + r]);
-            s += m;
+            cur[l] = *std::max_element(rank_cnt.begin() + l * R, rank_cnt.begin() + (l + 1) * R);
+            s += cur[l];
         }
-        return d * static_cast<double>(s);
+        return s;
     };
-    double seconds = a + b * static_cast<double>(B) + c * static_cast<double>(used) + (ranked ? rank_term() : 0.0);
+    double seconds = a + b * static_cast<double>(B) + c * static_cast<double>(used) +
+                     (ranked ? d * static_cast<double>(most_loaded()) : 0.0);
     const double rows = b * static_cast<double>(B);
     auto ratio_of = [](double e, double s) { return s > 0 ? e / s : std::numeric_limits<double>::infinity(); };
     double expected = static_cast<double>(B);
     double best_ratio = expected >= floor ? ratio_of(expected, seconds) : -1.0;
     int64_t best = 0, steps = 0;
     std::vector<double> dcost(static_cast<size_t>(N), 0.0);
-    std::vector<int64_t> cur(static_cast<size_t>(ranked ? L : 0));
     while (true) {
         bool any = false;
-        if (ranked)
-            for (int64_t l = 0; l < L; ++l) {
-                int64_t m = rank_cnt[l * R];
-                for (int64_t r = 1; r < R; ++r) m = std::max(m, rank_cnt[l * R + r]);
-                cur[l] = m;
-            }
+        if (ranked) most_loaded();
         int64_t free_v = -1, pick = -1;
         double free_best = -1.0, pick_best = -1.0;
         for (int64_t v = 0; v < N; ++v) {
@@ -152,7 +142,6 @@ int64_t jetspec_expert_greedy(int64_t N, int64_t reads, int64_t L, int64_t R, in
             if (ranked) ++rank_cnt[col[j]];
             in_union[j] = 1;
         }
-        selected[v] = 1;
         frontier[v] = 0;
         for (int64_t i = kids.start[v]; i < kids.start[v + 1]; ++i) frontier[kids.items[i]] = 1;
         widest = std::max(widest, ++sizes[tree_of[v]]);
