@@ -3,7 +3,7 @@ expert-parallel placements, with the exact accepted length (sglang_jetspec/bench
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
     python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] \
-        [--acceptance recorded,conditional,oracle] [--json OUT]
+        [--acceptance recorded,conditional,oracle] [--hold-loss 0.03 [--probe-every 8]] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -30,6 +30,13 @@ def main(argv=None) -> None:
     p.add_argument("--max-expected-loss", type=float, default=0.03,
                    help="share of the candidates' expected tokens (by the scheduler's node probabilities) "
                         "pruning may give up")
+    p.add_argument("--hold-loss", type=float, default=None,
+                   help="hold the ACCEPTED-LENGTH loss at this share with probe rounds, as the server does "
+                        "(core/loss_bound.py), instead of the fixed --max-expected-loss on the model's "
+                        "expected tokens")
+    p.add_argument("--probe-every", type=int, default=None,
+                   help="with --hold-loss: one round in this many verifies the whole trees and measures "
+                        "the loss (default: the server's)")
     p.add_argument("--oracle-routing", action="store_true",
                    help="also replay with the recorded routing in place of the predicted experts (the "
                         "bound a perfect expert predictor would reach)")
@@ -51,15 +58,25 @@ def main(argv=None) -> None:
         if not kinds or any(k not in ACCEPTANCE for k in kinds):
             raise ValueError(f"--acceptance {args.acceptance}: each must be one of {list(ACCEPTANCE)}")
         rounds = load_trace(args.trace)
+        hold = None
+        if args.hold_loss is not None:
+            from sglang_jetspec.core.loss_bound import LossBound
+            from sglang_jetspec.integration.expert_schedule import PROBE_EVERY
+
+            hold = {"target": args.hold_loss, "probe_every": args.probe_every or PROBE_EVERY}
+            LossBound(**hold)  # bad values fail here, before the replay
+        elif args.probe_every is not None:
+            raise ValueError("--probe-every needs --hold-loss")
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.replay_experts: {exc}") from None
     cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
-    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind)
+    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind, hold)
             for kind in kinds for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"trace": args.trace, "cost": cost, "max_expected_loss": args.max_expected_loss,
+                       "hold": hold,
                        "rows": rows}, f, indent=1)
 
 

@@ -243,7 +243,7 @@ def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts
     row = {"workload": "math", "batch_size": 1, "phases": None, "label": "jetspec@16", "tokens_per_s": 12.0,
            "accept_length": 2.5, "experts": d}
     table = experts_table([row, dict(row, experts=None)])
-    assert "| math | 1 | jetspec@16 | 12.00 | 2.50 | 6.00 | 50.0 | 70% | 0.50 0.75 |" in table
+    assert "| math | 1 | jetspec@16 | 12.00 | 2.50 | 6.00 | 50.0 | 70% | - | 0.50 0.75 |" in table
     assert table.count("\n") == 2  # header, rule, one row
     assert experts_table([dict(row, experts=None)]) == ""
 

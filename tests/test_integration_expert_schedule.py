@@ -12,7 +12,7 @@ import torch
 
 from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.integration.expert_schedule import (
-    ExpertScheduler, check_expert_mode, mode_from_env, moe_shape)
+    LOSS_TARGET, PROBE_EVERY, ExpertScheduler, check_expert_mode, loss_from_env, mode_from_env, moe_shape)
 
 L, E, K, VOCAB = 3, 32, 2, 64
 
@@ -71,6 +71,30 @@ def test_learns_routing_prunes_to_fewer_experts_and_keeps_expected_tokens():
     assert s_on["rounds"] == 60 and len(s_on["distinct_per_layer_sum"]) == L
 
 
+def test_held_loss_probes_whole_trees_and_steers_the_bound():
+    """With a held accepted-length loss, one pruning round in PROBE_EVERY verifies the candidates
+    whole and teaches the bound what the pruning would have cost; the bound moves off its start."""
+    n_rounds = 40
+    held = ExpertScheduler(L, E, K, prune=True, hold_loss=0.03)
+    kept, cands = [], []
+    orig = held.schedule
+
+    def spy(trees, prev):
+        out = orig(trees, prev)
+        kept.append(sum(t.n for t in out))
+        cands.append(sum(t.n for t in trees))
+        return out
+    held.schedule = spy
+    rounds(held, n_rounds)
+    snap = held.snapshot()["held"]
+    probes = [i for i in range(n_rounds) if i % PROBE_EVERY == 0]
+    assert snap["probes"] == len(probes) and snap["target"] == 0.03
+    assert all(kept[i] == cands[i] for i in probes)  # probes verify whole
+    assert sum(kept[i] < cands[i] for i in range(n_rounds) if i not in probes) > 0  # the rest prune
+    assert snap["bound"] != pytest.approx(0.03) and snap["observed_loss"] is not None
+    assert 0.0 <= snap["observed_loss"] < 1.0
+
+
 def test_prefill_routing_teaches_the_predictor_before_any_verify():
     sched = ExpertScheduler(L, E, K)
     toks = torch.arange(VOCAB).repeat(3)
@@ -94,6 +118,11 @@ def test_bad_shapes_and_settings_are_named():
     assert moe_shape(moe) == (6, 8, 2) and moe_shape(dense) is None
     assert check_expert_mode(dense, {}) == [] and check_expert_mode(moe, {"SGLANG_JETSPEC_EXPERT_AWARE": "on"}) == []
     assert "needs a Mixture-of-Experts target" in check_expert_mode(dense, {"SGLANG_JETSPEC_EXPERT_AWARE": "on"})[0]
+    assert loss_from_env({}) == LOSS_TARGET == 0.03 and loss_from_env({"SGLANG_JETSPEC_EXPERT_LOSS": " 0.1 "}) == 0.1
+    for bad in ("0", "0.5", "-0.01", "three", "nan"):
+        errs = check_expert_mode(moe, {"SGLANG_JETSPEC_EXPERT_LOSS": bad})
+        assert errs == [f"SGLANG_JETSPEC_EXPERT_LOSS={bad!r} must be a number in (0, 0.5): the share of the "
+                        "accepted length expert-aware pruning may give up (default 0.03)"]
 
 
 def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_rank(tmp_path):
@@ -184,3 +213,21 @@ def test_pruning_pauses_while_it_costs_more_than_it_saves():
     ungated.clock = Clock(10.0)
     rounds(ungated, PRUNE_RECHECK)
     assert ungated.snapshot()["gated_rounds"] == 0
+
+
+def test_trace_records_each_nodes_draft_logprob(tmp_path):
+    from sglang_jetspec.bench.expert_replay import load_trace
+    from sglang_jetspec.core.tree import node_draft_logprobs
+
+    trace = tmp_path / "trace.jsonl"
+    sched = ExpertScheduler(L, E, K, prune=False, trace_path=str(trace))
+    assert sched.wants_draft_logprobs and not ExpertScheduler(L, E, K).wants_draft_logprobs
+    lp = torch.log_softmax(torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(3)), -1)
+    vals, ids = lp.topk(8, -1)
+    tree = build_tree(9, lp, 10, 3)
+    own = node_draft_logprobs(tree, vals, ids)
+    out = sched.schedule([tree], [-1], [own])
+    sched.observe(out, tree.n, route(tree.tokens), [[0]], [None], 0.01)
+    sched._trace.close()
+    (rec,) = load_trace(trace)
+    torch.testing.assert_close(rec.logps[0], own, atol=1e-5, rtol=0)

@@ -70,3 +70,32 @@ def test_drafter_top_equals_the_top_of_its_full_rows(with_vocab):
         assert set(ids.flatten().tolist()) <= set(range(0, VOCAB, 3))
     big_vals, _ = top_of(*drafter.draft_scores(*args, rows=3), 10**6)  # k above the tokens scored: all of them
     assert big_vals.shape[-1] == (len(head.draft_vocab) if with_vocab else VOCAB)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_node_draft_logprobs_are_the_rows_own_values(seed):
+    """Plain trees: a node's own draft log-prob is its score step; with the n-gram prior (scores
+    rescored and capped) it is still its row's value for its token, which the table gives back."""
+    from sglang_jetspec.core.pair_prior import PairPrior
+    from sglang_jetspec.core.tree import node_draft_logprobs
+
+    g = torch.Generator().manual_seed(seed)
+    D, V = 5, 40
+    lp = torch.log_softmax(3 * torch.randn(D, V, generator=g), -1)
+    vals, ids = lp.topk(12, -1)
+    plain = build_tree_from_top(3, vals, ids, 20, 4)
+    own = node_draft_logprobs(plain, vals, ids)
+    steps = plain.scores - plain.scores[plain.parents.clamp_min(0)]
+    torch.testing.assert_close(own[1:], steps[1:])
+    assert own[0] == 0
+    seqs = [torch.randint(V, (30,), generator=g).tolist() for _ in range(20)]
+    prior = PairPrior.from_sequences(seqs, V)
+    rescored = build_tree_from_top(3, vals, ids, 20, 4, prior=prior, prev_token=7)
+    own = node_draft_logprobs(rescored, vals, ids)
+    want = torch.tensor([0.0] + [float(lp[d - 1, t]) for d, t in zip(rescored.depths[1:].tolist(),
+                                                                        rescored.tokens[1:].tolist())])
+    torch.testing.assert_close(own, want)
+    narrow = node_draft_logprobs(rescored, vals[:, :1], ids[:, :1])  # tokens outside the table
+    assert bool(torch.isinf(narrow[1:]).any())
+    with pytest.raises(ValueError, match="exceeds the table's 1 rows"):
+        node_draft_logprobs(rescored, vals[:1], ids[:1])

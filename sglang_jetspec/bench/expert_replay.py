@@ -31,6 +31,7 @@ from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
+from sglang_jetspec.core.loss_bound import LossBound, committed
 from sglang_jetspec.core.tree import DraftTree
 
 
@@ -41,6 +42,7 @@ class Round:
     routed: list[torch.Tensor]     # [n_b, L, K] the experts each node was routed to
     probs: list[torch.Tensor]      # [n_b - 1] P(accept) the scheduler saw
     predicted: list[torch.Tensor]  # [n_b, L, K] predicted experts the scheduler saw
+    logps: list[torch.Tensor] | None = None  # [n_b] each node's own draft log-prob, if recorded
 
 
 def load_trace(path: str | Path) -> list[Round]:
@@ -50,16 +52,19 @@ def load_trace(path: str | Path) -> list[Round]:
                            torch.tensor(t["scores"], dtype=torch.float32), torch.tensor(t["ranks"]))
                  for t in rec["trees"]]
         routed = [torch.tensor(r) for r in rec["routed"]]
+        logps = ([torch.tensor(x, dtype=torch.float32) for x in rec["draft_logprobs"]]
+                 if rec.get("draft_logprobs") is not None else None)
         if rec.get("probs") is None or rec.get("predicted") is None:
             # the worker predicts nothing for a round of roots only (e.g. a request one token from
             # its limit): nothing to prune, so its own routing stands in for the prediction
             if any(t.n > 1 for t in trees):
                 raise ValueError(f"{where}: round with drafted nodes but without probs/predicted experts")
-            out.append(Round(trees, rec["paths"], routed, [torch.zeros(0, dtype=torch.float64)] * len(trees), routed))
+            out.append(Round(trees, rec["paths"], routed, [torch.zeros(0, dtype=torch.float64)] * len(trees), routed,
+                             logps))
             continue
         out.append(Round(trees, rec["paths"], routed,
                          [torch.tensor(p, dtype=torch.float64) for p in rec["probs"]],
-                         [torch.tensor(e) for e in rec["predicted"]]))
+                         [torch.tensor(e) for e in rec["predicted"]], logps))
     if not out:
         raise ValueError(f"expert trace {path} holds no rounds")
     return out
@@ -90,19 +95,8 @@ def with_acceptance(rounds: list[Round], how: str) -> list[Round]:
         else:
             probs = [p.double() for p in model.trees_probs(r.trees)]
             model.update_from_trees(r.trees, r.paths, [t.n for t in r.trees])
-        out.append(Round(r.trees, r.paths, r.routed, probs, r.predicted))
+        out.append(Round(r.trees, r.paths, r.routed, probs, r.predicted, r.logps))
     return out
-
-
-def committed(path: list[int], kept: set[int]) -> int:
-    """Tokens a round commits when only `kept` nodes are verified: the kept prefix of the
-    accepted path (root included) plus the bonus token, i.e. its length."""
-    n = 0
-    for v in path:
-        if v not in kept:
-            break
-        n += 1
-    return n
 
 
 def _loads(routed: list[torch.Tensor], keeps: list[set[int]], num_experts: int, e2r, ranks: int):
@@ -116,12 +110,16 @@ def _loads(routed: list[torch.Tensor], keeps: list[set[int]], num_experts: int, 
 
 
 def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None,
-           oracle_routing: bool = False, acceptance: str = "recorded"):
+           oracle_routing: bool = False, acceptance: str = "recorded", hold: dict | None = None):
     """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep.
     oracle_routing: the scheduler sees the experts each node was really routed to instead of the
     prediction (an upper bound: how much better pruning could get with a perfect predictor).
-    acceptance: which node probabilities the scheduler sees (`with_acceptance`)."""
+    acceptance: which node probabilities the scheduler sees (`with_acceptance`).
+    hold: LossBound arguments (target, probe_every, ...): the bound is held with observed
+    acceptance as in the server (core/loss_bound.py) instead of `max_expected_loss` fixed; its
+    probe rounds count as verified whole in the "pruned" totals, as they are in the server."""
     rounds = with_acceptance(rounds, acceptance)
+    held = LossBound(**hold) if hold else None
     e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
     if ep > 1:  # under EP the slowest rank prices the experts
         k = {"a": cost["a"], "b": cost["b"], "c": 0.0, "d": cost.get("d") or cost["c"]}
@@ -133,10 +131,13 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
     layers = rounds[0].routed[0].shape[1]
     for r in rounds:
         s = schedule_batch(r.trees, [p.float().clamp(0, 1).double() for p in r.probs],
-                           r.routed if oracle_routing else r.predicted, k,
-                           expert_to_rank=e2r, max_expected_loss=max_expected_loss)
+                           r.routed if oracle_routing else r.predicted, k, expert_to_rank=e2r,
+                           max_expected_loss=held.bound if held else max_expected_loss)
         full = [set(range(t.n)) for t in r.trees]
         kept = [set(x.tolist()) for x in s.kept]
+        if held is not None and any(t.n > 1 for t in r.trees) and held.next_is_probe():
+            held.observe(sum(len(p) for p in r.paths), sum(committed(p, kk) for p, kk in zip(r.paths, kept)))
+            kept = full
         fd, fm = _loads(r.routed, full, num_experts, e2r, ep)
         pd, pm = _loads(r.routed, kept, num_experts, e2r, ep)
         tot["rounds"] += 1
@@ -151,6 +152,7 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
         tot["pruned_nodes"] += sum(len(kk) for kk in kept)
     n, req = tot["rounds"], tot["requests"]
     return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing, "acceptance": acceptance,
+            "held": held.snapshot() if held else None,
             "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
             "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
             "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
@@ -165,7 +167,8 @@ def markdown(rows: list[dict]) -> str:
            "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         notes = (["oracle routing"] if r.get("oracle_routing") else []) + (
-            [f"{r['acceptance']} acceptance"] if r.get("acceptance", "recorded") != "recorded" else [])
+            [f"{r['acceptance']} acceptance"] if r.get("acceptance", "recorded") != "recorded" else []) + (
+            [f"held at {r['held']['target']:.0%}, bound ended {r['held']['bound']:.3f}"] if r.get("held") else [])
         place = ("one device" if r["ep"] == 1 else f"ep = {r['ep']}") + (f" ({', '.join(notes)})" if notes else "")
 
         def ch(a, b):

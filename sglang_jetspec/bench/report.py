@@ -94,7 +94,8 @@ def experts_table(results: list[dict]) -> str:
         rec = " ".join(f"{x:.2f}" for x in e["recall_per_layer"])
         rows.append(f"| {r['workload']} | {_batch(r)} | {r['label']} | {r['tokens_per_s']:.2f} | "
                     f"{r['accept_length']:.2f} | {e['mean_distinct_per_verify']:.2f} | "
-                    f"{e['verify_ms_per_round']:.1f} | {_fmt(e['kept_share'], '.0%')} | {rec} |")
+                    f"{e['verify_ms_per_round']:.1f} | {_fmt(e['kept_share'], '.0%')} | "
+                    f"{_fmt(e.get('loss_bound'), '.4f')} | {rec} |")
     return "\n".join(rows) if len(rows) > 2 else ""
 
 

@@ -216,7 +216,8 @@ def width_delta(before: dict | None, after: dict | None) -> dict | None:
 def expert_delta(before: dict, after: dict) -> dict:
     """What the expert-aware scheduler saw between two snapshots (expert_schedule.py): mean
     distinct experts per layer and verify, verify ms per round, kept / candidate nodes, and the
-    prediction's per-layer recall and precision (cumulative: the predictor keeps learning)."""
+    prediction's per-layer recall and precision (cumulative: the predictor keeps learning), and
+    the held loss bound at the end."""
     rounds = after["rounds"] - before["rounds"]
     if rounds <= 0:
         return {"rounds": 0}
@@ -228,6 +229,8 @@ def expert_delta(before: dict, after: dict) -> dict:
             "verify_ms_per_round": 1000 * (after["verify_seconds"] - before["verify_seconds"]) / rounds,
             "kept_share": (after["kept_nodes"] - before["kept_nodes"]) / cand if cand else None,
             "gated_rounds": after.get("gated_rounds", 0) - before.get("gated_rounds", 0),
+            # the held bound on the expected tokens at the end (core/loss_bound.py), if held
+            "loss_bound": (after.get("held") or {}).get("bound"),
             "recall_per_layer": after["recall_per_layer"], "precision_per_layer": after["precision_per_layer"]}
 
 

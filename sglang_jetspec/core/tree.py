@@ -380,6 +380,23 @@ def _best_first_rescored(root_token: int, vals: list[list[float]], ids: list[lis
     return _to_tree(tokens, parents, depths, scores, ranks, device)
 
 
+def node_draft_logprobs(tree: DraftTree, top_vals: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
+    """[n] float32: each node's own draft log-prob (its depth row's value for its token), root 0.
+
+    The tree's scores are cumulative and, with the n-gram prior, rescored and capped at 0 per step,
+    so they hide how sure the draft itself was; the per-row tables the tree was built from
+    (top_vals / top_ids [D, k] of ONE request) still hold it. A node whose token is not in its
+    row's table (a table cut narrower than the tree's) gets -inf."""
+    if tree.n == 1:
+        return torch.zeros(1, dtype=torch.float32)
+    depths, tokens = tree.depths[1:].cpu().long(), tree.tokens[1:].cpu().long()
+    if int(depths.max()) > top_ids.shape[0]:
+        raise ValueError(f"tree depth {int(depths.max())} exceeds the table's {top_ids.shape[0]} rows")
+    ids, vals = top_ids.cpu()[depths - 1], top_vals.cpu().float()[depths - 1]  # [n - 1, k]
+    own = torch.where(ids == tokens[:, None], vals, torch.tensor(float("-inf"))).amax(-1)
+    return torch.cat([torch.zeros(1), own])
+
+
 def limits_for_remaining(budget: int, max_depth: int, remaining: int | None) -> tuple[int, int]:
     """(budget, max_depth) for a round when a request may emit only `remaining` more tokens.
 

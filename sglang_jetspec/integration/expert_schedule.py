@@ -6,7 +6,12 @@ Each round, between building the candidate trees and the verify forward:
   2. price the batch with the online verify cost model (core/moe_cost.py: a + b tokens +
      c distinct experts) and keep the ancestor-closed node subset that maximises expected
      committed tokens per predicted second, giving up at most `max_expected_loss` of the
-     candidates' expected tokens (core/expert_aware_tree.schedule_batch). Node acceptance
+     candidates' expected tokens (core/expert_aware_tree.schedule_batch), where
+     `max_expected_loss` is held (core/loss_bound.py) so that the ACCEPTED LENGTH the pruning
+     gives up is SGLANG_JETSPEC_EXPERT_LOSS (default 3%): one pruning round in PROBE_EVERY
+     decides what it would prune but verifies the candidates whole, and compares what they
+     committed with what the pruned trees would have (exact for greedy and the walk rule: a
+     kept node keeps its ancestors); the bound moves with the loss observed. Node acceptance
      probabilities come from an online conditional model, P(node accepted | parent accepted) from
      the node's sibling rank and score step, levelled per depth
      (core/conditional_acceptance.py), trained here from verify outcomes, so it works with static
@@ -39,6 +44,7 @@ all its ancestors, and acceptance (greedy, or the host walk rule) commits the ta
   SGLANG_JETSPEC_EXPERT_AWARE=on   (default on MoE targets) prune as above
   SGLANG_JETSPEC_EXPERT_AWARE=off  verify the best-first trees as built; routed experts are still
                                    read and counted, so the two settings are compared like for like
+  SGLANG_JETSPEC_EXPERT_LOSS=0.03  the accepted-length share pruning may give up (0 < x < 0.5)
   SGLANG_JETSPEC_EXPERT_TRACE=FILE  also write every verified round (trees, accepted paths, routed
                                    experts of every node, node probabilities, predicted
                                    experts) as a JSON line: `launch.replay_experts` replays such a
@@ -59,17 +65,24 @@ from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
+from sglang_jetspec.core.loss_bound import MAX_BOUND, LossBound, committed
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
 from sglang_jetspec.integration.env_setting import env_choice
 
 ENV = "SGLANG_JETSPEC_EXPERT_AWARE"
 TRACE_ENV = "SGLANG_JETSPEC_EXPERT_TRACE"
+LOSS_ENV = "SGLANG_JETSPEC_EXPERT_LOSS"
 MODES = ("on", "off")
-# at most 1% of the candidates' expected committed tokens given up: the acceptance model under-
-# predicts deep nodes, so the accepted length fell 3-12% at a 3% bound in the 64-expert server
-# (docs/bench/cpu-qwen3moe-acceptance); at 1% it fell 0-1.3%
+# the worker's default: the share of the ACCEPTED LENGTH pruning may give up, held with probe
+# rounds (core/loss_bound.py), the quantity issue 5 bounds at 3%
+LOSS_TARGET = 0.03
+# without a held loss (the class's default; replays): at most 1% of the candidates' EXPECTED
+# tokens given up. The acceptance model under-predicts deep nodes, so the accepted length fell
+# 3-12% at a fixed 3% bound in the 64-expert server (docs/bench/cpu-qwen3moe-acceptance); at 1%
+# it fell 0-1.3%
 MAX_EXPECTED_LOSS = 0.01
+PROBE_EVERY = 8  # held bound: one pruning round in this many is verified whole (core/loss_bound.py)
 PRUNE_RECHECK = 8  # gated: one round in this many prunes (and measures) while pruning does not pay
 GATE_ALPHA = 0.1  # running means of the pruning's own time and of the verify time it saves
 
@@ -87,10 +100,26 @@ def moe_shape(hf_config) -> tuple[int, int, int] | None:
     return int(hf_config.num_hidden_layers), int(experts), int(top_k)
 
 
+def loss_from_env(environ=os.environ) -> float:
+    """SGLANG_JETSPEC_EXPERT_LOSS (default LOSS_TARGET): the accepted-length share to hold."""
+    raw = environ.get(LOSS_ENV, "").strip()
+    if not raw:
+        return LOSS_TARGET
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < MAX_BOUND:
+        raise ValueError(f"{LOSS_ENV}={raw!r} must be a number in (0, {MAX_BOUND}): the share of the "
+                         f"accepted length expert-aware pruning may give up (default {LOSS_TARGET})")
+    return value
+
+
 def check_expert_mode(hf_config, environ=os.environ) -> list[str]:
-    """Startup errors: a typo in the setting, or `on` for a dense target."""
+    """Startup errors: a typo in the settings, or `on` for a dense target."""
     try:
         mode = mode_from_env(environ)
+        loss_from_env(environ)
     except ValueError as exc:
         return [str(exc)]
     if ENV in environ and mode == "on" and moe_shape(hf_config) is None:
@@ -102,8 +131,14 @@ def check_expert_mode(hf_config, environ=os.environ) -> list[str]:
 class ExpertScheduler:
     def __init__(self, num_layers: int, num_experts: int, top_k: int, prune: bool = True,
                  max_expected_loss: float = MAX_EXPECTED_LOSS, patience: int | None = 16,
-                 trace_path: str | None = None, gate: bool = False):
+                 trace_path: str | None = None, gate: bool = False, hold_loss: float | None = None,
+                 probe_every: int = PROBE_EVERY):
         self.L, self.E, self.K, self.prune = num_layers, num_experts, top_k, prune
+        # hold_loss: the ACCEPTED-LENGTH loss held with probe rounds (core/loss_bound.py); the
+        # bound on the model's expected tokens then moves, starting from hold_loss
+        self.hold = LossBound(hold_loss, probe_every) if hold_loss is not None else None
+        self._probe_kept: list[set[int]] | None = None
+        self._logps: list[torch.Tensor] | None = None  # per verified tree, for the trace
         self.gate, self.clock = gate, time.perf_counter
         self.own_s = self.saved_s = None  # running means per pruning round (seconds)
         self.gated_rounds, self._since_check = 0, 0
@@ -126,8 +161,17 @@ class ExpertScheduler:
 
     # ---- before the verify forward ----------------------------------------------------------
 
-    def schedule(self, trees: list[DraftTree], prev_tokens: list[int]) -> list[DraftTree]:
-        """The trees to verify: pruned (prune=True) or as built; predictions kept for metrics."""
+    @property
+    def wants_draft_logprobs(self) -> bool:
+        """Whether `schedule` should get each node's own draft log-prob (the trace records it)."""
+        return self._trace is not None
+
+    def schedule(self, trees: list[DraftTree], prev_tokens: list[int],
+                 draft_logprobs: list[torch.Tensor] | None = None) -> list[DraftTree]:
+        """The trees to verify: pruned (prune=True) or as built; predictions kept for metrics.
+        draft_logprobs: per tree [n] each node's own draft log-prob (core/tree.node_draft_logprobs),
+        recorded in the trace."""
+        self._logps = draft_logprobs
         if all(t.n == 1 for t in trees):  # plain decoding: nothing to prune, nothing to predict
             self.candidate_nodes += len(trees)
             self.candidate_expected += len(trees)
@@ -151,8 +195,18 @@ class ExpertScheduler:
             self._predicted, self._probs = experts, probs
             self.kept_expected += full
             return trees
+        bound = self.hold.bound if self.hold is not None else self.max_expected_loss
         s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True,
-                           patience=self.patience, max_expected_loss=self.max_expected_loss)
+                           patience=self.patience, max_expected_loss=bound)
+        if self.hold is not None and self.hold.next_is_probe():
+            # verify the candidates whole; observe() compares what they commit with what the
+            # pruned trees would have committed
+            self._probe_kept = [set(k.tolist()) for k in s.kept]
+            self._predicted, self._probs = experts, probs
+            self.kept_expected += full
+            return trees
+        if draft_logprobs is not None:
+            self._logps = [lp[k] for lp, k in zip(draft_logprobs, s.kept)]
         self._predicted = [e[k] for e, k in zip(experts, s.kept)]
         self._probs = [p[k[1:] - 1] for p, k in zip(probs, s.kept)]
         self.kept_expected += s.expected_tokens
@@ -197,6 +251,11 @@ class ExpertScheduler:
         accepted node indices per tree, the bonus tokens (None where they do not label the
         children), the verify forward's wall time."""
         self.acceptance.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
+        if self._probe_kept is not None:
+            if len(self._probe_kept) == len(accepted_paths):
+                self.hold.observe(sum(len(p) for p in accepted_paths),
+                                  sum(committed(p, k) for p, k in zip(accepted_paths, self._probe_kept)))
+            self._probe_kept = None
         self.rounds += 1
         self.kept_nodes += sum(t.n for t in trees)
         self.verify_rows += len(trees) * n
@@ -233,6 +292,8 @@ class ExpertScheduler:
                "routed": [routed[b * n: b * n + t.n].tolist() for b, t in enumerate(trees)],
                "probs": None if self._probs is None else [p.tolist() for p in self._probs],
                "predicted": None if self._predicted is None else [e.tolist() for e in self._predicted]}
+        if self._logps is not None and len(self._logps) == len(trees):
+            rec["draft_logprobs"] = [[round(float(x), 5) for x in lp.tolist()] for lp in self._logps]
         self._trace.write(json.dumps(rec) + "\n")
         self._trace.flush()
 
@@ -252,7 +313,8 @@ class ExpertScheduler:
                 "expected_tokens_kept_share": self.kept_expected / self.candidate_expected
                 if self.candidate_expected else None,
                 "precision_per_layer": prec, "recall_per_layer": rec,
-                "cost": self.cost.coefficients}
+                "cost": self.cost.coefficients,
+                "held": self.hold.snapshot() if self.hold is not None else None}
 
 
 def _union_counts(expert_ids: list[torch.Tensor], num_experts: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ from sglang.srt.speculative.spec_utils import (
 from sglang_jetspec.core.budget_controller import tree_prefix
 from sglang_jetspec.core.checkpoint import load_head
 from sglang_jetspec.core.draft_vocab import FILE_NAME as DRAFT_VOCAB_FILE
-from sglang_jetspec.core.tree import build_trees_from_top
+from sglang_jetspec.core.tree import build_trees_from_top, node_draft_logprobs
 from sglang_jetspec.core.tree_native import prepare as prepare_native
 from sglang_jetspec.core.verify_layout import full_custom_mask, to_verify_layout
 from sglang_jetspec.integration import kv_reserve
@@ -57,6 +57,7 @@ from sglang_jetspec.integration.draft_vocab_setting import mode_from_env as draf
 from sglang_jetspec.integration.pair_prior_setting import mode_from_env as pair_prior_mode
 from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
+from sglang_jetspec.integration.expert_schedule import loss_from_env as expert_loss_from_env
 from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
 from sglang_jetspec.integration.drafter import Drafter, top_of
 from sglang_jetspec.integration.head_pool import HeadContextPool, context_slot_table
@@ -163,10 +164,12 @@ class JetSpecWorker(BaseSpecWorker):
                                                        device=buf.device)
         self._capturer = capturer
         sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on",
-                                trace_path=os.environ.get(EXPERT_TRACE_ENV) or None, gate=True)
+                                trace_path=os.environ.get(EXPERT_TRACE_ENV) or None, gate=True,
+                                hold_loss=expert_loss_from_env())
         self.stats.attach("experts", sched.snapshot)
         logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d)",
-                    "on" if sched.prune else "off (measuring only)", *shape)
+                    f"on, giving up at most {sched.hold.target:.1%} of the accepted length" if sched.prune
+                    else "off (measuring only)", *shape)
         return sched
 
     def _routed_experts(self, rows: int) -> torch.Tensor:
@@ -283,7 +286,9 @@ class JetSpecWorker(BaseSpecWorker):
             if probe:  # verify the prefix of this width: the tree its budget builds
                 trees = [tree_prefix(p, min(p.n, t.budget)) for p, t in zip(probe_trees, settings)]
             if self.experts is not None:  # MoE: keep the nodes worth their expert reads
-                trees = self.experts.schedule(trees, prev)
+                logps = ([node_draft_logprobs(t, top_vals[b], top_ids[b]) for b, t in enumerate(trees)]
+                         if self.experts.wants_draft_logprobs else None)
+                trees = self.experts.schedule(trees, prev, logps)
             draft_qs = None
             if scores is not None and any(rrs):  # after scheduling: it reads the greedy tokens
                 temps = info.temperatures.view(-1).tolist()
