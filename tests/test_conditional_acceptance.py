@@ -93,6 +93,36 @@ def test_learns_the_rank_a_saturated_score_hides():
     assert abs(c[first - 1] - c[second - 1]) < 1e-9  # the score calibrator cannot: same score
 
 
+def test_own_draft_logprob_bins_split_what_the_score_hides():
+    """With logp_bins the model splits each group on the node's own draft log-prob (capped scores
+    hide it): rank-0 children whose own log-prob is high are accepted 90%, low 30%."""
+    rnd = random.Random(2)
+    binned, plain = ConditionalAcceptance(half_life=None, logp_bins=(-0.5,)), ConditionalAcceptance(half_life=None)
+
+    def round_(seed):
+        t = saturated_tree(2, 1, seed)  # a chain: rank 0 everywhere, score steps all 0
+        own = torch.tensor([0.0] + [rnd.choice([-0.1, -2.0]) for _ in range(t.n - 1)])
+        path = [0]
+        for i in range(1, t.n):
+            if rnd.random() >= (0.9 if own[i] > -0.5 else 0.3):
+                break
+            path.append(i)
+        return t, own, path
+
+    for r in range(400):
+        t, own, path = round_(r)
+        binned.update_from_trees([t], [path], draft_logprobs=[own])
+        plain.update_from_trees([t], [path])
+    t = saturated_tree(2, 1, 999)
+    hi, lo = torch.tensor([0.0, -0.1, -0.1]), torch.tensor([0.0, -2.0, -2.0])
+    assert abs(binned.step_probs(t, hi)[0] - 0.9) < 0.07 and abs(binned.step_probs(t, lo)[0] - 0.3) < 0.07
+    assert plain.step_probs(t, hi) == plain.step_probs(t, lo)  # ignores them
+    with pytest.raises(ValueError, match="pass draft_logprobs"):
+        binned.trees_probs([t])
+    with pytest.raises(ValueError, match="2 entries for a tree of 3 nodes"):
+        binned.tree_probs(t, hi[:2])
+
+
 def test_only_children_of_accepted_nodes_teach():
     model = ConditionalAcceptance(half_life=None)
     t = saturated_tree(2, 2, 5)  # root -> a, b; a -> a0, a1; b -> b0, b1
@@ -123,6 +153,7 @@ def test_the_bonus_labels_children_beyond_the_verified_prefix():
 @pytest.mark.parametrize("kw,msg", [
     (dict(step_min=0.0), "step_min 0.0"), (dict(n_knots=1), "n_knots 1"), (dict(rank_bins=0), "rank_bins 0"),
     (dict(half_life=0), "half_life 0"), (dict(prior_strength=0), "prior_strength 0"),
+    (dict(logp_bins=(-1.0, -0.5)), "descending order"), (dict(logp_bins=(0.5,)), "descending order"),
 ])
 def test_bad_settings_are_named(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -54,7 +54,7 @@ class ConditionalAcceptance:
 
     def __init__(self, step_min: float = -12.0, n_knots: int = 25, rank_bins: int = 3, depth_bins: int = 1,
                  half_life: float | None = 200.0, prior_strength: float = 2.0, monotone: bool = True,
-                 depth_levels: bool = True, max_depth: int = 16):
+                 depth_levels: bool = True, max_depth: int = 16, logp_bins: tuple[float, ...] = ()):
         if not (math.isfinite(step_min) and step_min < 0):
             raise ValueError(f"step_min {step_min} must be a finite negative log-prob")
         if n_knots < 2:
@@ -65,13 +65,19 @@ class ConditionalAcceptance:
             raise ValueError(f"half_life {half_life} must be > 0 rounds (None = never forget)")
         if not prior_strength > 0:
             raise ValueError(f"prior_strength {prior_strength} must be > 0 pseudo-observations")
+        if list(logp_bins) != sorted(logp_bins, reverse=True) or any(not x <= 0 for x in logp_bins):
+            raise ValueError(f"logp_bins {logp_bins} must be log-probs <= 0 in descending order")
+        # the node's OWN draft log-prob (before the prior's rescoring and cap) splits the groups
+        # at these thresholds; they need `draft_logprobs` in updates and predictions
+        self.logp_bins = tuple(float(x) for x in logp_bins)
         self.step_min, self.n_knots = float(step_min), int(n_knots)
         self.rank_bins, self.depth_bins = int(rank_bins), int(depth_bins)
         self.half_life, self.prior_strength, self.monotone = half_life, float(prior_strength), monotone
         self.spacing = -self.step_min / (self.n_knots - 1)
         self.decay = 1.0 if half_life is None else 0.5 ** (1.0 / half_life)
         self.prior = [min(1.0, math.exp(self.step_min + self.spacing * i)) for i in range(self.n_knots)]
-        size = self.rank_bins * self.depth_bins * self.n_knots
+        self.groups = self.rank_bins * self.depth_bins * (len(self.logp_bins) + 1)
+        size = self.groups * self.n_knots
         self.count = [0.0] * size  # decayed observation weight per knot
         self.hits = [0.0] * size  # decayed accepted weight per knot
         self.updates = 0
@@ -81,18 +87,31 @@ class ConditionalAcceptance:
         self.level_hits = [0.0] * (self.max_depth + 1)
         self.level_pred = [0.0] * (self.max_depth + 1)
 
-    def _knot_of(self, step: float, depth: int, rank: int) -> tuple[int, float]:
+    def _knot_of(self, step: float, depth: int, rank: int, logp: float = 0.0) -> tuple[int, float]:
         """(flat index of the lower knot, weight of the upper one) of a node."""
         x = (min(0.0, max(self.step_min, step)) - self.step_min) / self.spacing
         lo = min(max(int(math.floor(x)), 0), self.n_knots - 2)
         group = min(max(depth - 1, 0), self.depth_bins - 1) * self.rank_bins + min(rank, self.rank_bins - 1)
+        if self.logp_bins:
+            group = group * (len(self.logp_bins) + 1) + sum(logp < b for b in self.logp_bins)
         return group * self.n_knots + lo, x - lo
+
+    def _own(self, tree: DraftTree, logps) -> list[float]:
+        """The nodes' own draft log-probs as a list (zeros when the model does not use them)."""
+        if not self.logp_bins:
+            return [0.0] * tree.n
+        if logps is None:
+            raise ValueError("this model splits on the nodes' own draft log-probs (logp_bins "
+                             f"{self.logp_bins}): pass draft_logprobs")
+        if logps.shape[0] != tree.n:
+            raise ValueError(f"draft_logprobs has {logps.shape[0]} entries for a tree of {tree.n} nodes")
+        return logps.tolist()
 
     def _knots(self) -> list[float]:
         """Posterior knot means, monotone in the score step within each group (cached)."""
         if self._table is None:
             k, s, out = self.n_knots, self.prior_strength, []
-            for g in range(self.rank_bins * self.depth_bins):
+            for g in range(self.groups):
                 counts, hits = self.count[g * k:(g + 1) * k], self.hits[g * k:(g + 1) * k]
                 weight = [c + s for c in counts]
                 mean = [(h + s * p) / w for h, p, w in zip(hits, self.prior, weight)]
@@ -104,25 +123,29 @@ class ConditionalAcceptance:
 
     def update_from_trees(self, trees: list[DraftTree], accepted_paths: list[list[int]],
                           verified_sizes: list[int] | None = None,
-                          bonus_tokens: list[int | None] | None = None) -> int:
+                          bonus_tokens: list[int | None] | None = None,
+                          draft_logprobs: list[torch.Tensor] | None = None) -> int:
         """One verify round: every labelled child of an accepted node (see
-        calibration.labelled_nodes for verified_sizes and bonus_tokens); returns how many."""
+        calibration.labelled_nodes for verified_sizes and bonus_tokens); returns how many.
+        draft_logprobs: per tree [n] the nodes' own draft log-probs (needed with logp_bins)."""
         sizes, bonus = round_lists(trees, accepted_paths, verified_sizes, bonus_tokens)
+        logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
         seen: list[tuple[int, float, bool]] = []
         levels: list[tuple[int, float, bool]] = []  # (depth, path product predicted, accepted)
-        for t, path, v, b in zip(trees, accepted_paths, sizes, bonus):
+        for t, path, v, b, lp in zip(trees, accepted_paths, sizes, bonus, logps):
             if t.n == 1:
                 continue
+            own = self._own(t, lp)
             idx, acc = _labelled_lists(t, path, v, b)
             on_path = set(path)
             parents, depths, scores, ranks = (x.tolist() for x in (t.parents, t.depths, t.scores, t.ranks))
-            raw = [1.0] + self._path_products(t) if self.depth_levels else None
+            raw = [1.0] + self._path_products(t, None, lp) if self.depth_levels else None
             for i, ok in zip(idx, acc):
                 p = parents[i]
                 if raw is not None:
                     levels.append((min(depths[i], self.max_depth), raw[i], ok))
                 if p in on_path:  # its parent was accepted: the target's pick after it is known
-                    j, f = self._knot_of(scores[i] - scores[p], depths[i], ranks[i])
+                    j, f = self._knot_of(scores[i] - scores[p], depths[i], ranks[i], own[i])
                     seen.append((j, f, ok))
         if not seen and all(t.n == 1 for t in trees):
             return 0
@@ -147,25 +170,26 @@ class ConditionalAcceptance:
 
     # ---- prediction -------------------------------------------------------------------------
 
-    def step_probs(self, tree: DraftTree) -> list[float]:
+    def step_probs(self, tree: DraftTree, draft_logprobs: torch.Tensor | None = None) -> list[float]:
         """[n - 1] q(v) of the non-root nodes: P(accepted | parent accepted), before the sibling
         scaling."""
-        table = self._knots()
+        table, own = self._knots(), self._own(tree, draft_logprobs)
         parents, depths, scores, ranks = (x.tolist() for x in (tree.parents, tree.depths, tree.scores, tree.ranks))
         out = []
         for i in range(1, tree.n):
-            j, f = self._knot_of(scores[i] - scores[parents[i]], depths[i], ranks[i])
+            j, f = self._knot_of(scores[i] - scores[parents[i]], depths[i], ranks[i], own[i])
             out.append(table[j] * (1.0 - f) + table[j + 1] * f)
         return out
 
-    def _path_products(self, tree: DraftTree, levels: list[float] | None = None) -> list[float]:
+    def _path_products(self, tree: DraftTree, levels: list[float] | None = None,
+                       draft_logprobs: torch.Tensor | None = None) -> list[float]:
         """[n - 1] P(parent) q(v) / max(1, q of v and its siblings), each node's P(parent) taken
         from the same pass; with `levels` every node's value is scaled by its depth's level and
         kept at most its parent's (siblings scaled to sum at most their parent's)."""
         n = tree.n
         if n == 1:
             return []
-        q = [1.0] + self.step_probs(tree)
+        q = [1.0] + self.step_probs(tree, draft_logprobs)
         parents, depths = tree.parents.tolist(), tree.depths.tolist()
         total = [0.0] * n
         for i in range(1, n):
@@ -193,14 +217,16 @@ class ConditionalAcceptance:
         s = self.prior_strength
         return [(h + s) / (q + s) for h, q in zip(self.level_hits, self.level_pred)]
 
-    def tree_prob_list(self, tree: DraftTree) -> list[float]:
+    def tree_prob_list(self, tree: DraftTree, draft_logprobs: torch.Tensor | None = None) -> list[float]:
         """[n - 1] P(accepted) of the non-root nodes in node order (a list of floats)."""
-        return self._path_products(tree, self.levels() if self.depth_levels else None)
+        return self._path_products(tree, self.levels() if self.depth_levels else None, draft_logprobs)
 
-    def tree_probs(self, tree: DraftTree) -> torch.Tensor:
+    def tree_probs(self, tree: DraftTree, draft_logprobs: torch.Tensor | None = None) -> torch.Tensor:
         """[n - 1] float32 P(accepted) of the non-root nodes: a child never above its parent,
         siblings never summing above it."""
-        return torch.tensor(self.tree_prob_list(tree), dtype=torch.float32)
+        return torch.tensor(self.tree_prob_list(tree, draft_logprobs), dtype=torch.float32)
 
-    def trees_probs(self, trees: list[DraftTree]) -> list[torch.Tensor]:
-        return [self.tree_probs(t) for t in trees]
+    def trees_probs(self, trees: list[DraftTree], draft_logprobs: list[torch.Tensor] | None = None
+                    ) -> list[torch.Tensor]:
+        logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
+        return [self.tree_probs(t, lp) for t, lp in zip(trees, logps)]
