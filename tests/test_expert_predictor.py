@@ -70,6 +70,25 @@ def test_predict_tree_uses_each_nodes_parent_token_as_context():
     assert pred.predict_tree(tree).shape == (tree.n, L, K)
 
 
+@pytest.mark.parametrize("trained", [False, True])
+def test_predict_trees_equals_one_call_per_tree(trained):
+    g = torch.Generator().manual_seed(4)
+    table = _table(g, 12)
+    pred = ExpertPredictor(L, E, K, bigram_min_count=1)
+    if trained:  # untrained: every rate ties at K/E, so the batched top-k must break ties alike too
+        seq = torch.randint(0, 12, (200,), generator=g)
+        pred.update_sequence(seq, table[seq])
+    trees = [build_tree(int(torch.randint(12, (1,), generator=g)), torch.randn(4, 12, generator=g).log_softmax(-1),
+                        budget=int(torch.randint(1, 14, (1,), generator=g)), width=3) for _ in range(7)]
+    prevs = [int(torch.randint(-1, 12, (1,), generator=g)) for _ in trees]
+    batched = pred.predict_trees(trees, prevs)
+    assert len(batched) == len(trees) and pred.predict_trees([], []) == []
+    for t, p, b in zip(trees, prevs, batched):
+        assert torch.equal(b, pred.predict_tree(t, p))
+    with pytest.raises(ValueError, match="2 root_prev_tokens for 7 trees"):
+        pred.predict_trees(trees, prevs[:2])
+
+
 def _eager_rates(tokens, routed, half_life, s):
     """The same model computed directly: weights 0.5^(age / half_life), no pair level."""
     m = len(tokens)

@@ -227,6 +227,23 @@ class ExpertPredictor:
         prev = torch.where(parents >= 0, tokens[parents.clamp_min(0)], torch.tensor(root_prev_token))
         return self.predict(tokens, prev)
 
+    def predict_trees(self, trees, root_prev_tokens) -> list[torch.Tensor]:
+        """[predict_tree(t, p) for each tree and root_prev_token]: the same predictions from ONE
+        lookup over the batch's nodes (per-tree calls cost ~0.3 ms each on a CPU host, ~10 ms a
+        round for 32 trees)."""
+        if len(trees) != len(root_prev_tokens):
+            raise ValueError(f"{len(root_prev_tokens)} root_prev_tokens for {len(trees)} trees")
+        if not trees:
+            return []
+        tokens, prevs = [], []
+        for tree, root_prev in zip(trees, root_prev_tokens):
+            t = tree.tokens.detach().cpu().long()
+            par = tree.parents.detach().cpu().long()
+            tokens.append(t)
+            prevs.append(torch.where(par >= 0, t[par.clamp_min(0)], torch.tensor(root_prev)))
+        out = self.predict(torch.cat(tokens), torch.cat(prevs))
+        return list(out.split([t.numel() for t in tokens]))
+
 
 def _check_ids(ids: torch.Tensor, name: str, allow_unknown: bool = False) -> int:
     if ids.dim() != 1 or ids.is_floating_point():

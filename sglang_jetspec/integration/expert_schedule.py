@@ -184,7 +184,7 @@ class ExpertScheduler:
             self._predicted = self._probs = None
             return trees
         t0 = self.clock()
-        experts = [self.predictor.predict_tree(t, p) for t, p in zip(trees, prev_tokens)]
+        experts = self.predictor.predict_trees(trees, prev_tokens)
         self.candidate_nodes += sum(t.n for t in trees)
         union = _union_counts(experts, self.E)
         self.candidate_distinct += union
