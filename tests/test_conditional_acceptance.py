@@ -166,3 +166,41 @@ def test_mismatched_rounds_are_refused():
         ConditionalAcceptance().update_from_trees([t], [[0], [0]])
     with pytest.raises(ValueError, match="accepted path"):
         ConditionalAcceptance().update_from_trees([t], [[1]])
+
+
+@pytest.mark.parametrize("bins", [(), (-0.5, -2.0)])
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_products_equal_the_per_node_reference(seed, bins):
+    """trees_probs (tensor ops over the batch, one pass per depth) against the per-node Python
+    reference `_path_products`, with and without the depth levels, on random trees (prior-like
+    saturated scores included) after learning from random rounds."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = random.Random(seed)
+    model = ConditionalAcceptance(half_life=50.0, depth_bins=2 if seed % 2 else 1, logp_bins=bins)
+
+    def tree():
+        lp = torch.log_softmax(3 * torch.randn(6, 40, generator=g), -1)
+        t = build_tree(int(torch.randint(40, (1,), generator=g)), lp, int(torch.randint(1, 40, (1,), generator=g)),
+                       int(torch.randint(1, 6, (1,), generator=g)))
+        if rnd.random() < 0.3:  # saturated scores, as the prior's cap gives
+            t = DraftTree(t.tokens, t.parents, t.depths, torch.zeros_like(t.scores), t.ranks)
+        own = torch.cat([torch.zeros(1), -3 * torch.rand(t.n - 1, generator=g)])
+        return t, own
+
+    for _ in range(30):
+        batch = [tree() for _ in range(rnd.randint(1, 5))]
+        trees, owns = [b[0] for b in batch], [b[1] for b in batch]
+        paths = [accepted_path(t, 0.7, 0.2, rnd) for t in trees]
+        model.update_from_trees(trees, paths, draft_logprobs=owns if bins else None)
+    batch = [tree() for _ in range(12)]
+    trees, owns = [b[0] for b in batch], [b[1] for b in batch]
+    lps = owns if bins else None
+    for levels in (None, model.levels()):
+        fast = model.batch_products(trees, levels, lps)
+        for t, own, got in zip(trees, owns, fast):
+            want = model._path_products(t, levels, own if bins else None)
+            assert got.shape == (t.n - 1,)
+            torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
+    probs = model.trees_probs(trees, lps)
+    for t, own, got in zip(trees, owns, probs):
+        torch.testing.assert_close(got, model.tree_probs(t, own if bins else None), rtol=0, atol=1e-6)

@@ -47,6 +47,11 @@ from .calibration import _labelled_lists, round_lists
 from .isotonic import isotonic
 from .tree import DraftTree
 
+# from this many nodes in a round, the tensor pass over the batch beats the per-node Python
+# (docs/bench/cpu-qwen3moe-acceptance/schedule_cost_batched.txt: ~1 ms slower at batch 1, level
+# around 256-512 nodes, 1.7x faster at 32 budget-32 trees)
+BATCH_MIN_NODES = 512
+
 
 class ConditionalAcceptance:
     """q(rank, depth, score step) -> P(accepted | parent accepted), online; node probabilities as
@@ -132,14 +137,21 @@ class ConditionalAcceptance:
         logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
         seen: list[tuple[int, float, bool]] = []
         levels: list[tuple[int, float, bool]] = []  # (depth, path product predicted, accepted)
-        for t, path, v, b, lp in zip(trees, accepted_paths, sizes, bonus, logps):
+        if not self.depth_levels:
+            products = [None] * len(trees)
+        elif sum(t.n for t in trees) < BATCH_MIN_NODES:
+            products = [torch.tensor(self._path_products(t, None, lp), dtype=torch.float64)
+                        for t, lp in zip(trees, logps)]
+        else:
+            products = self.batch_products(trees, None, draft_logprobs)
+        for t, path, v, b, lp, prod in zip(trees, accepted_paths, sizes, bonus, logps, products):
             if t.n == 1:
                 continue
             own = self._own(t, lp)
             idx, acc = _labelled_lists(t, path, v, b)
             on_path = set(path)
             parents, depths, scores, ranks = (x.tolist() for x in (t.parents, t.depths, t.scores, t.ranks))
-            raw = [1.0] + self._path_products(t, None, lp) if self.depth_levels else None
+            raw = [1.0] + prod.tolist() if prod is not None else None
             for i, ok in zip(idx, acc):
                 p = parents[i]
                 if raw is not None:
@@ -228,5 +240,60 @@ class ConditionalAcceptance:
 
     def trees_probs(self, trees: list[DraftTree], draft_logprobs: list[torch.Tensor] | None = None
                     ) -> list[torch.Tensor]:
+        """[tree_probs(t) for each tree]; for a batch of BATCH_MIN_NODES nodes or more computed at once
+        (`batch_products`), below that per node in Python, which is faster there."""
+        if sum(t.n for t in trees) < BATCH_MIN_NODES:
+            logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
+            return [self.tree_probs(t, lp) for t, lp in zip(trees, logps)]
+        levels = self.levels() if self.depth_levels else None
+        return [p.float() for p in self.batch_products(trees, levels, draft_logprobs)]
+
+    def batch_products(self, trees: list[DraftTree], levels: list[float] | None = None,
+                       draft_logprobs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """`_path_products` of every tree (float64 [n_b - 1] each) in tensor operations over the
+        batch's nodes, one pass per depth instead of Python per node (the same arithmetic; sums
+        over siblings may differ in the last bits: tests/test_conditional_acceptance.py)."""
+        if not trees:
+            return []
         logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
-        return [self.tree_probs(t, lp) for t, lp in zip(trees, logps)]
+        sizes = [t.n for t in trees]
+        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        parents = torch.cat([t.parents.cpu().long() + torch.where(t.parents.cpu() >= 0, o, 0)
+                             for t, o in zip(trees, offsets.tolist())])
+        depths = torch.cat([t.depths.cpu().long() for t in trees])
+        scores = torch.cat([t.scores.cpu().double() for t in trees])
+        ranks = torch.cat([t.ranks.cpu().long() for t in trees])
+        own = torch.tensor([x for t, lp in zip(trees, logps) for x in self._own(t, lp)], dtype=torch.float64)
+        root = parents < 0
+        par = parents.clamp_min(0)
+        # q(v) of every node (roots 1), as _knot_of + the linear interpolation of step_probs
+        step = torch.where(root, 0.0, scores - scores[par])
+        x = (step.clamp(self.step_min, 0.0) - self.step_min) / self.spacing
+        lo = x.floor().long().clamp(0, self.n_knots - 2)
+        f = x - lo
+        group = (depths - 1).clamp(0, self.depth_bins - 1) * self.rank_bins + ranks.clamp(max=self.rank_bins - 1)
+        if self.logp_bins:
+            group = group * (len(self.logp_bins) + 1) + sum((own < b).long() for b in self.logp_bins)
+        j = group * self.n_knots + lo
+        table = torch.tensor(self._knots(), dtype=torch.float64)
+        q = torch.where(root, 1.0, table[j.clamp(0, table.numel() - 2)] * (1.0 - f)
+                        + table[(j + 1).clamp(0, table.numel() - 1)] * f)
+        child = ~root
+        total = torch.zeros_like(q).index_add_(0, parents[child], q[child])  # q summed over each node's children
+        p = torch.ones_like(q)
+        out = torch.ones_like(q) if levels is not None else None
+        if levels is not None:
+            lev = torch.tensor(levels, dtype=torch.float64)
+        for d in range(1, int(depths.max()) + 1):
+            at = (depths == d).nonzero().squeeze(1)
+            if at.numel() == 0:
+                continue
+            pa = parents[at]
+            p[at] = p[pa] * q[at] / total[pa].clamp_min(1.0)
+            if levels is not None:
+                vals = torch.minimum(out[pa], p[at] * lev[depths[at].clamp(max=self.max_depth)])
+                sums = torch.zeros_like(q).index_add_(0, pa, vals)[pa]
+                scale = torch.where(sums > out[pa], out[pa] / sums, 1.0)
+                out[at] = vals * scale
+        res = out if levels is not None else p
+        return [r[1:] for r in res.split(sizes)]
