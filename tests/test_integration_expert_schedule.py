@@ -89,6 +89,7 @@ def test_held_loss_probes_whole_trees_and_steers_the_bound():
     snap = held.snapshot()["held"]
     probes = [i for i in range(n_rounds) if i % PROBE_EVERY == 0]
     assert snap["probes"] == len(probes) and snap["target"] == 0.03
+    assert ExpertScheduler(L, E, K, prune=False, hold_loss=0.03).snapshot()["held"] is None  # off: nothing held
     assert all(kept[i] == cands[i] for i in probes)  # probes verify whole
     assert sum(kept[i] < cands[i] for i in range(n_rounds) if i not in probes) > 0  # the rest prune
     assert snap["bound"] != pytest.approx(0.03) and snap["observed_loss"] is not None

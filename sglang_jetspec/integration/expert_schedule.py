@@ -136,7 +136,8 @@ class ExpertScheduler:
         self.L, self.E, self.K, self.prune = num_layers, num_experts, top_k, prune
         # hold_loss: the ACCEPTED-LENGTH loss held with probe rounds (core/loss_bound.py); the
         # bound on the model's expected tokens then moves, starting from hold_loss
-        self.hold = LossBound(hold_loss, probe_every) if hold_loss is not None else None
+        # (none when not pruning: nothing to hold)
+        self.hold = LossBound(hold_loss, probe_every) if hold_loss is not None and prune else None
         self._probe_kept: list[set[int]] | None = None
         self._logps: list[torch.Tensor] | None = None  # per verified tree, for the trace
         self.gate, self.clock = gate, time.perf_counter
