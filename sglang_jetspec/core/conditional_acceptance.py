@@ -137,13 +137,7 @@ class ConditionalAcceptance:
         logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
         seen: list[tuple[int, float, bool]] = []
         levels: list[tuple[int, float, bool]] = []  # (depth, path product predicted, accepted)
-        if not self.depth_levels:
-            products = [None] * len(trees)
-        elif sum(t.n for t in trees) < BATCH_MIN_NODES:
-            products = [torch.tensor(self._path_products(t, None, lp), dtype=torch.float64)
-                        for t, lp in zip(trees, logps)]
-        else:
-            products = self.batch_products(trees, None, draft_logprobs)
+        products = self._products(trees, None, draft_logprobs) if self.depth_levels else [None] * len(trees)
         for t, path, v, b, lp, prod in zip(trees, accepted_paths, sizes, bonus, logps, products):
             if t.n == 1:
                 continue
@@ -240,13 +234,19 @@ class ConditionalAcceptance:
 
     def trees_probs(self, trees: list[DraftTree], draft_logprobs: list[torch.Tensor] | None = None
                     ) -> list[torch.Tensor]:
-        """[tree_probs(t) for each tree]; for a batch of BATCH_MIN_NODES nodes or more computed at once
-        (`batch_products`), below that per node in Python, which is faster there."""
-        if sum(t.n for t in trees) < BATCH_MIN_NODES:
-            logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
-            return [self.tree_probs(t, lp) for t, lp in zip(trees, logps)]
+        """[tree_probs(t) for each tree] (`_products`)."""
         levels = self.levels() if self.depth_levels else None
-        return [p.float() for p in self.batch_products(trees, levels, draft_logprobs)]
+        return [p.float() for p in self._products(trees, levels, draft_logprobs)]
+
+    def _products(self, trees: list[DraftTree], levels: list[float] | None,
+                  draft_logprobs: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """float64 `_path_products` of every tree: for a round of BATCH_MIN_NODES nodes or more
+        computed at once (`batch_products`), below that per node in Python, which is faster there."""
+        if sum(t.n for t in trees) >= BATCH_MIN_NODES:
+            return self.batch_products(trees, levels, draft_logprobs)
+        logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
+        return [torch.tensor(self._path_products(t, levels, lp), dtype=torch.float64)
+                for t, lp in zip(trees, logps)]
 
     def batch_products(self, trees: list[DraftTree], levels: list[float] | None = None,
                        draft_logprobs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:

@@ -192,8 +192,7 @@ def _value(batch: _Batch, valid: torch.Tensor, cost, expert_to_rank, pad_to_wide
     a, b, c, d = _coefficients(cost, expert_to_rank)
     e2r, num_ranks = _rank_info(expert_to_rank)
     load = el.expert_load(batch.experts[None], valid[None], batch.num_experts, e2r, num_ranks)
-    sizes = [int(x) for x in torch.zeros(len(batch.sizes), dtype=torch.long).index_add_(
-        0, batch.tree_of, valid.long()).tolist()]
+    sizes = torch.zeros(len(batch.sizes), dtype=torch.long).index_add_(0, batch.tree_of, valid.long()).tolist()
     tokens = len(batch.sizes) * max(sizes) if pad_to_widest else sum(sizes)
     seconds = (a + b * tokens + c * float(load.batch_counts.sum())
                + d * float(load.max_rank_experts[-1].sum()))
