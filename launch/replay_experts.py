@@ -3,7 +3,7 @@ expert-parallel placements, with the exact accepted length (sglang_jetspec/bench
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
     python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] \
-        [--acceptance recorded,conditional,oracle] [--hold-loss 0.03 [--probe-every 8]] [--json OUT]
+        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--probe-every 8]] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -43,11 +43,16 @@ def main(argv=None) -> None:
     p.add_argument("--acceptance", default="recorded",
                    help="comma-separated node probabilities to replay with: recorded (what the server's "
                         "scheduler saw), calibrated (the score calibrator), conditional (the conditional "
-                        "model), oracle (the recorded accepted paths: the bound of a perfect prediction)")
+                        "model), ngram (the conditional model split on each node's n-gram log-prob, the server's "
+                        "with a head that has a prior), oracle (the recorded accepted paths: the bound of a "
+                        "perfect prediction)")
+    p.add_argument("--prior", default=None, metavar="HEAD",
+                   help="head folder whose n-gram prior gives the nodes' n-gram log-probs for --acceptance "
+                        "ngram where the trace did not record them (traces before 2026-12-07 evening)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
 
-    from sglang_jetspec.bench.expert_replay import ACCEPTANCE, load_trace, markdown, replay
+    from sglang_jetspec.bench.expert_replay import ACCEPTANCE, load_trace, markdown, replay, with_ngram
 
     try:
         eps = [int(x) for x in args.ep.split(",") if x.strip()]
@@ -58,6 +63,16 @@ def main(argv=None) -> None:
         if not kinds or any(k not in ACCEPTANCE for k in kinds):
             raise ValueError(f"--acceptance {args.acceptance}: each must be one of {list(ACCEPTANCE)}")
         rounds = load_trace(args.trace)
+        if args.prior is not None:
+            from sglang_jetspec.core.pair_prior import PairPrior
+
+            prior = PairPrior.load(args.prior)
+            if prior is None:
+                raise ValueError(f"--prior {args.prior}: no n-gram prior there (pair_prior.safetensors)")
+            rounds = with_ngram(rounds, prior)
+        if "ngram" in kinds and any(r.ngram is None for r in rounds):
+            raise ValueError(f"--acceptance ngram: {args.trace} does not record the nodes' n-gram log-probs; "
+                             "pass the head's folder as --prior")
         hold = None
         if args.hold_loss is not None:
             from sglang_jetspec.core.loss_bound import LossBound

@@ -111,13 +111,13 @@ def test_own_draft_logprob_bins_split_what_the_score_hides():
 
     for r in range(400):
         t, own, path = round_(r)
-        binned.update_from_trees([t], [path], draft_logprobs=[own])
+        binned.update_from_trees([t], [path], node_logps=[own])
         plain.update_from_trees([t], [path])
     t = saturated_tree(2, 1, 999)
     hi, lo = torch.tensor([0.0, -0.1, -0.1]), torch.tensor([0.0, -2.0, -2.0])
     assert abs(binned.step_probs(t, hi)[0] - 0.9) < 0.07 and abs(binned.step_probs(t, lo)[0] - 0.3) < 0.07
     assert plain.step_probs(t, hi) == plain.step_probs(t, lo)  # ignores them
-    with pytest.raises(ValueError, match="pass draft_logprobs"):
+    with pytest.raises(ValueError, match="pass node_logps"):
         binned.trees_probs([t])
     with pytest.raises(ValueError, match="2 entries for a tree of 3 nodes"):
         binned.tree_probs(t, hi[:2])
@@ -191,7 +191,7 @@ def test_batch_products_equal_the_per_node_reference(seed, bins):
         batch = [tree() for _ in range(rnd.randint(1, 5))]
         trees, owns = [b[0] for b in batch], [b[1] for b in batch]
         paths = [accepted_path(t, 0.7, 0.2, rnd) for t in trees]
-        model.update_from_trees(trees, paths, draft_logprobs=owns if bins else None)
+        model.update_from_trees(trees, paths, node_logps=owns if bins else None)
     batch = [tree() for _ in range(12)]
     trees, owns = [b[0] for b in batch], [b[1] for b in batch]
     lps = owns if bins else None

@@ -232,3 +232,35 @@ def test_trace_records_each_nodes_draft_logprob(tmp_path):
     sched._trace.close()
     (rec,) = load_trace(trace)
     torch.testing.assert_close(rec.logps[0], own, atol=1e-5, rtol=0)
+
+
+def test_with_the_heads_prior_acceptance_splits_on_each_nodes_ngram_logprob(tmp_path):
+    """A head with an n-gram prior: the acceptance model splits on each node's n-gram log-prob
+    (its grandparent at depth 1 is the committed token before the anchor), learns from the
+    verified trees' values, and the trace records them so `--acceptance ngram` replays it."""
+    from sglang_jetspec.bench.expert_replay import load_trace, replay, with_acceptance
+    from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS
+    from sglang_jetspec.core.pair_prior import PairPrior
+
+    g = torch.Generator().manual_seed(4)
+    prior = PairPrior.from_sequences([torch.randint(0, VOCAB, (200,), generator=g).tolist() for _ in range(4)], VOCAB)
+    trace = tmp_path / "trace.jsonl"
+    sched = ExpertScheduler(L, E, K, prune=False, trace_path=str(trace), prior=prior)
+    assert sched.acceptance.logp_bins == NGRAM_BINS and ExpertScheduler(L, E, K).acceptance.logp_bins == ()
+    lp = torch.log_softmax(2.0 * torch.randn(5, VOCAB, generator=g), -1)
+    tree = build_tree(9, lp, 12, 3)
+    out = sched.schedule([tree], [17])
+    sched.observe(out, tree.n, route(tree.tokens), [[0]], [None], 0.01)
+    assert sched.acceptance.updates == 1
+    rounds(sched, 20, bs=2)
+    sched._trace.close()
+    recs = load_trace(trace)
+    torch.testing.assert_close(recs[0].ngram[0], prior.node_logprobs(tree, 17), atol=1e-5, rtol=0)
+    assert recs[0].ngram[0][1] != pytest.approx(float(prior.node_logprobs(tree, None)[1]))  # depth 1 reads 17
+    row = replay(recs, E, 1, {"a": 1e-3, "b": 1e-6, "c": 1e-4, "d": None}, 0.03, acceptance="ngram")
+    assert row["acceptance"] == "ngram" and row["accept_length_pruned"] <= row["accept_length_full"]
+    plain = load_trace(trace)
+    for r in plain:
+        r.ngram = None
+    with pytest.raises(ValueError, match="needs each node's n-gram log-prob"):
+        with_acceptance(plain, "ngram")

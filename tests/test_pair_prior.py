@@ -61,6 +61,40 @@ def test_bonus_of_hand_made_tables_follows_the_formula():
     assert pp.bonus(0, 4, [3]) == [0.0]  # a parent without bigrams has no opinion, trigrams or not
 
 
+def test_log_prob_matches_the_formula_and_is_a_distribution():
+    """log_prob is log P3 (where the context was counted), else log P2, else log P1, with the
+    docstring's smoothing; in every context the probabilities sum to 1 over the vocabulary."""
+    seqs = [[1, 2, 1, 2, 3], [1, 3]]
+    pp = PairPrior.from_sequences(seqs, 5, PriorSettings(beta=2.0, beta3=1.0))
+    p1 = lambda t: (pp.unigram[t].item() + 1) / (5 + 5)  # noqa: E731
+    p2 = lambda t: ({2: 2, 3: 1}.get(t, 0) + 2.0 * p1(t)) / (3 + 2.0)  # noqa: E731  after token 1
+    p3 = lambda t: ((t == 2) + 1.0 * p2(t)) / (1 + 1.0)  # noqa: E731  after (2, 1)
+    for t in range(5):
+        assert pp.log_prob(2, 1, t) == pytest.approx(math.log(p3(t)))
+        assert pp.log_prob(None, 1, t) == pytest.approx(math.log(p2(t)))
+        assert pp.log_prob(0, 1, t) == pytest.approx(math.log(p2(t)))  # (0, 1) never counted
+        assert pp.log_prob(None, 4, t) == pytest.approx(math.log(p1(t)))  # 4 never a parent
+    assert pp.log_prob(2, 1, 2) > pp.log_prob(None, 1, 2) > pp.log_prob(None, 1, 4)
+    rich = _prior(3)
+    for g in (None, *range(V)):
+        for parent in range(V):
+            total = sum(math.exp(rich.log_prob(g, parent, t)) for t in range(V))
+            assert total == pytest.approx(1.0, abs=1e-12)
+
+
+def test_node_logprobs_read_each_node_after_its_two_predecessors():
+    from sglang_jetspec.core.tree import DraftTree
+
+    pp = _prior(5)
+    tokens, parents = torch.tensor([3, 7, 1, 9, 4]), torch.tensor([-1, 0, 0, 1, 3])
+    tree = DraftTree(tokens, parents, torch.tensor([0, 1, 1, 2, 3]), torch.zeros(5), torch.tensor([0, 0, 1, 0, 0]))
+    got = pp.node_logprobs(tree, prev_token=6)
+    want = [0.0, pp.log_prob(6, 3, 7), pp.log_prob(6, 3, 1), pp.log_prob(3, 7, 9), pp.log_prob(7, 9, 4)]
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want)
+    assert pp.node_logprobs(tree, None)[1] == pytest.approx(pp.log_prob(None, 3, 7))
+    assert (got[1:] < 0).all()
+
+
 def test_save_load_roundtrip_keeps_counts_and_settings(tmp_path):
     pp = _prior(0, weight=0.7, beta3=3.0, pool=9)
     pp.save(str(tmp_path))

@@ -29,7 +29,7 @@ import torch
 from sglang_jetspec.bench.jsonl import read_jsonl
 from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
-from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
+from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.loss_bound import LossBound, committed
 from sglang_jetspec.core.tree import DraftTree
@@ -43,6 +43,7 @@ class Round:
     probs: list[torch.Tensor]      # [n_b - 1] P(accept) the scheduler saw
     predicted: list[torch.Tensor]  # [n_b, L, K] predicted experts the scheduler saw
     logps: list[torch.Tensor] | None = None  # [n_b] each node's own draft log-prob, if recorded
+    ngram: list[torch.Tensor] | None = None  # [n_b] each node's n-gram log-prob, if recorded
 
 
 def load_trace(path: str | Path) -> list[Round]:
@@ -54,36 +55,53 @@ def load_trace(path: str | Path) -> list[Round]:
         routed = [torch.tensor(r) for r in rec["routed"]]
         logps = ([torch.tensor(x, dtype=torch.float32) for x in rec["draft_logprobs"]]
                  if rec.get("draft_logprobs") is not None else None)
+        ngram = ([torch.tensor(x, dtype=torch.float64) for x in rec["ngram_logprobs"]]
+                 if rec.get("ngram_logprobs") is not None else None)
         if rec.get("probs") is None or rec.get("predicted") is None:
             # the worker predicts nothing for a round of roots only (e.g. a request one token from
             # its limit): nothing to prune, so its own routing stands in for the prediction
             if any(t.n > 1 for t in trees):
                 raise ValueError(f"{where}: round with drafted nodes but without probs/predicted experts")
             out.append(Round(trees, rec["paths"], routed, [torch.zeros(0, dtype=torch.float64)] * len(trees), routed,
-                             logps))
+                             logps, ngram))
             continue
         out.append(Round(trees, rec["paths"], routed,
                          [torch.tensor(p, dtype=torch.float64) for p in rec["probs"]],
-                         [torch.tensor(e) for e in rec["predicted"]], logps))
+                         [torch.tensor(e) for e in rec["predicted"]], logps, ngram))
     if not out:
         raise ValueError(f"expert trace {path} holds no rounds")
     return out
 
 
-ACCEPTANCE = ("recorded", "calibrated", "conditional", "oracle")
+ACCEPTANCE = ("recorded", "calibrated", "conditional", "ngram", "oracle")
+
+
+def with_ngram(rounds: list[Round], prior) -> list[Round]:
+    """The rounds with each node's n-gram log-prob under `prior` (core/pair_prior.PairPrior) where
+    the trace did not record it. A trace does not hold the token before each anchor, so depth-1
+    nodes get the bigram's (the server uses the trigram there)."""
+    return [r if r.ngram is not None else
+            Round(r.trees, r.paths, r.routed, r.probs, r.predicted, r.logps,
+                  [prior.node_logprobs(t, None) for t in r.trees]) for r in rounds]
 
 
 def with_acceptance(rounds: list[Round], how: str) -> list[Round]:
     """The rounds with other node probabilities: "recorded" (as the server's scheduler saw them),
     "calibrated" (the score calibrator, core/calibration.py), "conditional"
-    (core/conditional_acceptance.py), both replayed online from the first round, or "oracle"
+    (core/conditional_acceptance.py), "ngram" (the same split on each node's n-gram log-prob, the
+    server's model when the head has a prior: needs `Round.ngram`, see `with_ngram`), each replayed
+    online from the first round, or "oracle"
     (1 for the nodes on the recorded accepted path, 0 for the others: the bound of a perfect
     acceptance prediction)."""
     if how not in ACCEPTANCE:
         raise ValueError(f"acceptance {how!r} must be one of {list(ACCEPTANCE)}")
     if how == "recorded":
         return rounds
-    model = AcceptanceCalibrator() if how == "calibrated" else ConditionalAcceptance()
+    if how == "ngram" and any(r.ngram is None for r in rounds):
+        raise ValueError("acceptance 'ngram' needs each node's n-gram log-prob: a trace recorded with a prior, "
+                         "or the head's prior (--prior)")
+    model = (AcceptanceCalibrator() if how == "calibrated" else
+             ConditionalAcceptance(logp_bins=NGRAM_BINS if how == "ngram" else ()))
     out = []
     for r in rounds:
         if how == "oracle":
@@ -92,10 +110,13 @@ def with_acceptance(rounds: list[Round], how: str) -> list[Round]:
                 on_path = torch.zeros(t.n, dtype=torch.float64)
                 on_path[path] = 1.0
                 probs.append(on_path[1:])
+        elif how == "ngram":
+            probs = [p.double() for p in model.trees_probs(r.trees, r.ngram)]
+            model.update_from_trees(r.trees, r.paths, [t.n for t in r.trees], None, r.ngram)
         else:
             probs = [p.double() for p in model.trees_probs(r.trees)]
             model.update_from_trees(r.trees, r.paths, [t.n for t in r.trees])
-        out.append(Round(r.trees, r.paths, r.routed, probs, r.predicted, r.logps))
+        out.append(Round(r.trees, r.paths, r.routed, probs, r.predicted, r.logps, r.ngram))
     return out
 
 

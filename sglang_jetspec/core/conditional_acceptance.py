@@ -32,6 +32,16 @@ Measured: node log loss 0.50 -> 0.45 (code), 0.62 -> 0.45 (math), 0.43 -> 0.41 (
 score calibrator on the 8-expert target's recordings (without the levels); in exact expert replays
 more experts pruned at the same accepted-length loss (docs/bench/cpu-qwen3moe-acceptance/).
 
+The n-gram split (`logp_bins=NGRAM_BINS`, the server's model when the head has an n-gram prior):
+each group is split by the node's probability under the prior's counts of the target's own
+answers, log P(token | grandparent, parent) (`pair_prior.PairPrior.node_logprobs`, uncapped,
+unlike the score step). A node the target's answers always continue that way is accepted far more
+often than its capped score says. In exact replays of four recorded traces (two targets, budgets
+16-128) it lowered the node log loss everywhere (e.g. 0.326 -> 0.285) and cut more experts at the
+same accepted length (64 experts, budgets 64-128: -14.0% -> -18.6% of the distinct experts at -3%
+accepted length; docs/bench/cpu-qwen3moe-acceptance/ngram_split.txt). The node's own draft
+log-prob as the split gave no such gain (logp_features.txt there).
+
 Interface as AcceptanceCalibrator's (`update_from_trees`, `trees_probs`, `tree_probs`): call
 `update_from_trees` once per verify round. Plain Python over the nodes (trees are small; a batch
 of 32 budget-32 trees is ~1000 nodes).
@@ -51,6 +61,9 @@ from .tree import DraftTree
 # (docs/bench/cpu-qwen3moe-acceptance/schedule_cost_batched.txt: ~1 ms slower at batch 1, level
 # around 256-512 nodes, 1.7x faster at 32 budget-32 trees)
 BATCH_MIN_NODES = 512
+# thresholds of the n-gram split (module docstring): chosen on one 64-expert trace among five
+# splits, the best or level with the best on the three other traces
+NGRAM_BINS = (-0.1, -0.5, -1.5, -3.0)
 
 
 class ConditionalAcceptance:
@@ -72,8 +85,9 @@ class ConditionalAcceptance:
             raise ValueError(f"prior_strength {prior_strength} must be > 0 pseudo-observations")
         if list(logp_bins) != sorted(logp_bins, reverse=True) or any(not x <= 0 for x in logp_bins):
             raise ValueError(f"logp_bins {logp_bins} must be log-probs <= 0 in descending order")
-        # the node's OWN draft log-prob (before the prior's rescoring and cap) splits the groups
-        # at these thresholds; they need `draft_logprobs` in updates and predictions
+        # a per-node log-prob feature splits the groups at these thresholds (the server's: the
+        # n-gram prior's log P(token | its two predecessors), NGRAM_BINS; studied: the node's own
+        # draft log-prob before the prior's rescoring); updates and predictions then need `node_logps`
         self.logp_bins = tuple(float(x) for x in logp_bins)
         self.step_min, self.n_knots = float(step_min), int(n_knots)
         self.rank_bins, self.depth_bins = int(rank_bins), int(depth_bins)
@@ -102,14 +116,14 @@ class ConditionalAcceptance:
         return group * self.n_knots + lo, x - lo
 
     def _own(self, tree: DraftTree, logps) -> list[float]:
-        """The nodes' own draft log-probs as a list (zeros when the model does not use them)."""
+        """The nodes' log-prob feature as a list (zeros when the model does not use one)."""
         if not self.logp_bins:
             return [0.0] * tree.n
         if logps is None:
-            raise ValueError("this model splits on the nodes' own draft log-probs (logp_bins "
-                             f"{self.logp_bins}): pass draft_logprobs")
+            raise ValueError("this model splits on a per-node log-prob (logp_bins "
+                             f"{self.logp_bins}): pass node_logps")
         if logps.shape[0] != tree.n:
-            raise ValueError(f"draft_logprobs has {logps.shape[0]} entries for a tree of {tree.n} nodes")
+            raise ValueError(f"node_logps has {logps.shape[0]} entries for a tree of {tree.n} nodes")
         return logps.tolist()
 
     def _knots(self) -> list[float]:
@@ -129,15 +143,15 @@ class ConditionalAcceptance:
     def update_from_trees(self, trees: list[DraftTree], accepted_paths: list[list[int]],
                           verified_sizes: list[int] | None = None,
                           bonus_tokens: list[int | None] | None = None,
-                          draft_logprobs: list[torch.Tensor] | None = None) -> int:
+                          node_logps: list[torch.Tensor] | None = None) -> int:
         """One verify round: every labelled child of an accepted node (see
         calibration.labelled_nodes for verified_sizes and bonus_tokens); returns how many.
-        draft_logprobs: per tree [n] the nodes' own draft log-probs (needed with logp_bins)."""
+        node_logps: per tree [n] the nodes' log-prob feature (needed with logp_bins)."""
         sizes, bonus = round_lists(trees, accepted_paths, verified_sizes, bonus_tokens)
-        logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
+        logps = node_logps if node_logps is not None else [None] * len(trees)
         seen: list[tuple[int, float, bool]] = []
         levels: list[tuple[int, float, bool]] = []  # (depth, path product predicted, accepted)
-        products = self._products(trees, None, draft_logprobs) if self.depth_levels else [None] * len(trees)
+        products = self._products(trees, None, node_logps) if self.depth_levels else [None] * len(trees)
         for t, path, v, b, lp, prod in zip(trees, accepted_paths, sizes, bonus, logps, products):
             if t.n == 1:
                 continue
@@ -176,10 +190,10 @@ class ConditionalAcceptance:
 
     # ---- prediction -------------------------------------------------------------------------
 
-    def step_probs(self, tree: DraftTree, draft_logprobs: torch.Tensor | None = None) -> list[float]:
+    def step_probs(self, tree: DraftTree, node_logps: torch.Tensor | None = None) -> list[float]:
         """[n - 1] q(v) of the non-root nodes: P(accepted | parent accepted), before the sibling
         scaling."""
-        table, own = self._knots(), self._own(tree, draft_logprobs)
+        table, own = self._knots(), self._own(tree, node_logps)
         parents, depths, scores, ranks = (x.tolist() for x in (tree.parents, tree.depths, tree.scores, tree.ranks))
         out = []
         for i in range(1, tree.n):
@@ -188,14 +202,14 @@ class ConditionalAcceptance:
         return out
 
     def _path_products(self, tree: DraftTree, levels: list[float] | None = None,
-                       draft_logprobs: torch.Tensor | None = None) -> list[float]:
+                       node_logps: torch.Tensor | None = None) -> list[float]:
         """[n - 1] P(parent) q(v) / max(1, q of v and its siblings), each node's P(parent) taken
         from the same pass; with `levels` every node's value is scaled by its depth's level and
         kept at most its parent's (siblings scaled to sum at most their parent's)."""
         n = tree.n
         if n == 1:
             return []
-        q = [1.0] + self.step_probs(tree, draft_logprobs)
+        q = [1.0] + self.step_probs(tree, node_logps)
         parents, depths = tree.parents.tolist(), tree.depths.tolist()
         total = [0.0] * n
         for i in range(1, n):
@@ -223,39 +237,39 @@ class ConditionalAcceptance:
         s = self.prior_strength
         return [(h + s) / (q + s) for h, q in zip(self.level_hits, self.level_pred)]
 
-    def tree_prob_list(self, tree: DraftTree, draft_logprobs: torch.Tensor | None = None) -> list[float]:
+    def tree_prob_list(self, tree: DraftTree, node_logps: torch.Tensor | None = None) -> list[float]:
         """[n - 1] P(accepted) of the non-root nodes in node order (a list of floats)."""
-        return self._path_products(tree, self.levels() if self.depth_levels else None, draft_logprobs)
+        return self._path_products(tree, self.levels() if self.depth_levels else None, node_logps)
 
-    def tree_probs(self, tree: DraftTree, draft_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    def tree_probs(self, tree: DraftTree, node_logps: torch.Tensor | None = None) -> torch.Tensor:
         """[n - 1] float32 P(accepted) of the non-root nodes: a child never above its parent,
         siblings never summing above it."""
-        return torch.tensor(self.tree_prob_list(tree, draft_logprobs), dtype=torch.float32)
+        return torch.tensor(self.tree_prob_list(tree, node_logps), dtype=torch.float32)
 
-    def trees_probs(self, trees: list[DraftTree], draft_logprobs: list[torch.Tensor] | None = None
+    def trees_probs(self, trees: list[DraftTree], node_logps: list[torch.Tensor] | None = None
                     ) -> list[torch.Tensor]:
         """[tree_probs(t) for each tree] (`_products`)."""
         levels = self.levels() if self.depth_levels else None
-        return [p.float() for p in self._products(trees, levels, draft_logprobs)]
+        return [p.float() for p in self._products(trees, levels, node_logps)]
 
     def _products(self, trees: list[DraftTree], levels: list[float] | None,
-                  draft_logprobs: list[torch.Tensor] | None) -> list[torch.Tensor]:
+                  node_logps: list[torch.Tensor] | None) -> list[torch.Tensor]:
         """float64 `_path_products` of every tree: for a round of BATCH_MIN_NODES nodes or more
         computed at once (`batch_products`), below that per node in Python, which is faster there."""
         if sum(t.n for t in trees) >= BATCH_MIN_NODES:
-            return self.batch_products(trees, levels, draft_logprobs)
-        logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
+            return self.batch_products(trees, levels, node_logps)
+        logps = node_logps if node_logps is not None else [None] * len(trees)
         return [torch.tensor(self._path_products(t, levels, lp), dtype=torch.float64)
                 for t, lp in zip(trees, logps)]
 
     def batch_products(self, trees: list[DraftTree], levels: list[float] | None = None,
-                       draft_logprobs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                       node_logps: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """`_path_products` of every tree (float64 [n_b - 1] each) in tensor operations over the
         batch's nodes, one pass per depth instead of Python per node (the same arithmetic; sums
         over siblings may differ in the last bits: tests/test_conditional_acceptance.py)."""
         if not trees:
             return []
-        logps = draft_logprobs if draft_logprobs is not None else [None] * len(trees)
+        logps = node_logps if node_logps is not None else [None] * len(trees)
         sizes = [t.n for t in trees]
         offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
         parents = torch.cat([t.parents.cpu().long() + torch.where(t.parents.cpu() >= 0, o, 0)

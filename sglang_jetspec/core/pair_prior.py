@@ -102,6 +102,7 @@ class PairPrior:
         total = int(self.unigram.sum())
         self._log_p1 = torch.log((self.unigram.double() + 1) / (total + vocab)).tolist()
         self._terms: tuple | None = None  # the lookup tables of `bonus`, built by `prepare`
+        self._counts: tuple | None = None  # the context tables of `node_logprobs`, built on first use
 
     def prepare(self) -> "PairPrior":
         """Build the lookup tables `bonus` reads now (its first call builds them otherwise; about a
@@ -197,6 +198,52 @@ class PairPrior:
                 table(unseen2.items()),
                 table(((g * v + p) * v + t, x) for (g, p), terms in term3.items() for t, x in terms.items()),
                 table((g * v + p, x) for (g, p), x in unseen3.items())]
+
+    # ---- probabilities of tree nodes --------------------------------------------------------
+
+    def _context_counts(self) -> tuple:
+        """(per parent: (its bigram total, {successor: count}), per (grandparent, parent): the same
+        for trigrams), built once."""
+        if self._counts is None:
+            bi: dict[int, dict[int, int]] = {}
+            for p, t, c in self.bigram.tolist():
+                bi.setdefault(p, {})[t] = c
+            tri: dict[tuple[int, int], dict[int, int]] = {}
+            for g, p, t, c in self.trigram.tolist():
+                tri.setdefault((g, p), {})[t] = c
+            self._counts = ({p: (sum(x.values()), x) for p, x in bi.items()},
+                            {k: (sum(x.values()), x) for k, x in tri.items()})
+        return self._counts
+
+    def log_prob(self, grandparent: int | None, parent: int, token: int) -> float:
+        """log P3(token | grandparent, parent) of the module docstring where that context was
+        counted, else log P2(token | parent) (P1 where the parent was never counted either): the
+        smoothed probability the target's answers give the token after its two predecessors, a
+        proper distribution over the vocabulary in every context. Uncapped, unlike the tree's
+        scores."""
+        s = self.settings
+        bi, tri = self._context_counts()
+        p1 = math.exp(self._log_p1[token])
+        total, succ = bi.get(parent, (0, None))
+        p2 = ((succ.get(token, 0) if succ else 0) + s.beta * p1) / (total + s.beta)
+        ctx = tri.get((grandparent, parent)) if grandparent is not None else None
+        if ctx is None:
+            return math.log(p2)
+        total3, succ3 = ctx
+        return math.log((succ3.get(token, 0) + s.beta3 * p2) / (total3 + s.beta3))
+
+    def node_logprobs(self, tree, prev_token: int | None) -> torch.Tensor:
+        """[n] float64 `log_prob` of every node of a draft tree (core/tree.DraftTree) given its
+        parent's and grandparent's tokens; the root's parent is `prev_token` (the committed token
+        before the anchor, None = unknown: depth-1 nodes then use the bigram); the root gets 0.
+        The feature of the expert scheduler's acceptance model (conditional_acceptance.NGRAM_BINS)."""
+        tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+        out = [0.0] * len(tokens)
+        for v in range(1, len(tokens)):
+            p = parents[v]
+            g = parents[p]
+            out[v] = self.log_prob(tokens[g] if g >= 0 else prev_token, tokens[p], tokens[v])
+        return torch.tensor(out, dtype=torch.float64)
 
     # ---- building -------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ import time
 
 import torch
 
-from sglang_jetspec.core.conditional_acceptance import ConditionalAcceptance
+from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
@@ -132,8 +132,12 @@ class ExpertScheduler:
     def __init__(self, num_layers: int, num_experts: int, top_k: int, prune: bool = True,
                  max_expected_loss: float = MAX_EXPECTED_LOSS, patience: int | None = 16,
                  trace_path: str | None = None, gate: bool = False, hold_loss: float | None = None,
-                 probe_every: int = PROBE_EVERY):
+                 probe_every: int = PROBE_EVERY, prior=None):
         self.L, self.E, self.K, self.prune = num_layers, num_experts, top_k, prune
+        # prior: the head's n-gram prior (core/pair_prior.PairPrior) or None; with one, the
+        # acceptance model also splits on each node's n-gram log-prob (NGRAM_BINS)
+        self.prior = prior
+        self._prev: list[int] | None = None  # the committed token before each anchor, this round
         # hold_loss: the ACCEPTED-LENGTH loss held with probe rounds (core/loss_bound.py); the
         # bound on the model's expected tokens then moves, starting from hold_loss
         # (none when not pruning: nothing to hold)
@@ -146,7 +150,7 @@ class ExpertScheduler:
         self.max_expected_loss, self.patience = max_expected_loss, patience
         self.predictor = ExpertPredictor(num_layers, num_experts, top_k)
         self.cost = MoeVerifyCostModel(num_layers, top_k)
-        self.acceptance = ConditionalAcceptance()
+        self.acceptance = ConditionalAcceptance(logp_bins=NGRAM_BINS if prior is not None else ())
         self._predicted: list[torch.Tensor] | None = None  # [n_b, L, K] of the verified trees
         self._probs: list[torch.Tensor] | None = None  # [n_b - 1] P(accepted), of the verified trees
         self._trace = open(trace_path, "a") if trace_path else None
@@ -172,7 +176,7 @@ class ExpertScheduler:
         """The trees to verify: pruned (prune=True) or as built; predictions kept for metrics.
         draft_logprobs: per tree [n] each node's own draft log-prob (core/tree.node_draft_logprobs),
         recorded in the trace."""
-        self._logps = draft_logprobs
+        self._logps, self._prev = draft_logprobs, list(prev_tokens)
         if all(t.n == 1 for t in trees):  # plain decoding: nothing to prune, nothing to predict
             self.candidate_nodes += len(trees)
             self.candidate_expected += len(trees)
@@ -189,7 +193,7 @@ class ExpertScheduler:
         self.candidate_nodes += sum(t.n for t in trees)
         union = _union_counts(experts, self.E)
         self.candidate_distinct += union
-        probs = self.acceptance.trees_probs(trees)
+        probs = self.acceptance.trees_probs(trees, self._ngram(trees))
         full = len(trees) + sum(float(p.sum()) for p in probs)  # expected tokens of the candidates
         self.candidate_expected += full
         if not self.prune or all(t.n == 1 for t in trees):
@@ -251,7 +255,8 @@ class ExpertScheduler:
         the experts the target's router picked for every verify row (None: not captured), the
         accepted node indices per tree, the bonus tokens (None where they do not label the
         children), the verify forward's wall time."""
-        self.acceptance.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens)
+        ngram = self._ngram(trees)
+        self.acceptance.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens, ngram)
         if self._probe_kept is not None:
             if len(self._probe_kept) == len(accepted_paths):
                 self.hold.observe(sum(len(p) for p in accepted_paths),
@@ -282,11 +287,21 @@ class ExpertScheduler:
             self.fp += (p & ~a).sum((0, 2)).double()
             self.fn += (a & ~p).sum((0, 2)).double()
         if self._trace is not None:
-            self._write_trace(trees, n, routed, accepted_paths)
+            self._write_trace(trees, n, routed, accepted_paths, ngram)
         self._predicted = self._probs = None
         self.predictor.update(tokens, actual, torch.cat(parents))
 
-    def _write_trace(self, trees, n, routed, accepted_paths) -> None:
+    def _ngram(self, trees: list[DraftTree]) -> list[torch.Tensor] | None:
+        """Each node's n-gram log-prob under the prior (None without one): the acceptance model's
+        split. Computed on the trees as given (verified trees may have been pruned or, for
+        recursive rejection sampling, redrawn), with this round's committed tokens before the
+        anchors."""
+        if self.prior is None:
+            return None
+        prev = self._prev if self._prev is not None and len(self._prev) == len(trees) else [None] * len(trees)
+        return [self.prior.node_logprobs(t, p) for t, p in zip(trees, prev)]
+
+    def _write_trace(self, trees, n, routed, accepted_paths, ngram=None) -> None:
         rec = {"trees": [{"tokens": t.tokens.tolist(), "parents": t.parents.tolist(), "depths": t.depths.tolist(),
                           "scores": t.scores.tolist(), "ranks": t.ranks.tolist()} for t in trees],
                "paths": accepted_paths,
@@ -295,6 +310,8 @@ class ExpertScheduler:
                "predicted": None if self._predicted is None else [e.tolist() for e in self._predicted]}
         if self._logps is not None and len(self._logps) == len(trees):
             rec["draft_logprobs"] = [[round(float(x), 5) for x in lp.tolist()] for lp in self._logps]
+        if ngram is not None:
+            rec["ngram_logprobs"] = [[round(float(x), 5) for x in lp.tolist()] for lp in ngram]
         self._trace.write(json.dumps(rec) + "\n")
         self._trace.flush()
 

@@ -165,11 +165,13 @@ class JetSpecWorker(BaseSpecWorker):
         self._capturer = capturer
         sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on",
                                 trace_path=os.environ.get(EXPERT_TRACE_ENV) or None, gate=True,
-                                hold_loss=expert_loss_from_env())
+                                hold_loss=expert_loss_from_env(), prior=self.prior)
         self.stats.attach("experts", sched.snapshot)
-        logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d)",
+        logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d; node acceptance "
+                    "from sibling rank and score step%s)",
                     f"on, giving up at most {sched.hold.target:.1%} of the accepted length" if sched.prune
-                    else "off (measuring only)", *shape)
+                    else "off (measuring only)", *shape,
+                    ", split on the n-gram prior's log-prob" if sched.prior is not None else "")
         return sched
 
     def _routed_experts(self, rows: int) -> torch.Tensor:
