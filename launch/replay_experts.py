@@ -3,7 +3,7 @@ expert-parallel placements, with the exact accepted length (sglang_jetspec/bench
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
     python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] \
-        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--probe-every 8]] [--json OUT]
+        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--hold-by labels|probes] [--probe-every 8]] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -31,12 +31,16 @@ def main(argv=None) -> None:
                    help="share of the candidates' expected tokens (by the scheduler's node probabilities) "
                         "pruning may give up")
     p.add_argument("--hold-loss", type=float, default=None,
-                   help="hold the ACCEPTED-LENGTH loss at this share with probe rounds, as the server does "
+                   help="hold the ACCEPTED-LENGTH loss at this share with observed rounds, as the server does "
                         "(core/loss_bound.py), instead of the fixed --max-expected-loss on the model's "
                         "expected tokens")
+    p.add_argument("--hold-by", default="labels", choices=("labels", "probes"),
+                   help="with --hold-loss: each pruned round observes its own loss from its labels (the "
+                        "server's way for greedy and walk-rule sampling, the default), or probe rounds "
+                        "measure it (the server's way for recursive rejection sampling)")
     p.add_argument("--probe-every", type=int, default=None,
-                   help="with --hold-loss: one round in this many verifies the whole trees and measures "
-                        "the loss (default: the server's)")
+                   help="with --hold-loss: one round in this many unobserved ones verifies the whole trees "
+                        "and measures the loss (default: the server's)")
     p.add_argument("--oracle-routing", action="store_true",
                    help="also replay with the recorded routing in place of the predicted experts (the "
                         "bound a perfect expert predictor would reach)")
@@ -85,7 +89,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.replay_experts: {exc}") from None
     cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
-    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind, hold)
+    rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind, hold,
+                   labels=args.hold_by == "labels")
             for kind in kinds for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
     print(markdown(rows))
     if args.json:

@@ -28,7 +28,10 @@ def route(tokens: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rounds(sched: ExpertScheduler, n_rounds: int, bs: int = 1, budget: int = 16, seed: int = 0):
+def rounds(sched: ExpertScheduler, n_rounds: int, bs: int = 1, budget: int = 16, seed: int = 0,
+           labels: bool = False):
+    """labels: pass the bonus tokens (the target's pick after each accepted path), as the worker
+    does for greedy rounds; without, the rounds do not label themselves (recursive rejection)."""
     g = torch.Generator().manual_seed(seed)
     for r in range(n_rounds):
         lps = [torch.log_softmax(2.5 * torch.randn(6, VOCAB, generator=g), -1) for _ in range(bs)]
@@ -38,7 +41,7 @@ def rounds(sched: ExpertScheduler, n_rounds: int, bs: int = 1, budget: int = 16,
             assert all(int(p) < i for i, p in enumerate(t.parents.tolist()) if i > 0)
         n = max(t.n for t in trees)
         rows = torch.cat([torch.cat([t.tokens, t.tokens[:1].repeat(n - t.n)]) for t in trees])
-        paths = []
+        paths, bonus = [], []
         for t, lp in zip(trees, lps):  # accept the best child while it is the draft's argmax
             path, node = [0], 0
             while True:
@@ -50,9 +53,11 @@ def rounds(sched: ExpertScheduler, n_rounds: int, bs: int = 1, budget: int = 16,
                 node = nxt[0]
                 path.append(node)
             paths.append(path)
+            d = int(t.depths[path[-1]])
+            bonus.append(int(lp[d].argmax()) if d < 6 else 0)
         seconds = 0.002 + 0.0001 * len(rows)  # the verify pays per distinct (layer, expert):
         seconds += 0.001 * sum(int(torch.unique(route(rows)[:, layer]).numel()) for layer in range(L))
-        sched.observe(trees, n, route(rows), paths, [None] * bs, seconds)
+        sched.observe(trees, n, route(rows), paths, bonus if labels else [None] * bs, seconds)
     return sched
 
 
@@ -71,9 +76,12 @@ def test_learns_routing_prunes_to_fewer_experts_and_keeps_expected_tokens():
     assert s_on["rounds"] == 60 and len(s_on["distinct_per_layer_sum"]) == L
 
 
-def test_held_loss_probes_whole_trees_and_steers_the_bound():
-    """With a held accepted-length loss, one pruning round in PROBE_EVERY verifies the candidates
-    whole and teaches the bound what the pruning would have cost; the bound moves off its start."""
+@pytest.mark.parametrize("labels", [False, True])
+def test_held_loss_observes_each_pruned_round_or_probes_and_steers_the_bound(labels):
+    """With a held accepted-length loss: rounds that label themselves (greedy) each observe their
+    own loss and never probe; without labels one pruning round in PROBE_EVERY verifies the
+    candidates whole and teaches the bound what the pruning would have cost. Either way the bound
+    moves off its start."""
     n_rounds = 40
     held = ExpertScheduler(L, E, K, prune=True, hold_loss=0.03)
     kept, cands = [], []
@@ -85,15 +93,47 @@ def test_held_loss_probes_whole_trees_and_steers_the_bound():
         cands.append(sum(t.n for t in trees))
         return out
     held.schedule = spy
-    rounds(held, n_rounds)
+    rounds(held, n_rounds, labels=labels)
     snap = held.snapshot()["held"]
-    probes = [i for i in range(n_rounds) if i % PROBE_EVERY == 0]
+    probes = [] if labels else [i for i in range(n_rounds) if i % PROBE_EVERY == PROBE_EVERY - 1]
     assert snap["probes"] == len(probes) and snap["target"] == 0.03
+    assert snap["labelled"] == (n_rounds if labels else 0)
     assert ExpertScheduler(L, E, K, prune=False, hold_loss=0.03).snapshot()["held"] is None  # off: nothing held
     assert all(kept[i] == cands[i] for i in probes)  # probes verify whole
     assert sum(kept[i] < cands[i] for i in range(n_rounds) if i not in probes) > 0  # the rest prune
     assert snap["bound"] != pytest.approx(0.03) and snap["observed_loss"] is not None
     assert 0.0 <= snap["observed_loss"] < 1.0
+
+
+def test_a_labelled_pruned_round_teaches_the_model_its_pruned_nodes_in_candidate_ranks():
+    """After a pruned greedy round the acceptance model learns from the CANDIDATE tree (less the
+    nodes whose outcome stays unknown), with the accepted path mapped to it: the pruned children
+    of accepted nodes are labelled too, with their candidate sibling ranks."""
+    sched = ExpertScheduler(L, E, K, prune=True, max_expected_loss=0.3)
+    rounds(sched, 10, labels=True)  # learn the routing first
+    learned, verified = [], []
+    orig_update, orig_observe = sched.acceptance.update_from_trees, sched.observe
+
+    def update(trees, paths, *args):
+        learned.append((trees[0], paths[0]))
+        return orig_update(trees, paths, *args)
+
+    def observe(trees, n, routed, paths, *args):
+        verified.append((trees[0], paths[0]))
+        return orig_observe(trees, n, routed, paths, *args)
+    sched.acceptance.update_from_trees, sched.observe = update, observe
+    rounds(sched, 30, labels=True, seed=1)
+    assert len(learned) == len(verified) == 30
+    more = 0
+    for (lt, lpath), (vt, vpath) in zip(learned, verified):
+        assert lt.n >= vt.n and lpath[0] == 0
+        assert all(int(lt.parents[v]) == u for u, v in zip(lpath, lpath[1:]))  # a path of the learned tree
+        # the verified path, mapped: same tokens; the learned one may go one node further (into
+        # the pruned child whose token the target picked)
+        assert lt.tokens[lpath[:len(vpath)]].tolist() == vt.tokens[vpath].tolist()
+        assert len(vpath) <= len(lpath) <= len(vpath) + 1
+        more += lt.n > vt.n
+    assert more > 0  # rounds that pruned still taught the model the pruned nodes' outcomes
 
 
 def test_prefill_routing_teaches_the_predictor_before_any_verify():

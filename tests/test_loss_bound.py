@@ -1,11 +1,13 @@
-"""core/loss_bound.py: the accepted-length loss of expert-aware pruning held with probe rounds."""
+"""core/loss_bound.py: the accepted-length loss of expert-aware pruning held with labelled rounds
+(each pruned round's own outcome) or, where rounds do not label themselves, probe rounds."""
 
 import math
 import random
 
 import pytest
 
-from sglang_jetspec.core.loss_bound import MAX_BOUND, MAX_STEP, MIN_FACTOR, LossBound, committed
+from sglang_jetspec.core.loss_bound import (
+    LABEL_RATE, MAX_BOUND, MAX_STEP, MIN_FACTOR, LossBound, committed, pruned_outcome)
 
 
 def test_committed_is_the_kept_prefix_of_the_path():
@@ -15,9 +17,108 @@ def test_committed_is_the_kept_prefix_of_the_path():
     assert committed([], {0}) == 0
 
 
-def test_probe_schedule_first_round_then_one_in_n():
+def test_probe_only_after_probe_every_unobserved_rounds():
     h = LossBound(0.03, probe_every=4)
-    assert [h.next_is_probe() for _ in range(9)] == [True, False, False, False, True, False, False, False, True]
+    got = []
+    for _ in range(9):
+        probe = h.next_is_probe()
+        got.append(probe)
+        if probe:
+            h.observe(10, 9)
+    assert got == [False, False, False, True, False, False, False, True, False]  # no labels: one in 4
+    labelled = LossBound(0.03, probe_every=4)
+    for _ in range(20):  # every round observes itself: no probe is ever needed
+        assert not labelled.next_is_probe()
+        labelled.observe(10.4, 10, estimated=True)
+    snap = labelled.snapshot()
+    assert snap["labelled"] == 20 and snap["probes"] == 0
+    assert labelled.bound < 0.03  # 0.4 of 10.4 tokens lost (3.8%) at a 3% target: tightened
+
+
+def test_labelled_observations_move_at_label_rate():
+    probe, label = LossBound(0.03), LossBound(0.03)
+    probe.observe(100, 90)
+    label.observe(100, 90, estimated=True)
+    assert math.log(0.03) - label.log_bound == pytest.approx((math.log(0.03) - probe.log_bound) * LABEL_RATE / 0.05)
+    with pytest.raises(ValueError, match="label_rate"):
+        LossBound(0.03, label_rate=0.0)
+
+
+def _tree():
+    """root 0 -> 1 (tok 5), 2 (tok 6); 1 -> 3 (tok 7), 4 (tok 8); 3 -> 5 (tok 9); 4 -> 6 (tok 9)."""
+    return [-1, 0, 0, 1, 1, 3, 4], [4, 5, 6, 7, 8, 9, 9], [0.8, 0.1, 0.5, 0.2, 0.4, 0.1]
+
+
+def test_pruned_outcome_finds_the_pruned_child_the_path_ran_into():
+    parents, tokens, probs = _tree()
+    # verified: root and node 1 (kept [0, 1]); accepted [0, 1]; the target's pick after 1 is 7:
+    # the full tree would have gone on into pruned node 3 (exact), then 5 with P(5) / P(3) = 0.2
+    known, cpath, lost = pruned_outcome(parents, tokens, [0, 1], probs, [0, 1], 7)
+    assert cpath == [0, 1, 3] and known == [0, 1, 2, 3, 4, 6] and lost == pytest.approx(1.0 + 0.4 / 0.5)
+    # a pick no pruned child carries: nothing lost, every candidate's outcome known
+    known, cpath, lost = pruned_outcome(parents, tokens, [0, 1], probs, [0, 1], 2)
+    assert cpath == [0, 1] and known == list(range(7)) and lost == 0.0
+    # verified indices map to candidate ones: with kept [0, 1, 4]
+    # accepted [0, 1, 2] in verified indices is candidate [0, 1, 4]; pick 9 runs into pruned 6
+    known, cpath, lost = pruned_outcome(parents, tokens, [0, 1, 4], probs, [0, 1, 2], 9)
+    assert cpath == [0, 1, 4, 6] and known == list(range(7)) and lost == 1.0
+    # a tail probability above its head's (a model's rounding) counts at most 1 a node
+    known, cpath, lost = pruned_outcome(parents, tokens, [0, 1], [0.8, 0.1, 0.05, 0.2, 0.4, 0.1], [0, 1], 7)
+    assert lost == pytest.approx(2.0)
+
+
+def test_pruned_outcome_estimates_are_exact_in_expectation_on_random_trees():
+    """When the model's probabilities are the true ones, the estimated lost tokens average the
+    true lost tokens (random trees, paths drawn from those probabilities)."""
+    rnd = random.Random(0)
+    est = true = 0.0
+    for _ in range(3000):
+        n = rnd.randint(3, 12)
+        parents = [-1] + [rnd.randrange(i) for i in range(1, n)]
+        tokens = [0] * n
+        q = [1.0] + [0.0] * (n - 1)  # P(v | parent accepted): siblings share at most 1
+        kids = {}
+        for v in range(1, n):
+            kids.setdefault(parents[v], []).append(v)
+        for p, ks in kids.items():
+            w = [rnd.random() for _ in ks]
+            total = sum(w) + rnd.random()
+            for k, x in zip(ks, w):
+                q[k] = x / total
+            for i, k in enumerate(ks):
+                tokens[k] = 10 + i
+        probs = [1.0] * n
+        for v in range(1, n):
+            probs[v] = probs[parents[v]] * q[v]
+        path, node = [0], 0  # the target's walk: one child or none, by q
+        while node in kids:
+            r, nxt = rnd.random(), None
+            for k in kids[node]:
+                r -= q[k]
+                if r < 0:
+                    nxt = k
+                    break
+            if nxt is None:
+                break
+            path.append(nxt)
+            node = nxt
+        kept = sorted({0} | {v for v in range(1, n) if rnd.random() < 0.6 and v in kids.get(parents[v], [])})
+        kept = [v for v in kept if all(a in kept for a in _ancestors(parents, v))]
+        m = committed(path, set(kept))
+        pick = tokens[path[m]] if m < len(path) else -1
+        where = {v: i for i, v in enumerate(kept)}
+        _, _, lost = pruned_outcome(parents, tokens, kept, probs[1:], [where[v] for v in path[:m]], pick)
+        est += lost
+        true += len(path) - m
+    assert true > 500 and est == pytest.approx(true, rel=0.06)
+
+
+def _ancestors(parents, v):
+    out = []
+    while parents[v] >= 0:
+        v = parents[v]
+        out.append(v)
+    return out
 
 
 def test_bound_moves_against_the_observed_loss_and_stays_in_range():

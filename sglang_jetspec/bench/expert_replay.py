@@ -31,7 +31,7 @@ from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
-from sglang_jetspec.core.loss_bound import LossBound, committed
+from sglang_jetspec.core.loss_bound import LossBound, committed, pruned_outcome
 from sglang_jetspec.core.tree import DraftTree
 
 
@@ -130,15 +130,36 @@ def _loads(routed: list[torch.Tensor], keeps: list[set[int]], num_experts: int, 
     return distinct, max_rank
 
 
+def _labelled_loss(r: Round, kept: list[set[int]]) -> tuple[float, int]:
+    """(full trees' committed tokens as a labelled pruned round estimates them, pruned trees'
+    committed tokens) of one recorded round (core/loss_bound.pruned_outcome, as the server does).
+    The pick after the pruned path's end is the recorded path's next token, or no child's token
+    where the recorded path ends there."""
+    full, pruned = 0.0, 0
+    for t, path, kk, p in zip(r.trees, r.paths, kept, r.probs):
+        ks = sorted(kk)
+        m = committed(path, kk)
+        where = {v: i for i, v in enumerate(ks)}
+        pick = int(t.tokens[path[m]]) if m < len(path) else -1
+        _, _, lost = pruned_outcome(t.parents.tolist(), t.tokens.tolist(), ks, p.double().clamp(0, 1).tolist(),
+                                    [where[v] for v in path[:m]], pick)
+        full += m + lost
+        pruned += m
+    return full, pruned
+
+
 def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None,
-           oracle_routing: bool = False, acceptance: str = "recorded", hold: dict | None = None):
+           oracle_routing: bool = False, acceptance: str = "recorded", hold: dict | None = None,
+           labels: bool = True):
     """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep.
     oracle_routing: the scheduler sees the experts each node was really routed to instead of the
     prediction (an upper bound: how much better pruning could get with a perfect predictor).
     acceptance: which node probabilities the scheduler sees (`with_acceptance`).
     hold: LossBound arguments (target, probe_every, ...): the bound is held with observed
-    acceptance as in the server (core/loss_bound.py) instead of `max_expected_loss` fixed; its
-    probe rounds count as verified whole in the "pruned" totals, as they are in the server."""
+    acceptance as in the server (core/loss_bound.py) instead of `max_expected_loss` fixed: each
+    pruned round observes its own loss from its labels (the recorded rounds are greedy), or with
+    labels=False (as a server sampling with recursive rejection) probe rounds measure it, which
+    count as verified whole in the "pruned" totals, as they are in the server."""
     rounds = with_acceptance(rounds, acceptance)
     held = LossBound(**hold) if hold else None
     e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
@@ -156,9 +177,12 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
                            max_expected_loss=held.bound if held else max_expected_loss)
         full = [set(range(t.n)) for t in r.trees]
         kept = [set(x.tolist()) for x in s.kept]
-        if held is not None and any(t.n > 1 for t in r.trees) and held.next_is_probe():
-            held.observe(sum(len(p) for p in r.paths), sum(committed(p, kk) for p, kk in zip(r.paths, kept)))
-            kept = full
+        if held is not None and any(t.n > 1 for t in r.trees):
+            if held.next_is_probe():
+                held.observe(sum(len(p) for p in r.paths), sum(committed(p, kk) for p, kk in zip(r.paths, kept)))
+                kept = full
+            elif labels:
+                held.observe(*_labelled_loss(r, kept), estimated=True)
         fd, fm = _loads(r.routed, full, num_experts, e2r, ep)
         pd, pm = _loads(r.routed, kept, num_experts, e2r, ep)
         tot["rounds"] += 1
@@ -173,7 +197,7 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
         tot["pruned_nodes"] += sum(len(kk) for kk in kept)
     n, req = tot["rounds"], tot["requests"]
     return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing, "acceptance": acceptance,
-            "held": held.snapshot() if held else None,
+            "held": held.snapshot() if held else None, "held_by": ("labels" if labels else "probes") if held else None,
             "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
             "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
             "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
@@ -189,11 +213,12 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         notes = (["oracle routing"] if r.get("oracle_routing") else []) + (
             [f"{r['acceptance']} acceptance"] if r.get("acceptance", "recorded") != "recorded" else []) + (
-            [f"held at {r['held']['target']:.0%}, bound ended {r['held']['bound']:.3f}"] if r.get("held") else [])
+            [f"held at {r['held']['target']:.0%} by {r.get('held_by') or 'probes'}, bound ended {r['held']['bound']:.3f}"]
+            if r.get("held") else [])
         place = ("one device" if r["ep"] == 1 else f"ep = {r['ep']}") + (f" ({', '.join(notes)})" if notes else "")
 
         def ch(a, b):
-            return f"{a:.2f} -> {b:.2f} ({100 * (b / a - 1):+.0f}%)" if a else "-"
+            return f"{a:.2f} -> {b:.2f} ({100 * (b / a - 1):+.1f}%)" if a else "-"
         out.append(f"| {place} | {r['rounds']} | {ch(r['accept_length_full'], r['accept_length_pruned'])} | "
                    f"{ch(r['distinct_per_layer_full'], r['distinct_per_layer_pruned'])} | "
                    f"{ch(r['max_rank_per_layer_full'], r['max_rank_per_layer_pruned'])} | {r['nodes_kept']:.0%} |")

@@ -8,16 +8,21 @@ Each round, between building the candidate trees and the verify forward:
      committed tokens per predicted second, giving up at most `max_expected_loss` of the
      candidates' expected tokens (core/expert_aware_tree.schedule_batch), where
      `max_expected_loss` is held (core/loss_bound.py) so that the ACCEPTED LENGTH the pruning
-     gives up is SGLANG_JETSPEC_EXPERT_LOSS (default 3%): one pruning round in PROBE_EVERY
-     decides what it would prune but verifies the candidates whole, and compares what they
-     committed with what the pruned trees would have (exact for greedy and the walk rule: a
-     kept node keeps its ancestors); the bound moves with the loss observed. Node acceptance
+     gives up is SGLANG_JETSPEC_EXPERT_LOSS (default 3%): a pruned round whose bonus tokens label
+     it (greedy, the walk rule) observes its own loss (whether an accepted path ran into a pruned
+     child is exact, the target's pick names it; how far it would have run is the model's
+     expectation); where rounds do not label themselves (recursive rejection sampling), one
+     pruning round in PROBE_EVERY decides what it would prune but verifies the candidates whole
+     and compares what they committed with what the pruned trees would have. Node acceptance
      probabilities come from an online conditional model, P(node accepted | parent accepted) from
-     the node's sibling rank and score step, levelled per depth
-     (core/conditional_acceptance.py), trained here from verify outcomes, so it works with static
-     widths. It replaced the score calibrator (core/calibration.py) on 2026-12-07: in exact
-     replays of the 64-expert target's recorded rounds it cuts more experts for the accepted
-     length it gives up (docs/benchmarks.md, "What better acceptance predictions reach").
+     the node's sibling rank and score step, levelled per depth, and split on the node's n-gram
+     log-prob where the head has an n-gram prior (core/conditional_acceptance.py), trained here
+     from verify outcomes, so it works with static widths. After a labelled pruned round it
+     learns from the CANDIDATE trees (the pruned children of accepted nodes are labelled by the
+     bonus token too), so pruning does not hide from it the nodes it prunes. It replaced the score
+     calibrator (core/calibration.py) on 2026-12-07: in exact replays of the 64-expert target's
+     recorded rounds it cuts more experts for the accepted length it gives up
+     (docs/benchmarks.md, "What better acceptance predictions reach").
 After the verify forward the experts SGLang's router picked for every verify row (its routed
 experts capturer, `--enable-return-routed-experts`, which the plugin turns on for MoE targets)
 update the predictor, the cost model and the counters (/get_server_info
@@ -62,10 +67,10 @@ import time
 import torch
 
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
-from sglang_jetspec.core.expert_aware_tree import schedule_batch
+from sglang_jetspec.core.expert_aware_tree import prune_tree, schedule_batch
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
-from sglang_jetspec.core.loss_bound import MAX_BOUND, LossBound, committed
+from sglang_jetspec.core.loss_bound import MAX_BOUND, LossBound, committed, pruned_outcome
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
 from sglang_jetspec.integration.env_setting import env_choice
@@ -143,6 +148,9 @@ class ExpertScheduler:
         # (none when not pruning: nothing to hold)
         self.hold = LossBound(hold_loss, probe_every) if hold_loss is not None and prune else None
         self._probe_kept: list[set[int]] | None = None
+        # a pruned round's candidate trees, kept candidate indices and node probabilities: what
+        # observe() learns from and estimates the round's loss with (core/loss_bound.pruned_outcome)
+        self._cand: tuple | None = None
         self._logps: list[torch.Tensor] | None = None  # per verified tree, for the trace
         self.gate, self.clock = gate, time.perf_counter
         self.own_s = self.saved_s = None  # running means per pruning round (seconds)
@@ -176,7 +184,7 @@ class ExpertScheduler:
         """The trees to verify: pruned (prune=True) or as built; predictions kept for metrics.
         draft_logprobs: per tree [n] each node's own draft log-prob (core/tree.node_draft_logprobs),
         recorded in the trace."""
-        self._logps, self._prev = draft_logprobs, list(prev_tokens)
+        self._logps, self._prev, self._cand = draft_logprobs, list(prev_tokens), None
         if all(t.n == 1 for t in trees):  # plain decoding: nothing to prune, nothing to predict
             self.candidate_nodes += len(trees)
             self.candidate_expected += len(trees)
@@ -214,6 +222,7 @@ class ExpertScheduler:
             self._logps = [lp[k] for lp, k in zip(draft_logprobs, s.kept)]
         self._predicted = [e[k] for e, k in zip(experts, s.kept)]
         self._probs = [p[k[1:] - 1] for p, k in zip(probs, s.kept)]
+        self._cand = (trees, [k.tolist() for k in s.kept], [p.tolist() for p in probs])
         self.kept_expected += s.expected_tokens
         if self.gate:  # what the pruning saved by the cost model, against what it took
             full = self.cost.predict(len(trees) * max(t.n for t in trees), union)
@@ -255,8 +264,12 @@ class ExpertScheduler:
         the experts the target's router picked for every verify row (None: not captured), the
         accepted node indices per tree, the bonus tokens (None where they do not label the
         children), the verify forward's wall time."""
-        ngram = self._ngram(trees)
-        self.acceptance.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens, ngram)
+        learned = self._learn_pruned(trees, accepted_paths, bonus_tokens)
+        if learned is None:  # verified whole (or no labels): learn from the trees as verified
+            self.acceptance.update_from_trees(trees, accepted_paths, [t.n for t in trees], bonus_tokens,
+                                              self._ngram(trees))
+        else:
+            self.acceptance.update_from_trees(*learned, None, None, self._ngram(learned[0]))
         if self._probe_kept is not None:
             if len(self._probe_kept) == len(accepted_paths):
                 self.hold.observe(sum(len(p) for p in accepted_paths),
@@ -287,9 +300,37 @@ class ExpertScheduler:
             self.fp += (p & ~a).sum((0, 2)).double()
             self.fn += (a & ~p).sum((0, 2)).double()
         if self._trace is not None:
-            self._write_trace(trees, n, routed, accepted_paths, ngram)
+            self._write_trace(trees, n, routed, accepted_paths, self._ngram(trees))
         self._predicted = self._probs = None
         self.predictor.update(tokens, actual, torch.cat(parents))
+
+    def _learn_pruned(self, trees: list[DraftTree], accepted_paths: list[list[int]],
+                      bonus_tokens: list[int | None]) -> tuple[list[DraftTree], list[list[int]]] | None:
+        """After a pruned round whose bonus tokens label it: (the candidate trees less the nodes
+        whose outcome stays unknown, the accepted paths in them) for the acceptance model, which
+        thus also learns the outcomes of nodes it had pruned (in their candidate trees' sibling
+        ranks, the ones it predicts with); and the round's loss, estimated, for the held bound.
+        None when the round was verified whole or does not label itself (recursive rejection
+        sampling)."""
+        cand, self._cand = self._cand, None
+        if cand is None or any(b is None for b in bonus_tokens):
+            return None
+        ctrees, kept, probs = cand
+        if len(ctrees) != len(trees) or any(len(k) != t.n for k, t in zip(kept, trees)):
+            return None
+        out_trees, out_paths, full, pruned = [], [], 0.0, 0
+        for t, k, p, path, pick in zip(ctrees, kept, probs, accepted_paths, bonus_tokens):
+            known, cpath, lost = pruned_outcome(t.parents.tolist(), t.tokens.tolist(), k, p, path, pick)
+            if len(known) < t.n:
+                where = {v: i for i, v in enumerate(known)}
+                t, cpath = prune_tree(t, torch.tensor(known)), [where[v] for v in cpath]
+            out_trees.append(t)
+            out_paths.append(cpath)
+            pruned += len(path)
+            full += len(path) + lost
+        if self.hold is not None:
+            self.hold.observe(full, pruned, estimated=True)
+        return out_trees, out_paths
 
     def _ngram(self, trees: list[DraftTree]) -> list[torch.Tensor] | None:
         """Each node's n-gram log-prob under the prior (None without one): the acceptance model's
