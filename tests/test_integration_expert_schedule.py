@@ -304,3 +304,26 @@ def test_with_the_heads_prior_acceptance_splits_on_each_nodes_ngram_logprob(tmp_
         r.ngram = None
     with pytest.raises(ValueError, match="needs each node's n-gram log-prob"):
         with_acceptance(plain, "ngram")
+
+
+def test_ngram_values_reused_across_a_round_equal_fresh_ones():
+    """The n-gram values computed for the candidates are reused for the verified and learned
+    trees of the same round (sliced for sub-trees): equal to computing them afresh."""
+    from sglang_jetspec.core.pair_prior import PairPrior
+
+    g = torch.Generator().manual_seed(6)
+    prior = PairPrior.from_sequences([torch.randint(0, VOCAB, (300,), generator=g).tolist() for _ in range(4)], VOCAB)
+    sched = ExpertScheduler(L, E, K, prune=True, max_expected_loss=0.3, prior=prior)
+    got = []
+    orig = sched.acceptance.update_from_trees
+
+    def update(trees, paths, sizes=None, bonus=None, ngram=None):
+        got.append((trees, ngram))
+        return orig(trees, paths, sizes, bonus, ngram)
+    sched.acceptance.update_from_trees = update
+    rounds(sched, 12, bs=3, labels=True)
+    rounds(sched, 6, bs=3, labels=False, seed=2)
+    assert len(got) == 18
+    for trees, ngram in got:
+        for t, v in zip(trees, ngram):
+            torch.testing.assert_close(v, prior.node_logprobs(t, -1), atol=0, rtol=0)

@@ -143,14 +143,18 @@ class ExpertScheduler:
         # acceptance model also splits on each node's n-gram log-prob (NGRAM_BINS)
         self.prior = prior
         self._prev: list[int] | None = None  # the committed token before each anchor, this round
-        # hold_loss: the ACCEPTED-LENGTH loss held with probe rounds (core/loss_bound.py); the
-        # bound on the model's expected tokens then moves, starting from hold_loss
+        # hold_loss: the ACCEPTED-LENGTH loss held with observed rounds (core/loss_bound.py: labelled
+        # pruned rounds, else probes); the bound on the model's expected tokens then moves,
+        # starting from hold_loss
         # (none when not pruning: nothing to hold)
         self.hold = LossBound(hold_loss, probe_every) if hold_loss is not None and prune else None
         self._probe_kept: list[set[int]] | None = None
         # a pruned round's candidate trees, kept candidate indices and node probabilities: what
         # observe() learns from and estimates the round's loss with (core/loss_bound.pruned_outcome)
         self._cand: tuple | None = None
+        # this round's n-gram log-probs per tree object (id -> (tree, values)): computed once for
+        # the candidates, reused for the same trees or sliced for their sub-trees in observe()
+        self._ngram_memo: dict[int, tuple[DraftTree, torch.Tensor]] = {}
         self._logps: list[torch.Tensor] | None = None  # per verified tree, for the trace
         self.gate, self.clock = gate, time.perf_counter
         self.own_s = self.saved_s = None  # running means per pruning round (seconds)
@@ -185,6 +189,7 @@ class ExpertScheduler:
         draft_logprobs: per tree [n] each node's own draft log-prob (core/tree.node_draft_logprobs),
         recorded in the trace."""
         self._logps, self._prev, self._cand = draft_logprobs, list(prev_tokens), None
+        self._ngram_memo = {}
         if all(t.n == 1 for t in trees):  # plain decoding: nothing to prune, nothing to predict
             self.candidate_nodes += len(trees)
             self.candidate_expected += len(trees)
@@ -201,7 +206,8 @@ class ExpertScheduler:
         self.candidate_nodes += sum(t.n for t in trees)
         union = _union_counts(experts, self.E)
         self.candidate_distinct += union
-        probs = self.acceptance.trees_probs(trees, self._ngram(trees))
+        ngram = self._ngram(trees)
+        probs = self.acceptance.trees_probs(trees, ngram)
         full = len(trees) + sum(float(p.sum()) for p in probs)  # expected tokens of the candidates
         self.candidate_expected += full
         if not self.prune or all(t.n == 1 for t in trees):
@@ -223,6 +229,9 @@ class ExpertScheduler:
         self._predicted = [e[k] for e, k in zip(experts, s.kept)]
         self._probs = [p[k[1:] - 1] for p, k in zip(probs, s.kept)]
         self._cand = (trees, [k.tolist() for k in s.kept], [p.tolist() for p in probs])
+        if ngram is not None:  # the verified trees' values are the candidates', sliced
+            for t, v, k in zip(s.trees, ngram, s.kept):
+                self._ngram_memo.setdefault(id(t), (t, v[k]))
         self.kept_expected += s.expected_tokens
         if self.gate:  # what the pruning saved by the cost model, against what it took
             full = self.cost.predict(len(trees) * max(t.n for t in trees), union)
@@ -323,7 +332,10 @@ class ExpertScheduler:
             known, cpath, lost = pruned_outcome(t.parents.tolist(), t.tokens.tolist(), k, p, path, pick)
             if len(known) < t.n:
                 where = {v: i for i, v in enumerate(known)}
+                memo = self._ngram_memo.get(id(t))
                 t, cpath = prune_tree(t, torch.tensor(known)), [where[v] for v in cpath]
+                if memo is not None:  # the candidate's values, sliced
+                    self._ngram_memo[id(t)] = (t, memo[1][known])
             out_trees.append(t)
             out_paths.append(cpath)
             pruned += len(path)
@@ -340,7 +352,13 @@ class ExpertScheduler:
         if self.prior is None:
             return None
         prev = self._prev if self._prev is not None and len(self._prev) == len(trees) else [None] * len(trees)
-        return [self.prior.node_logprobs(t, p) for t, p in zip(trees, prev)]
+        out = []
+        for t, p in zip(trees, prev):
+            memo = self._ngram_memo.get(id(t))
+            if memo is None or memo[0] is not t:
+                memo = self._ngram_memo[id(t)] = (t, self.prior.node_logprobs(t, p))
+            out.append(memo[1])
+        return out
 
     def _write_trace(self, trees, n, routed, accepted_paths, ngram=None) -> None:
         rec = {"trees": [{"tokens": t.tokens.tolist(), "parents": t.parents.tolist(), "depths": t.depths.tolist(),
