@@ -36,8 +36,8 @@ The n-gram split (`logp_bins=NGRAM_BINS`, the server's model when the head has a
 each group is split by the node's probability under the prior's counts of the target's own
 answers, log P(token | grandparent, parent) (`pair_prior.PairPrior.node_logprobs`, uncapped,
 unlike the score step). A node the target's answers always continue that way is accepted far more
-often than its capped score says. In exact replays of four recorded traces (two targets, budgets
-16-128) it lowered the node log loss everywhere (e.g. 0.326 -> 0.285) and cut more experts at the
+often than its capped score says. In exact replays of five recorded traces (two targets, budgets
+8-128) it lowered the node log loss everywhere (e.g. 0.326 -> 0.285) and cut more experts at the
 same accepted length (64 experts, budgets 64-128: -14.0% -> -18.6% of the distinct experts at -3%
 accepted length; docs/bench/cpu-qwen3moe-acceptance/ngram_split.txt). The node's own draft
 log-prob as the split gave no such gain (logp_features.txt there).
@@ -62,7 +62,7 @@ from .tree import DraftTree
 # around 256-512 nodes, 1.7x faster at 32 budget-32 trees)
 BATCH_MIN_NODES = 512
 # thresholds of the n-gram split (module docstring): chosen on one 64-expert trace among five
-# splits, the best or level with the best on the three other traces
+# splits, the best or level with the best on the four other traces
 NGRAM_BINS = (-0.1, -0.5, -1.5, -3.0)
 
 

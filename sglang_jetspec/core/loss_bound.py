@@ -22,9 +22,9 @@ Two kinds of observation:
     probes when no round was observed since the last probe; a probe costs its share of the
     savings.
 In exact replays of recorded rounds (four traces, two targets) the labelled estimate of the lost
-tokens came within 10% of the truth, and holding the bound with it instead of probes pruned more
-experts: 64 experts, budgets 64-128, -18.6% at -2.9% accepted length where probes gave -15.5% at
--1.5% (docs/bench/cpu-qwen3moe-acceptance/label_hold.txt).
+tokens came to 0.99-1.12x the truth (docs/bench/cpu-qwen3moe-acceptance/label_estimate.txt), and
+holding the bound with it instead of probes pruned more experts: 64 experts, budgets 64-128,
+-18.6% at -2.9% accepted length where probes gave -17.7% at -3.1% (label_hold.txt there).
 """
 
 from __future__ import annotations
