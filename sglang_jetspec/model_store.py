@@ -6,8 +6,9 @@ read it (dequantising to fp32) but refuses to ``save_pretrained`` a GGUF-quantis
 conversion rebuilds a plain ``LlamaForCausalLM`` from the same config, copies the weights and
 saves that: safetensors + tokenizer + chat template, loadable by SGLang and transformers alike.
 
-The embedded MoE target (``qwen3moe``) is made by the project itself (distilled from SmolLM2,
-see models/qwen3moe-tiny/README.md) and ships in the checkout, so its path needs no preparation.
+The embedded MoE targets are made by the project itself (distilled from SmolLM2, see their
+README.md under models/) and ship in the checkout, so their paths need no preparation: ``qwen3moe``
+(the MoE default, models/qwen3moe-e64: 64 experts, top-4) and ``qwen3moe-tiny`` (8 experts, top-2).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import shutil
 import sys
 from pathlib import Path
 
-KNOWN_MODELS = ("smollm2", "qwen3moe", "qwen3moe-e64")
+KNOWN_MODELS = ("smollm2", "qwen3moe", "qwen3moe-e64", "qwen3moe-tiny")
 # Models the repository ships as ready folders under models/ (made here, see their README.md):
-# qwen3moe is the embedded MoE default (8 experts, top-2); qwen3moe-e64 a finer-grained one
-# (64 experts, top-4, Qwen3-30B-A3B's ratio) on which expert-aware scheduling has room to act.
-_SHIPPED_MODELS = {"qwen3moe": "qwen3moe-tiny", "qwen3moe-e64": "qwen3moe-e64"}
+# qwen3moe is the embedded MoE default, the 64-expert top-4 target (6.25% of the experts active per
+# token, Qwen3-30B-A3B's ratio, so expert-aware scheduling has room to act; qwen3moe-e64 names it
+# too); qwen3moe-tiny the coarse one (8 experts, top-2: a quarter of them active, little to save).
+# The first name listed for a folder is its primary name (model cards, benchmark labels).
+_SHIPPED_MODELS = {"qwen3moe": "qwen3moe-e64", "qwen3moe-e64": "qwen3moe-e64", "qwen3moe-tiny": "qwen3moe-tiny"}
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _READY_MARKER = ".jetspec-ready"
 
@@ -49,7 +52,10 @@ def model_path(name: str, prepare: bool = True) -> Path:
 
 def shipped_model_names() -> dict[str, str]:
     """{folder under models/: its `launch.models` name} of the targets the repository ships."""
-    return {folder: name for name, folder in _SHIPPED_MODELS.items()}
+    names: dict[str, str] = {}
+    for name, folder in _SHIPPED_MODELS.items():
+        names.setdefault(folder, name)
+    return names
 
 
 def _shipped_model(name: str) -> Path:
@@ -111,8 +117,8 @@ def _prepare_smollm2(folder: Path) -> None:
 
 
 # Heads the repository ships under models/, by the embedded target they were trained for.
-_SHIPPED_HEADS = {"smollm2": "smollm2-135m-jetspec", "qwen3moe": "qwen3moe-tiny-jetspec",
-                  "qwen3moe-e64": "qwen3moe-e64-jetspec"}
+_SHIPPED_HEADS = {"smollm2": "smollm2-135m-jetspec", "qwen3moe": "qwen3moe-e64-jetspec",
+                  "qwen3moe-e64": "qwen3moe-e64-jetspec", "qwen3moe-tiny": "qwen3moe-tiny-jetspec"}
 
 
 def shipped_heads_dir() -> Path:

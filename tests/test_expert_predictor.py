@@ -194,7 +194,7 @@ def moe_routing():
     from sglang_jetspec.model_store import model_path
 
     torch.set_num_threads(1)
-    path = model_path("qwen3moe")
+    path = model_path("qwen3moe-tiny")
     tok = AutoTokenizer.from_pretrained(path)
     model = Qwen3MoeForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     heldout = Path(__file__).resolve().parent.parent / "data" / "prompts" / "code.heldout.jsonl"

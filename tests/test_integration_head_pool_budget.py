@@ -9,7 +9,7 @@ from sglang_jetspec.integration.head_pool import HeadContextPool
 from sglang_jetspec.integration.hooks import POOL_TARGET, budget_head_pool, register_hooks
 from sglang_jetspec.model_store import shipped_head_dir
 
-HEAD = str(shipped_head_dir("qwen3moe"))
+HEAD = str(shipped_head_dir("qwen3moe-tiny"))
 
 
 def _sglang_configurator(cell: int):

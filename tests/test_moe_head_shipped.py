@@ -1,13 +1,13 @@
-"""The shipped JetSpec head for the embedded MoE target, models/qwen3moe-tiny-jetspec.
+"""The shipped JetSpec heads for the MoE targets: models/qwen3moe-e64-jetspec for the embedded
+default (qwen3moe, 64 experts) and models/qwen3moe-tiny-jetspec for qwen3moe-tiny (8 experts).
 
-Fast: the launchers find it (`python -m launch.models head qwen3moe`, and as the default head of
-the qwen3moe target), it loads strictly in the published layout, fits the target (hidden size,
+Fast: the launchers find each (`python -m launch.models head qwen3moe`, and as the default head
+of its target), it loads strictly in the published layout, fits the target (hidden size,
 depth, vocabulary, MASK token, taps SGLang can capture), and drafts usefully and losslessly on a
-held-out prompt through the reference decoder. Its bidirectional twin
-(models/qwen3moe-tiny-jetspec-bidir, the baseline of `launch.bench --methods bidirectional`) loads
-strictly, is marked bidirectional, differs from the default head in nothing else and drafts
-losslessly too. The 64-expert target's head and twin (models/qwen3moe-e64-jetspec, -bidir) pass
-the same checks.
+held-out prompt through the reference decoder. Each head's bidirectional
+twin (its folder + `-bidir`, the baseline of `launch.bench --methods bidirectional`) loads
+strictly, is marked bidirectional, differs from the causal head in nothing else and drafts
+losslessly too.
 """
 
 import json
@@ -19,7 +19,7 @@ from head_checks import assert_bidirectional_twin, assert_drafts_losslessly
 from sglang_jetspec.model_store import default_head_dir, model_path, shipped_head_dir
 
 
-HEADS = {"qwen3moe": "qwen3moe-tiny-jetspec", "qwen3moe-e64": "qwen3moe-e64-jetspec"}
+HEADS = {"qwen3moe": "qwen3moe-e64-jetspec", "qwen3moe-tiny": "qwen3moe-tiny-jetspec"}
 
 
 @pytest.fixture(scope="module", params=sorted(HEADS))

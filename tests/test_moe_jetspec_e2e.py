@@ -1,7 +1,7 @@
 """JETSPEC on the embedded MoE target through the real SGLang server (slow).
 
-Both shipped Qwen3-MoE targets (the default, 8 experts top-2, and qwen3moe-e64, 64 experts
-top-4) with their shipped heads and the heads' n-gram priors (on by default when the folder has
+Both shipped Qwen3-MoE targets (the default qwen3moe, 64 experts top-4, and qwen3moe-tiny,
+8 experts top-2) with their shipped heads and the heads' n-gram priors (on by default when the folder has
 one; the worker's startup line must say so), static budget 16, expert-aware scheduling on (the
 default on MoE targets): greedy tokens equal transformers' fp32 greedy (a
 difference is tolerated only at a reported fp32 near-tie), while the worker really pruned trees
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 NEW_TOKENS = 64
 
 
-@pytest.mark.parametrize("name,experts,top_k", [("qwen3moe", 8, 2), ("qwen3moe-e64", 64, 4)])
+@pytest.mark.parametrize("name,experts,top_k", [("qwen3moe", 64, 4), ("qwen3moe-tiny", 8, 2)])
 def test_expert_aware_jetspec_on_the_moe_target_is_lossless_and_reports_its_experts(tmp_path, name, experts, top_k):
     from server_harness import STARTUP_TIMEOUT_S, Server, run_all
     from test_moe_target import _prompts, greedy_mismatches

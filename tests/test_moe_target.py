@@ -1,5 +1,6 @@
-"""The shipped MoE targets: the embedded default models/qwen3moe-tiny (`model_path("qwen3moe")`,
-8 experts top-2) and models/qwen3moe-e64 (`model_path("qwen3moe-e64")`, 64 experts top-4).
+"""The shipped MoE targets: the embedded default models/qwen3moe-e64 (`model_path("qwen3moe")`,
+also `qwen3moe-e64`; 64 experts top-4) and models/qwen3moe-tiny (`model_path("qwen3moe-tiny")`,
+8 experts top-2).
 
 Fast: it is a Qwen3MoeForCausalLM within budget (<= 60 MB, >= 8 experts, top-k routing) with
 SmolLM2's tokenizer, it was TRAINED (agrees with SmolLM2 on held-out answers), and its router
@@ -22,7 +23,7 @@ from sglang_jetspec.model_store import model_path
 MAX_BYTES = 60 * 10**6
 
 
-@pytest.fixture(scope="module", params=["qwen3moe", "qwen3moe-e64"])
+@pytest.fixture(scope="module", params=["qwen3moe", "qwen3moe-tiny"])
 def moe_name(request):
     return request.param
 
@@ -55,6 +56,22 @@ def test_launcher_prints_the_folder(moe_name, moe_dir, capsys):
 
     main(["path", moe_name])
     assert capsys.readouterr().out.strip() == str(moe_dir)
+
+
+def test_the_moe_default_is_the_64_expert_target_and_qwen3moe_e64_names_it_too():
+    """`qwen3moe` is the fine-grained target (6.25% of experts active, as Qwen3-30B-A3B), where
+    expert-aware scheduling has room to act; the old name qwen3moe-e64 still resolves to it."""
+    from transformers import AutoConfig
+
+    from sglang_jetspec.model_store import shipped_head_dir, shipped_model_names
+
+    cfg = AutoConfig.from_pretrained(model_path("qwen3moe"))
+    assert (cfg.num_experts, cfg.num_experts_per_tok) == (64, 4)
+    assert model_path("qwen3moe-e64") == model_path("qwen3moe")
+    assert shipped_head_dir("qwen3moe-e64") == shipped_head_dir("qwen3moe")
+    assert shipped_model_names()[model_path("qwen3moe").name] == "qwen3moe"  # the card's primary name
+    tiny = AutoConfig.from_pretrained(model_path("qwen3moe-tiny"))
+    assert (tiny.num_experts, tiny.num_experts_per_tok) == (8, 2)
 
 
 def test_readme_is_rendered_from_the_measured_report(moe_name, moe_dir):
