@@ -245,6 +245,7 @@ def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts
     table = experts_table([row, dict(row, experts=None)])
     assert "| math | 1 | jetspec@16 | 12.00 | 2.50 | 6.00 | 50.0 | 70% | - | 0.50 0.75 |" in table
     assert table.count("\n") == 2  # header, rule, one row
+    assert len({line.count("|") for line in table.splitlines()}) == 1  # as many cells in every line
     assert experts_table([dict(row, experts=None)]) == ""
 
 

@@ -85,8 +85,8 @@ def kv_table(results: list[dict]) -> str:
 def experts_table(results: list[dict]) -> str:
     """MoE targets: per measurement, what the verify forwards activated (expert_delta)."""
     rows = ["| workload | batch | method | tok/s | accept length | distinct experts / layer / verify "
-            "| verify ms / round | nodes kept | recall per layer (cumulative) |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+            "| verify ms / round | nodes kept | held loss bound (end) | recall per layer (cumulative) |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         e = r.get("experts")
         if not e or not e.get("rounds"):
