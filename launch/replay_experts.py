@@ -3,7 +3,7 @@ expert-parallel placements, with the exact accepted length (sglang_jetspec/bench
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
     python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] \
-        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--hold-by labels|probes] [--probe-every 8]] [--json OUT]
+        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--hold-by labels|probes] [--hold-per width|all] [--probe-every 8]] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -38,6 +38,10 @@ def main(argv=None) -> None:
                    help="with --hold-loss: each pruned round observes its own loss from its labels (the "
                         "server's way for greedy and walk-rule sampling, the default), or probe rounds "
                         "measure it (the server's way for recursive rejection sampling)")
+    p.add_argument("--hold-per", default="all", choices=("all", "width"),
+                   help="with --hold-loss: one bound for every round (the default, as replays before "
+                        "2026-12-07 evening), or one per tree width (the widest candidate tree's node count "
+                        "rounded up to a power of two: the server's way since then)")
     p.add_argument("--probe-every", type=int, default=None,
                    help="with --hold-loss: one round in this many unobserved ones verifies the whole trees "
                         "and measures the loss (default: the server's)")
@@ -86,11 +90,13 @@ def main(argv=None) -> None:
             LossBound(**hold)  # bad values fail here, before the replay
         elif args.probe_every is not None:
             raise ValueError("--probe-every needs --hold-loss")
+        if args.hold_per != "all" and args.hold_loss is None:
+            raise ValueError("--hold-per width needs --hold-loss")
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.replay_experts: {exc}") from None
     cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
     rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind, hold,
-                   labels=args.hold_by == "labels")
+                   labels=args.hold_by == "labels", per_width=args.hold_per == "width")
             for kind in kinds for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
     print(markdown(rows))
     if args.json:

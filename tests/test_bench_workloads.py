@@ -240,6 +240,16 @@ def test_expert_aware_off_pairs_every_static_budget_and_the_report_shows_experts
     assert d["gated_rounds"] == 0  # snapshots without the gate's counter (older servers)
     assert expert_delta(dict(snap(10, [50.0, 60.0], 1.0, 80, 100), gated_rounds=2),
                         dict(snap(20, [110.0, 120.0], 1.5, 150, 200), gated_rounds=9))["gated_rounds"] == 7
+    # one held bound per tree width: the bound of the width the measurement's rounds observed most
+    by = lambda n32, n64: {"32": {"bound": 0.01, "labelled": n32, "probes": 0},  # noqa: E731
+                           "64": {"bound": 0.04, "labelled": n64, "probes": 1}}
+    held = lambda n32, n64: {"bound": 0.02, "by_width": by(n32, n64)}  # noqa: E731
+    assert expert_delta(dict(snap(10, [50.0, 60.0], 1.0, 80, 100), held=held(5, 50)),
+                        dict(snap(20, [110.0, 120.0], 1.5, 150, 200), held=held(30, 52)))["loss_bound"] == 0.01
+    assert expert_delta(dict(snap(10, [50.0, 60.0], 1.0, 80, 100), held=held(5, 50)),
+                        dict(snap(20, [110.0, 120.0], 1.5, 150, 200), held=held(6, 80)))["loss_bound"] == 0.04
+    assert expert_delta(snap(10, [50.0, 60.0], 1.0, 80, 100),
+                        dict(snap(20, [110.0, 120.0], 1.5, 150, 200), held={"bound": 0.02}))["loss_bound"] == 0.02
     row = {"workload": "math", "batch_size": 1, "phases": None, "label": "jetspec@16", "tokens_per_s": 12.0,
            "accept_length": 2.5, "experts": d}
     table = experts_table([row, dict(row, experts=None)])

@@ -105,6 +105,33 @@ def test_held_loss_observes_each_pruned_round_or_probes_and_steers_the_bound(lab
     assert 0.0 <= snap["observed_loss"] < 1.0
 
 
+def test_each_tree_width_holds_its_own_bound(monkeypatch):
+    """Budgets taking turns (as the bench's configurations, or the adaptive width's choices): each
+    round prunes with its own width's bound (the widest candidate tree, rounded up to a power of
+    two) and only that bound learns from it."""
+    import sglang_jetspec.integration.expert_schedule as es
+
+    held = ExpertScheduler(L, E, K, prune=True, hold_loss=0.03)
+    seen, orig = [], es.schedule_batch
+
+    def spy(trees, probs, experts, cost, **kw):
+        seen.append((max(t.n for t in trees), kw["max_expected_loss"]))
+        return orig(trees, probs, experts, cost, **kw)
+    monkeypatch.setattr(es, "schedule_batch", spy)
+    for i in range(6):
+        rounds(held, 4, budget=8 if i % 2 else 40, seed=i, labels=True)
+        assert (8 if i % 2 else 64) in held.hold.by_width
+    snap = held.snapshot()["held"]
+    assert set(snap["by_width"]) == {"8", "64"} and snap["labelled"] == 24
+    assert snap["by_width"]["8"]["labelled"] == 12 and snap["by_width"]["64"]["labelled"] == 12
+    assert snap["by_width"]["8"]["bound"] != snap["by_width"]["64"]["bound"]
+    # the bound each round pruned with was its width's at the time: replay the learning order
+    assert len(seen) == 24 and {1 << (n - 1).bit_length() for n, _ in seen} == {8, 64}
+    first8 = next(b for n, b in seen if n <= 8)
+    assert first8 == pytest.approx(0.03)  # the narrow width's first round: its own bound, at the start,
+    assert seen[4][0] <= 8 and seen[3][1] != pytest.approx(0.03)  # though the wide one had moved
+
+
 def test_a_labelled_pruned_round_teaches_the_model_its_pruned_nodes_in_candidate_ranks():
     """After a pruned greedy round the acceptance model learns from the CANDIDATE tree (less the
     nodes whose outcome stays unknown), with the accepted path mapped to it: the pruned children
@@ -166,7 +193,7 @@ def test_bad_shapes_and_settings_are_named():
                         "accepted length expert-aware pruning may give up (default 0.03)"]
 
 
-def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_rank(tmp_path):
+def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_rank(tmp_path, capsys):
     """The trace the worker writes (scheduling off) replays offline: the full trees' accepted
     length equals what was verified, pruning keeps ancestors so its accepted length is the kept
     path prefix, and under a cost priced by the most loaded EP rank it lowers that rank's load."""
@@ -218,6 +245,21 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     ep4 = replay(recs, E, 4, cost, max_expected_loss=None)
     assert ep4["max_rank_per_layer_pruned"] < ep4["max_rank_per_layer_full"] <= E // 4
     assert "| ep = 4 | 30 |" in markdown([full, ep4])
+    # held per tree width, as the server: every width the trace's rounds had gets its own bound
+    hold = {"target": 0.03, "probe_every": PROBE_EVERY}
+    per = replay(recs, E, 1, cost, None, hold=hold, per_width=True)
+    widths = {1 << (max(t.n for t in r.trees) - 1).bit_length() for r in recs}
+    assert set(per["held"]["by_width"]) == {str(w) for w in widths} and per["per_width"]
+    assert "by labels per width, bounds ended " in markdown([per])
+    one = replay(recs, E, 1, cost, None, hold=hold)
+    assert "by_width" not in one["held"] and not one["per_width"]
+    from launch.replay_experts import main as replay_main
+
+    with pytest.raises(SystemExit, match="--hold-per width needs --hold-loss"):
+        replay_main(["--trace", str(trace), "--num-experts", str(E), "--hold-per", "width"])
+    replay_main(["--trace", str(trace), "--num-experts", str(E), "--ep", "1", "--hold-loss", "0.03",
+                 "--hold-per", "width"])
+    assert "held at 3% by labels per width, bounds ended " in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="SGLANG_JETSPEC_EXPERT_TRACE"):
         load_trace(tmp_path / "missing.jsonl")
     drafted = json.loads(trace.read_text().splitlines()[0]) | {"probs": None}

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from sglang_jetspec.core.loss_bound import (
-    LABEL_RATE, MAX_BOUND, MAX_STEP, MIN_FACTOR, LossBound, committed, pruned_outcome)
+    LABEL_RATE, MAX_BOUND, MAX_STEP, MIN_FACTOR, LossBound, WidthBounds, committed, pruned_outcome, width_bucket)
 
 
 def test_committed_is_the_kept_prefix_of_the_path():
@@ -185,3 +185,36 @@ def test_log_step_is_capped():
     h = LossBound(0.03, rate=1.0)
     h.observe(10, 0)  # loss 1.0 -> step (0.03 - 1) / 0.03 capped
     assert math.log(h.bound) == pytest.approx(math.log(0.03) - MAX_STEP)
+
+
+def test_width_bucket_rounds_the_widest_tree_up_to_a_power_of_two():
+    assert [width_bucket(n) for n in (1, 2, 3, 4, 5, 16, 17, 32, 33, 64, 65, 128)] == \
+        [1, 2, 4, 4, 8, 16, 32, 32, 64, 64, 128, 128]
+    with pytest.raises(ValueError, match="nodes 0 must be >= 1"):
+        width_bucket(0)
+
+
+def test_each_width_holds_its_own_bound():
+    """Rounds of one width move only that width's bound; a new width starts at the target; the
+    snapshot sums the counters and shows the latest width's bound and every width's own."""
+    h = WidthBounds(0.03, probe_every=4)
+    assert h.snapshot()["bound"] == 0.03 and h.snapshot()["by_width"] == {}
+    narrow = h.for_width(30)
+    assert h.for_width(32) is narrow and h.for_width(33) is not narrow  # 17-32 share a bound
+    for _ in range(30):  # width 32 loses 10% at a 3% target: tightened
+        h.for_width(20).observe(10, 9, estimated=True)
+    for _ in range(30):  # width 64 loses nothing: loosened
+        h.for_width(60).observe(10, 10, estimated=True)
+    assert h.for_width(20).bound < 0.03 < h.for_width(64).bound
+    assert h.for_width(100).bound == pytest.approx(0.03)  # a width never seen starts at the target
+    snap = h.snapshot()
+    assert snap["labelled"] == 60 and snap["probes"] == 0 and snap["width"] == 128
+    assert set(snap["by_width"]) == {"32", "64", "128"}
+    assert snap["by_width"]["32"]["labelled"] == 30 and snap["by_width"]["64"]["bound"] == h.for_width(64).bound
+    assert snap["bound"] == pytest.approx(0.03)  # the latest round's width (128, new)
+    wide = h.for_width(64)
+    assert h.snapshot()["bound"] == wide.bound and h.snapshot()["width"] == 64
+    with pytest.raises(ValueError, match="probe_every 1"):
+        WidthBounds(0.03, probe_every=1)
+    with pytest.raises(ValueError, match="target 0.7"):
+        WidthBounds(0.7)

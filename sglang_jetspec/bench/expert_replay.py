@@ -31,7 +31,7 @@ from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch
-from sglang_jetspec.core.loss_bound import LossBound, committed, pruned_outcome
+from sglang_jetspec.core.loss_bound import LossBound, WidthBounds, committed, pruned_outcome
 from sglang_jetspec.core.tree import DraftTree
 
 
@@ -150,7 +150,7 @@ def _labelled_loss(r: Round, kept: list[set[int]]) -> tuple[float, int]:
 
 def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None,
            oracle_routing: bool = False, acceptance: str = "recorded", hold: dict | None = None,
-           labels: bool = True):
+           labels: bool = True, per_width: bool = False):
     """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep.
     oracle_routing: the scheduler sees the experts each node was really routed to instead of the
     prediction (an upper bound: how much better pruning could get with a perfect predictor).
@@ -159,9 +159,11 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
     acceptance as in the server (core/loss_bound.py) instead of `max_expected_loss` fixed: each
     pruned round observes its own loss from its labels (the recorded rounds are greedy), or with
     labels=False (as a server sampling with recursive rejection) probe rounds measure it, which
-    count as verified whole in the "pruned" totals, as they are in the server."""
+    count as verified whole in the "pruned" totals, as they are in the server. per_width: one bound
+    per tree width (core/loss_bound.WidthBounds), as the server holds it since 2026-12-07 evening."""
     rounds = with_acceptance(rounds, acceptance)
-    held = LossBound(**hold) if hold else None
+    bounds = (WidthBounds(**hold) if per_width else LossBound(**hold)) if hold else None
+    held = bounds if not per_width else None
     e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
     if ep > 1:  # under EP the slowest rank prices the experts
         k = {"a": cost["a"], "b": cost["b"], "c": 0.0, "d": cost.get("d") or cost["c"]}
@@ -172,6 +174,8 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
            "pruned_nodes": 0}
     layers = rounds[0].routed[0].shape[1]
     for r in rounds:
+        if per_width and bounds is not None:
+            held = bounds.for_width(max(t.n for t in r.trees))
         s = schedule_batch(r.trees, [p.float().clamp(0, 1).double() for p in r.probs],
                            r.routed if oracle_routing else r.predicted, k, expert_to_rank=e2r,
                            max_expected_loss=held.bound if held else max_expected_loss)
@@ -197,13 +201,21 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
         tot["pruned_nodes"] += sum(len(kk) for kk in kept)
     n, req = tot["rounds"], tot["requests"]
     return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing, "acceptance": acceptance,
-            "held": held.snapshot() if held else None, "held_by": ("labels" if labels else "probes") if held else None,
+            "held": bounds.snapshot() if bounds else None, "per_width": per_width, "held_by": ("labels" if labels else "probes") if held else None,
             "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
             "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
             "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
             "max_rank_per_layer_full": tot["full_max_rank"] / (n * layers),
             "max_rank_per_layer_pruned": tot["pruned_max_rank"] / (n * layers),
             "nodes_kept": tot["pruned_nodes"] / tot["full_nodes"]}
+
+
+def _held_note(r: dict) -> str:
+    h, by = r["held"], r.get("held_by") or "probes"
+    if r.get("per_width"):
+        ends = ", ".join(f"{w}: {x['bound']:.3f}" for w, x in h["by_width"].items() if int(w) > 1)
+        return f"held at {h['target']:.0%} by {by} per width, bounds ended {ends}"
+    return f"held at {h['target']:.0%} by {by}, bound ended {h['bound']:.3f}"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -213,8 +225,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         notes = (["oracle routing"] if r.get("oracle_routing") else []) + (
             [f"{r['acceptance']} acceptance"] if r.get("acceptance", "recorded") != "recorded" else []) + (
-            [f"held at {r['held']['target']:.0%} by {r.get('held_by') or 'probes'}, bound ended {r['held']['bound']:.3f}"]
-            if r.get("held") else [])
+            [_held_note(r)] if r.get("held") else [])
         place = ("one device" if r["ep"] == 1 else f"ep = {r['ep']}") + (f" ({', '.join(notes)})" if notes else "")
 
         def ch(a, b):

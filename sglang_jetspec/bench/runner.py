@@ -230,8 +230,21 @@ def expert_delta(before: dict, after: dict) -> dict:
             "kept_share": (after["kept_nodes"] - before["kept_nodes"]) / cand if cand else None,
             "gated_rounds": after.get("gated_rounds", 0) - before.get("gated_rounds", 0),
             # the held bound on the expected tokens at the end (core/loss_bound.py), if held
-            "loss_bound": (after.get("held") or {}).get("bound"),
+            "loss_bound": _held_bound(before.get("held") or {}, after.get("held") or {}),
             "recall_per_layer": after["recall_per_layer"], "precision_per_layer": after["precision_per_layer"]}
+
+
+def _held_bound(before: dict, after: dict) -> float | None:
+    """The held bound at the end of a measurement: with one bound per tree width, that of the width
+    most of the measurement's observed rounds had."""
+    by_a, by_b = after.get("by_width") or {}, before.get("by_width") or {}
+    if not by_a:
+        return after.get("bound")
+
+    def seen(snap: dict | None) -> int:
+        return (snap or {}).get("labelled", 0) + (snap or {}).get("probes", 0)
+    width = max(by_a, key=lambda w: seen(by_a[w]) - seen(by_b.get(w)))
+    return by_a[width]["bound"]
 
 
 _RETRACT = re.compile(r"#retracted_reqs: (\d+)")

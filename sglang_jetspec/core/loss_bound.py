@@ -21,6 +21,16 @@ Two kinds of observation:
     (`committed`, exact: a kept node keeps its ancestors). One pruning round in `probe_every`
     probes when no round was observed since the last probe; a probe costs its share of the
     savings.
+One bound per tree width (`WidthBounds`): the share of the model's expected tokens that costs
+`target` of the accepted length depends on how wide the trees are. Replayed on two 64-expert
+traces of budgets 32, 64 and 128 taking turns, one bound for all rounds settled between what each
+width needs: the budget-32 rounds lost 5.6% / 5.7% of their accepted length, the budget-64 ones
+1.5% / 1.7%. A bound per width (the widest candidate tree's node count rounded up to a power of
+two) ended near 0.01 for 32 and 0.03 for 64 / 128; the budget-32 rounds lost 4.2% / 3.6%, 64 and
+128 2.8-3.1%, and the distinct experts fell by -19.4% / -17.1% overall instead of -19.1% / -15.8%
+at the same accepted length (-3.3% / -3.1%). On a trace of budgets 64 and 128 only it was level
+(-18.4% at -3.2% vs -18.6% at -2.9%; docs/bench/cpu-qwen3moe-acceptance/width_bounds.txt).
+
 In exact replays of recorded rounds (four traces, two targets) the labelled estimate of the lost
 tokens came to 0.99-1.12x the truth (docs/bench/cpu-qwen3moe-acceptance/label_estimate.txt), and
 holding the bound with it instead of probes pruned more experts: 64 experts, budgets 64-128,
@@ -144,3 +154,41 @@ class LossBound:
     def snapshot(self) -> dict:
         return {"target": self.target, "bound": self.bound, "probes": self.probes, "labelled": self.labelled,
                 "observed_loss": self.observed_loss, "probe_every": self.probe_every}
+
+
+def width_bucket(nodes: int) -> int:
+    """The width key of a round: its widest candidate tree's node count rounded up to a power of two."""
+    if nodes < 1:
+        raise ValueError(f"a tree has at least its root: nodes {nodes} must be >= 1")
+    return 1 << (nodes - 1).bit_length()
+
+
+class WidthBounds:
+    """A `LossBound` per width bucket (`width_bucket`), each started at the target and moved only
+    by the rounds of its width, so budgets (or the adaptive width's choices) that need different
+    bounds each hold the target. `for_width(nodes)` gives the round's bound object."""
+
+    def __init__(self, target: float, probe_every: int = 8, **kwargs):
+        LossBound(target, probe_every, **kwargs)  # bad settings fail here, before any round
+        self.target, self.probe_every, self._kwargs = target, probe_every, kwargs
+        self.by_width: dict[int, LossBound] = {}
+        self.last: int | None = None  # the bucket of the latest round
+
+    def for_width(self, nodes: int) -> LossBound:
+        key = width_bucket(nodes)
+        self.last = key
+        if key not in self.by_width:
+            self.by_width[key] = LossBound(self.target, self.probe_every, **self._kwargs)
+        return self.by_width[key]
+
+    def snapshot(self) -> dict:
+        """Totals over the widths; `bound` / `observed_loss` are the latest round's width's (the
+        target before any round); `by_width` every width's own snapshot."""
+        cur = self.by_width.get(self.last) if self.last is not None else None
+        return {"target": self.target, "probe_every": self.probe_every,
+                "bound": cur.bound if cur is not None else self.target,
+                "observed_loss": cur.observed_loss if cur is not None else None,
+                "width": self.last,
+                "probes": sum(b.probes for b in self.by_width.values()),
+                "labelled": sum(b.labelled for b in self.by_width.values()),
+                "by_width": {str(k): b.snapshot() for k, b in sorted(self.by_width.items())}}

@@ -70,7 +70,7 @@ from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAc
 from sglang_jetspec.core.expert_aware_tree import prune_tree, schedule_batch
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
-from sglang_jetspec.core.loss_bound import MAX_BOUND, LossBound, committed, pruned_outcome
+from sglang_jetspec.core.loss_bound import MAX_BOUND, LossBound, WidthBounds, committed, pruned_outcome
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
 from sglang_jetspec.integration.env_setting import env_choice
@@ -146,8 +146,9 @@ class ExpertScheduler:
         # hold_loss: the ACCEPTED-LENGTH loss held with observed rounds (core/loss_bound.py: labelled
         # pruned rounds, else probes); the bound on the model's expected tokens then moves,
         # starting from hold_loss
-        # (none when not pruning: nothing to hold)
-        self.hold = LossBound(hold_loss, probe_every) if hold_loss is not None and prune else None
+        # (none when not pruning: nothing to hold); one bound per tree width (core/loss_bound.py)
+        self.hold = WidthBounds(hold_loss, probe_every) if hold_loss is not None and prune else None
+        self._held: LossBound | None = None  # this round's width's bound
         self._probe_kept: list[set[int]] | None = None
         # a pruned round's candidate trees, kept candidate indices and node probabilities: what
         # observe() learns from and estimates the round's loss with (core/loss_bound.pruned_outcome)
@@ -214,10 +215,11 @@ class ExpertScheduler:
             self._predicted, self._probs = experts, probs
             self.kept_expected += full
             return trees
-        bound = self.hold.bound if self.hold is not None else self.max_expected_loss
+        self._held = self.hold.for_width(max(t.n for t in trees)) if self.hold is not None else None
+        bound = self._held.bound if self._held is not None else self.max_expected_loss
         s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True,
                            patience=self.patience, max_expected_loss=bound)
-        if self.hold is not None and self.hold.next_is_probe():
+        if self._held is not None and self._held.next_is_probe():
             # verify the candidates whole; observe() compares what they commit with what the
             # pruned trees would have committed
             self._probe_kept = [set(k.tolist()) for k in s.kept]
@@ -281,7 +283,7 @@ class ExpertScheduler:
             self.acceptance.update_from_trees(*learned, None, None, self._ngram(learned[0]))
         if self._probe_kept is not None:
             if len(self._probe_kept) == len(accepted_paths):
-                self.hold.observe(sum(len(p) for p in accepted_paths),
+                self._held.observe(sum(len(p) for p in accepted_paths),
                                   sum(committed(p, k) for p, k in zip(accepted_paths, self._probe_kept)))
             self._probe_kept = None
         self.rounds += 1
@@ -340,8 +342,8 @@ class ExpertScheduler:
             out_paths.append(cpath)
             pruned += len(path)
             full += len(path) + lost
-        if self.hold is not None:
-            self.hold.observe(full, pruned, estimated=True)
+        if self._held is not None:
+            self._held.observe(full, pruned, estimated=True)
         return out_trees, out_paths
 
     def _ngram(self, trees: list[DraftTree]) -> list[torch.Tensor] | None:
