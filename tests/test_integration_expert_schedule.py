@@ -5,6 +5,7 @@ trees to fewer predicted experts without giving up more than 1% of the expected 
 every kept node's ancestors, counts the verify's real distinct experts, and refuses bad input."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -115,7 +116,7 @@ def test_each_tree_width_holds_its_own_bound(monkeypatch):
     seen, orig = [], es.schedule_batch
 
     def spy(trees, probs, experts, cost, **kw):
-        seen.append((max(t.n for t in trees), kw["max_expected_loss"]))
+        seen.append((max(t.n for t in trees), kw["max_expected_loss"], held.hold.shared))
         return orig(trees, probs, experts, cost, **kw)
     monkeypatch.setattr(es, "schedule_batch", spy)
     for i in range(6):
@@ -126,10 +127,11 @@ def test_each_tree_width_holds_its_own_bound(monkeypatch):
     assert snap["by_width"]["8"]["labelled"] == 12 and snap["by_width"]["64"]["labelled"] == 12
     assert snap["by_width"]["8"]["bound"] != snap["by_width"]["64"]["bound"]
     # the bound each round pruned with was its width's at the time: replay the learning order
-    assert len(seen) == 24 and {1 << (n - 1).bit_length() for n, _ in seen} == {8, 64}
-    first8 = next(b for n, b in seen if n <= 8)
-    assert first8 == pytest.approx(0.03)  # the narrow width's first round: its own bound, at the start,
-    assert seen[4][0] <= 8 and seen[3][1] != pytest.approx(0.03)  # though the wide one had moved
+    assert len(seen) == 24 and {1 << (n - 1).bit_length() for n, _, _ in seen} == {8, 64}
+    n4, b4, shared4 = seen[4]  # the narrow width's first round: its own part still at the start,
+    assert n4 <= 8 and shared4 != 0.0 and b4 == pytest.approx(0.03 * math.exp(shared4))
+    n3, b3, shared3 = seen[3]  # while the wide width's own part had moved with the shared one
+    assert n3 > 32 and b3 == pytest.approx(0.03 * math.exp(2 * shared3))
 
 
 def test_a_labelled_pruned_round_teaches_the_model_its_pruned_nodes_in_candidate_ranks():

@@ -194,26 +194,34 @@ def test_width_bucket_rounds_the_widest_tree_up_to_a_power_of_two():
         width_bucket(0)
 
 
-def test_each_width_holds_its_own_bound():
-    """Rounds of one width move only that width's bound; a new width starts at the target; the
-    snapshot sums the counters and shows the latest width's bound and every width's own."""
+def test_each_width_holds_its_own_bound_on_a_shared_part():
+    """log(bound of a width) = shared + its own part: a width's rounds move both, so a width never
+    observed follows what all have in common (the shared part) and an observed one also its own;
+    the snapshot sums the counters and shows the latest width's bound and every width's own."""
     h = WidthBounds(0.03, probe_every=4)
     assert h.snapshot()["bound"] == 0.03 and h.snapshot()["by_width"] == {}
     narrow = h.for_width(30)
     assert h.for_width(32) is narrow and h.for_width(33) is not narrow  # 17-32 share a bound
     for _ in range(30):  # width 32 loses 10% at a 3% target: tightened
         h.for_width(20).observe(10, 9, estimated=True)
-    for _ in range(30):  # width 64 loses nothing: loosened
+    b32, b64 = h.for_width(32).bound, h.for_width(64).bound
+    assert b32 < b64 < 0.03  # the unobserved width followed the shared part only
+    assert b64 == pytest.approx(0.03 * math.exp(h.shared)) and b32 == pytest.approx(0.03 * math.exp(2 * h.shared))
+    for _ in range(30):  # width 64 loses nothing: loosened, and further from width 32
         h.for_width(60).observe(10, 10, estimated=True)
-    assert h.for_width(20).bound < 0.03 < h.for_width(64).bound
-    assert h.for_width(100).bound == pytest.approx(0.03)  # a width never seen starts at the target
+    assert h.for_width(64).bound > b64 and h.for_width(64).bound / h.for_width(32).bound > b64 / b32
+    assert h.for_width(100).bound == pytest.approx(0.03 * math.exp(h.shared))  # a new width: shared part only
     snap = h.snapshot()
     assert snap["labelled"] == 60 and snap["probes"] == 0 and snap["width"] == 128
-    assert set(snap["by_width"]) == {"32", "64", "128"}
+    assert set(snap["by_width"]) == {"32", "64", "128"} and snap["shared_factor"] == pytest.approx(math.exp(h.shared))
     assert snap["by_width"]["32"]["labelled"] == 30 and snap["by_width"]["64"]["bound"] == h.for_width(64).bound
-    assert snap["bound"] == pytest.approx(0.03)  # the latest round's width (128, new)
+    assert snap["bound"] == h.for_width(128).bound  # the latest round's width (128)
     wide = h.for_width(64)
     assert h.snapshot()["bound"] == wide.bound and h.snapshot()["width"] == 64
+    # the effective bound stays in the single bound's range however far the parts move
+    for _ in range(400):
+        h.for_width(20).observe(10, 0, estimated=True)
+    assert h.for_width(20).bound == pytest.approx(0.03 * MIN_FACTOR)
     with pytest.raises(ValueError, match="probe_every 1"):
         WidthBounds(0.03, probe_every=1)
     with pytest.raises(ValueError, match="target 0.7"):

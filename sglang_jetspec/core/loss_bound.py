@@ -21,15 +21,18 @@ Two kinds of observation:
     (`committed`, exact: a kept node keeps its ancestors). One pruning round in `probe_every`
     probes when no round was observed since the last probe; a probe costs its share of the
     savings.
-One bound per tree width (`WidthBounds`): the share of the model's expected tokens that costs
+A bound per tree width (`WidthBounds`): the share of the model's expected tokens that costs
 `target` of the accepted length depends on how wide the trees are. Replayed on two 64-expert
-traces of budgets 32, 64 and 128 taking turns, one bound for all rounds settled between what each
-width needs: the budget-32 rounds lost 5.6% / 5.7% of their accepted length, the budget-64 ones
-1.5% / 1.7%. A bound per width (the widest candidate tree's node count rounded up to a power of
-two) ended near 0.01 for 32 and 0.03 for 64 / 128; the budget-32 rounds lost 4.2% / 3.6%, 64 and
-128 2.8-3.1%, and the distinct experts fell by -19.4% / -17.1% overall instead of -19.1% / -15.8%
-at the same accepted length (-3.3% / -3.1%). On a trace of budgets 64 and 128 only it was level
-(-18.4% at -3.2% vs -18.6% at -2.9%; docs/bench/cpu-qwen3moe-acceptance/width_bounds.txt).
+traces of budgets 32, 64 and 128 taking turns, one bound for all rounds settled between what
+each width needs: the budget-32 rounds lost 5.6% / 5.7% of their accepted length, the budget-64
+ones 1.5% / 1.7%. Bounds learnt per width from that width's rounds alone held 3.6-4.2% at 32 and
+2.8-3.1% at 64 / 128, but a change of workload (math to code) then has to be relearnt by every
+width from a third of the rounds: the first code cells lost 6-7% at every width. So each width's
+bound is a part of its own on a part all widths share, both moved by every observation of that
+width: 3.6-3.9% at 32, 2.4-3.0% at 64 / 128, the first code cells 3.6-6.0%, and distinct
+experts -19.3% / -16.3% overall at -3.0% / -3.1% accepted length (one bound: -19.1% / -15.8% at
+-3.2% / -3.1%; on a trace of budgets 64 and 128 only -18.2% at -3.1% against -18.6% at -2.9%;
+docs/bench/cpu-qwen3moe-acceptance/width_bounds.txt).
 
 In exact replays of recorded rounds (four traces, two targets) the labelled estimate of the lost
 tokens came to 0.99-1.12x the truth (docs/bench/cpu-qwen3moe-acceptance/label_estimate.txt), and
@@ -123,14 +126,15 @@ class LossBound:
         self._unobserved += 1
         return self._unobserved >= self.probe_every
 
-    def observe(self, full_tokens: float, pruned_tokens: float, estimated: bool = False) -> None:
+    def observe(self, full_tokens: float, pruned_tokens: float, estimated: bool = False) -> float:
         """A round's committed tokens (summed over its requests): as the whole candidate trees
         commit them and as the pruned trees do. A probe measures both (estimated=False); a labelled
         pruned round knows its own and estimates the full trees' (`pruned_outcome`,
         estimated=True, moved at `label_rate`). Each observation moves the bound by its own loss
         (a stochastic approximation: the bound settles where the EXPECTED loss is the target, and
         a run of early, costly rounds, while the acceptance model is still learning, does not
-        linger in a running mean); the running means are for reporting."""
+        linger in a running mean); the running means are for reporting. Returns how far log(bound)
+        moved (0 for a round that committed nothing)."""
         if pruned_tokens > full_tokens or pruned_tokens < 0:
             raise ValueError(f"pruned trees commit {pruned_tokens} tokens, must be in [0, {full_tokens}]")
         self._unobserved = 0
@@ -144,12 +148,14 @@ class LossBound:
             self.full += self.alpha * (full_tokens - self.full)
             self.pruned += self.alpha * (pruned_tokens - self.pruned)
         if not self.full:
-            return
+            return 0.0
         lost = full_tokens - pruned_tokens
         rate = self.label_rate if estimated else self.rate
         step = rate * (self.target * full_tokens - lost) / (self.target * self.full)
         lo, hi = math.log(self.target * MIN_FACTOR), math.log(MAX_BOUND)
+        before = self.log_bound
         self.log_bound = min(hi, max(lo, self.log_bound + max(-MAX_STEP, min(MAX_STEP, step))))
+        return self.log_bound - before
 
     def snapshot(self) -> dict:
         return {"target": self.target, "bound": self.bound, "probes": self.probes, "labelled": self.labelled,
@@ -164,31 +170,60 @@ def width_bucket(nodes: int) -> int:
 
 
 class WidthBounds:
-    """A `LossBound` per width bucket (`width_bucket`), each started at the target and moved only
-    by the rounds of its width, so budgets (or the adaptive width's choices) that need different
-    bounds each hold the target. `for_width(nodes)` gives the round's bound object."""
+    """The held bound per width bucket (`width_bucket`): log(bound of width w) = shared + own_w.
+    Every observation of a width-w round moves both its own part and the shared part by the same
+    step (`LossBound.observe`), so what all widths have in common (a change of workload, say) is
+    learnt from every round, and what sets one width apart from the others from its own.
+    `for_width(nodes)` gives the round's bound object (bound, next_is_probe, observe)."""
 
     def __init__(self, target: float, probe_every: int = 8, **kwargs):
         LossBound(target, probe_every, **kwargs)  # bad settings fail here, before any round
         self.target, self.probe_every, self._kwargs = target, probe_every, kwargs
-        self.by_width: dict[int, LossBound] = {}
+        self.shared = 0.0  # the shared part of log(bound), added to each width's own
+        self.by_width: dict[int, _WidthBound] = {}
         self.last: int | None = None  # the bucket of the latest round
 
-    def for_width(self, nodes: int) -> LossBound:
+    def for_width(self, nodes: int) -> "_WidthBound":
         key = width_bucket(nodes)
         self.last = key
         if key not in self.by_width:
-            self.by_width[key] = LossBound(self.target, self.probe_every, **self._kwargs)
+            self.by_width[key] = _WidthBound(self, LossBound(self.target, self.probe_every, **self._kwargs))
         return self.by_width[key]
 
     def snapshot(self) -> dict:
         """Totals over the widths; `bound` / `observed_loss` are the latest round's width's (the
-        target before any round); `by_width` every width's own snapshot."""
+        target before any round); `by_width` every width's own snapshot, its `bound` the one it
+        prunes with (shared part included); `shared_factor` = exp(shared)."""
         cur = self.by_width.get(self.last) if self.last is not None else None
         return {"target": self.target, "probe_every": self.probe_every,
                 "bound": cur.bound if cur is not None else self.target,
-                "observed_loss": cur.observed_loss if cur is not None else None,
-                "width": self.last,
-                "probes": sum(b.probes for b in self.by_width.values()),
-                "labelled": sum(b.labelled for b in self.by_width.values()),
+                "observed_loss": cur.own.observed_loss if cur is not None else None,
+                "width": self.last, "shared_factor": math.exp(self.shared),
+                "probes": sum(b.own.probes for b in self.by_width.values()),
+                "labelled": sum(b.own.labelled for b in self.by_width.values()),
                 "by_width": {str(k): b.snapshot() for k, b in sorted(self.by_width.items())}}
+
+
+class _WidthBound:
+    """One width's view of a WidthBounds: its own LossBound plus the shared part."""
+
+    def __init__(self, parent: WidthBounds, own: LossBound):
+        self.parent, self.own = parent, own
+
+    @property
+    def bound(self) -> float:
+        lo, hi = math.log(self.own.target * MIN_FACTOR), math.log(MAX_BOUND)
+        return math.exp(min(hi, max(lo, self.own.log_bound + self.parent.shared)))
+
+    def next_is_probe(self) -> bool:
+        return self.own.next_is_probe()
+
+    def observe(self, full_tokens: float, pruned_tokens: float, estimated: bool = False) -> float:
+        step = self.own.observe(full_tokens, pruned_tokens, estimated)
+        lo, hi = math.log(self.own.target * MIN_FACTOR), math.log(MAX_BOUND)
+        span = hi - lo  # the shared part never moves the bound further than the whole range
+        self.parent.shared = min(span, max(-span, self.parent.shared + step))
+        return step
+
+    def snapshot(self) -> dict:
+        return dict(self.own.snapshot(), bound=self.bound)
