@@ -159,8 +159,9 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
     acceptance as in the server (core/loss_bound.py) instead of `max_expected_loss` fixed: each
     pruned round observes its own loss from its labels (the recorded rounds are greedy), or with
     labels=False (as a server sampling with recursive rejection) probe rounds measure it, which
-    count as verified whole in the "pruned" totals, as they are in the server. per_width: one bound
-    per tree width (core/loss_bound.WidthBounds), as the server holds it since 2026-12-07 evening."""
+    count as verified whole in the "pruned" totals, as they are in the server. per_width: a bound
+    per tree width on a shared part (core/loss_bound.WidthBounds), as the server holds it since
+    2026-12-07 night."""
     rounds = with_acceptance(rounds, acceptance)
     bounds = (WidthBounds(**hold) if per_width else LossBound(**hold)) if hold else None
     held = bounds if not per_width else None

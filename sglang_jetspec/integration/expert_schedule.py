@@ -70,7 +70,7 @@ from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAc
 from sglang_jetspec.core.expert_aware_tree import prune_tree, schedule_batch
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
-from sglang_jetspec.core.loss_bound import MAX_BOUND, LossBound, WidthBounds, committed, pruned_outcome
+from sglang_jetspec.core.loss_bound import MAX_BOUND, WidthBounds, committed, pruned_outcome
 from sglang_jetspec.core.moe_cost import MoeVerifyCostModel
 from sglang_jetspec.core.tree import DraftTree
 from sglang_jetspec.integration.env_setting import env_choice
@@ -148,7 +148,7 @@ class ExpertScheduler:
         # starting from hold_loss
         # (none when not pruning: nothing to hold); one bound per tree width (core/loss_bound.py)
         self.hold = WidthBounds(hold_loss, probe_every) if hold_loss is not None and prune else None
-        self._held: LossBound | None = None  # this round's width's bound
+        self._held = None  # this round's width's bound (WidthBounds.for_width)
         self._probe_kept: list[set[int]] | None = None
         # a pruned round's candidate trees, kept candidate indices and node probabilities: what
         # observe() learns from and estimates the round's loss with (core/loss_bound.pruned_outcome)
