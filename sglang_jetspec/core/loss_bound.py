@@ -152,7 +152,7 @@ class LossBound:
         lost = full_tokens - pruned_tokens
         rate = self.label_rate if estimated else self.rate
         step = rate * (self.target * full_tokens - lost) / (self.target * self.full)
-        lo, hi = math.log(self.target * MIN_FACTOR), math.log(MAX_BOUND)
+        lo, hi = _log_range(self.target)
         before = self.log_bound
         self.log_bound = min(hi, max(lo, self.log_bound + max(-MAX_STEP, min(MAX_STEP, step))))
         return self.log_bound - before
@@ -160,6 +160,11 @@ class LossBound:
     def snapshot(self) -> dict:
         return {"target": self.target, "bound": self.bound, "probes": self.probes, "labelled": self.labelled,
                 "observed_loss": self.observed_loss, "probe_every": self.probe_every}
+
+
+def _log_range(target: float) -> tuple[float, float]:
+    """The range of log(bound): [log(target * MIN_FACTOR), log(MAX_BOUND)]."""
+    return math.log(target * MIN_FACTOR), math.log(MAX_BOUND)
 
 
 def width_bucket(nodes: int) -> int:
@@ -212,7 +217,7 @@ class _WidthBound:
 
     @property
     def bound(self) -> float:
-        lo, hi = math.log(self.own.target * MIN_FACTOR), math.log(MAX_BOUND)
+        lo, hi = _log_range(self.own.target)
         return math.exp(min(hi, max(lo, self.own.log_bound + self.parent.shared)))
 
     def next_is_probe(self) -> bool:
@@ -220,7 +225,7 @@ class _WidthBound:
 
     def observe(self, full_tokens: float, pruned_tokens: float, estimated: bool = False) -> float:
         step = self.own.observe(full_tokens, pruned_tokens, estimated)
-        lo, hi = math.log(self.own.target * MIN_FACTOR), math.log(MAX_BOUND)
+        lo, hi = _log_range(self.own.target)
         span = hi - lo  # the shared part never moves the bound further than the whole range
         self.parent.shared = min(span, max(-span, self.parent.shared + step))
         return step
