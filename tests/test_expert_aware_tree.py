@@ -244,3 +244,41 @@ def test_bad_inputs_are_named():
         eat.schedule_tree(t, torch.tensor([1.5]), ex, {"a": 1.0, "b": 1.0, "c": 1.0})
     with pytest.raises(ValueError, match="must be >= 0"):
         eat.schedule_tree(t, torch.tensor([0.5]), ex, {"a": 1.0, "b": -1.0, "c": 1.0})
+    with pytest.raises(ValueError, match="price -1.0 must be a positive finite number"):
+        eat.schedule_tree(t, torch.tensor([0.5]), ex, {"a": 1.0, "b": 1.0, "c": 1.0}, price=-1.0)
+    with pytest.raises(ValueError, match=r"give a price \(2.0\) or max_expected_loss \(0.03\), not both"):
+        eat.schedule_tree(t, torch.tensor([0.5]), ex, {"a": 1.0, "b": 1.0, "c": 1.0}, price=2.0,
+                          max_expected_loss=0.03)
+
+
+def test_a_price_keeps_the_prefix_worth_its_seconds_close_to_the_exhaustive_best():
+    # with a price the greedy keeps the prefix of its order with the most expected - price x
+    # seconds; on small trees that value is at most the exhaustive best and within a few percent
+    g = torch.Generator().manual_seed(7)
+    gaps = []
+    for i in range(60):
+        cases = [_case(g, int(torch.randint(2, 9, (1,), generator=g))) for _ in range(1 + i % 2)]
+        args = [[c[j] for c in cases] for j in range(3)] + [_cost(g)]
+        full = eat.schedule_value(*args[:3], [torch.ones(c[0].n, dtype=torch.bool) for c in cases], args[3])
+        price = float(torch.empty(1).uniform_(0.2, 3.0, generator=g)) * full[0] / full[1]
+        greedy = eat.schedule_batch(*args, price=price)
+        best = eat.exhaustive_schedule(*args, price=price)
+        value, top = greedy.expected_tokens - price * greedy.seconds, best.expected_tokens - price * best.seconds
+        assert value <= top + 1e-9 * abs(top)
+        assert (greedy.full_expected, greedy.full_seconds) == pytest.approx(full)
+        gaps.append((top - value) / abs(top))
+    gaps = torch.tensor(gaps)
+    print(f"priced: greedy gap max {gaps.max():.4f} mean {gaps.mean():.5f}")
+    assert float(gaps.max()) < 0.05 and float(gaps.mean()) < 0.005
+
+
+def test_a_higher_price_never_keeps_more_and_the_bound_fraction_is_untouched():
+    g = torch.Generator().manual_seed(8)
+    tree, probs, experts = _case(g, 40)
+    cost = {"a": 0.2, "b": 0.01, "c": 0.02}
+    full = eat.schedule_value([tree], [probs], [experts], [torch.ones(tree.n, dtype=torch.bool)], cost)
+    kept = [eat.schedule_tree(tree, probs, experts, cost, price=m * full[0] / full[1]).kept[0].numel()
+            for m in (0.01, 0.3, 1.0, 3.0, 30.0)]
+    assert kept == sorted(kept, reverse=True) and kept[0] == tree.n and kept[-1] == 1, kept
+    # a price too high for any node keeps the roots; None schedules as before (no full_* fields)
+    assert eat.schedule_tree(tree, probs, experts, cost).full_seconds is None

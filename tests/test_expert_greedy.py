@@ -1,7 +1,7 @@
 """The compiled greedy of expert-aware scheduling (core/expert_greedy.cpp through
 core/expert_aware_tree.py `_greedy_native`) against the Python loop (`_greedy_python`, the
 reference) on random batches: the same addition order and best prefix, hence the same kept nodes,
-with and without padding rows, with the EP rank term, patience and loss floors, ties (probabilities
+with and without padding rows, with the EP rank term, patience, loss floors and prices, ties (probabilities
 and costs on coarse grids), free nodes (zero cost coefficients) and unused expert slots."""
 
 import random
@@ -39,6 +39,8 @@ def _case(seed: int):
             "d": rnd.choice([0.0, 1e-4]) if e2r is not None else 0.0}
     kw = dict(pad_to_widest=rnd.random() < 0.5, patience=rnd.choice([None, 1, 3, 16]),
               max_expected_loss=rnd.choice([None, 0.0, 0.03, 0.5]))
+    if rnd.random() < 0.4 and cost["a"] + cost["b"] + cost["c"] + cost["d"] > 0:  # a price instead of a floor
+        kw["max_expected_loss"], kw["price"] = None, rnd.choice([1.0, 30.0, 300.0, 3000.0])
     return trees, probs, experts, cost, e2r, kw
 
 
@@ -46,7 +48,8 @@ def _orders(case, native: bool):
     trees, probs, experts, cost, e2r, kw = case
     batch = eat._flatten(trees, probs, experts, e2r)
     floor = eat._expected_floor(batch, len(trees), kw["max_expected_loss"])
-    args = (batch, eat._coefficients(cost, e2r), *eat._rank_info(e2r), kw["pad_to_widest"], floor, kw["patience"])
+    args = (batch, eat._coefficients(cost, e2r), *eat._rank_info(e2r), kw["pad_to_widest"], floor, kw["patience"],
+            kw.get("price"))
     return eat._greedy_native(tree_native.library(), *args) if native else eat._greedy_python(*args)
 
 

@@ -44,6 +44,7 @@ over the current frontier.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,8 @@ class TreeSchedule:
     kept: list[torch.Tensor]
     expected_tokens: float  # sum over trees of 1 + sum of kept node probabilities
     seconds: float  # predicted verify seconds of the kept nodes (predicted experts)
+    full_expected: float | None = None  # the same of the whole candidate trees (scheduled with a price)
+    full_seconds: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -266,7 +269,7 @@ class _GreedyState:
 def schedule_batch(trees: list[DraftTree], probs: list[torch.Tensor], experts: list[torch.Tensor], cost,
                    expert_to_rank: torch.Tensor | None = None, pad_to_widest: bool = True,
                    patience: int | None = None, max_expected_loss: float | None = None,
-                   native: bool = True) -> TreeSchedule:
+                   native: bool = True, price: float | None = None) -> TreeSchedule:
     """Greedy expert-aware pruning of a batch verified in one forward (module docstring).
 
     probs[b] [n_b - 1] acceptance probabilities of the non-root nodes; experts[b] [n_b, L, K]
@@ -278,9 +281,20 @@ def schedule_batch(trees: list[DraftTree], probs: list[torch.Tensor], experts: l
     target). max_expected_loss: keep at least (1 - max_expected_loss) of the candidate trees'
     expected committed tokens (None = ratio only; 0.03 = give up at most 3% of it for speed).
     native: run the greedy in the compiled library when it is available (core/tree_native.py,
-    expert_greedy.cpp: the same selection, tens of times faster on large batches)."""
+    expert_greedy.cpp: the same selection, tens of times faster on large batches).
+    price (expected tokens per predicted second, > 0): keep the prefix of the greedy's order with
+    the most expected tokens - price x seconds instead of the best ratio. One price shared by
+    every round is a Lagrangian: nodes are verified wherever they bring at least `price` tokens a
+    second, so the accepted-length loss goes where pruning saves the most verify time
+    (docs/bench/cpu-qwen3moe-acceptance/price_allocation.txt). Not with max_expected_loss. The
+    result then also carries the whole candidate trees' expected tokens and seconds."""
     if patience is not None and patience < 1:
         raise ValueError(f"patience {patience} must be >= 1 (or None)")
+    if price is not None:
+        if not (price > 0 and math.isfinite(price)):
+            raise ValueError(f"price {price} must be a positive finite number of expected tokens per second")
+        if max_expected_loss is not None:
+            raise ValueError(f"give a price ({price}) or max_expected_loss ({max_expected_loss}), not both")
     batch = _flatten(trees, probs, experts, expert_to_rank)
     floor = _expected_floor(batch, len(trees), max_expected_loss)
     coefficients, (e2r, num_ranks) = _coefficients(cost, expert_to_rank), _rank_info(expert_to_rank)
@@ -290,22 +304,36 @@ def schedule_batch(trees: list[DraftTree], probs: list[torch.Tensor], experts: l
 
         lib = library()
     if lib is not None:
-        order, best_len = _greedy_native(lib, batch, coefficients, e2r, num_ranks, pad_to_widest, floor, patience)
+        order, best_len = _greedy_native(lib, batch, coefficients, e2r, num_ranks, pad_to_widest, floor, patience,
+                                         price)
     else:
-        order, best_len = _greedy_python(batch, coefficients, e2r, num_ranks, pad_to_widest, floor, patience)
+        order, best_len = _greedy_python(batch, coefficients, e2r, num_ranks, pad_to_widest, floor, patience, price)
     keep = batch.parents < 0
     keep[torch.tensor(order[:best_len], dtype=torch.long)] = True
-    return _result(trees, batch, keep, probs, experts, cost, expert_to_rank, pad_to_widest)
+    result = _result(trees, batch, keep, probs, experts, cost, expert_to_rank, pad_to_widest)
+    if price is not None:
+        result.full_expected, result.full_seconds = _value(batch, torch.ones_like(keep), cost, expert_to_rank,
+                                                           pad_to_widest)
+    return result
 
 
 def _greedy_python(batch: _Batch, coefficients, e2r, num_ranks: int, pad_to_widest: bool, floor: float,
-                   patience: int | None) -> tuple[list[int], int]:
+                   patience: int | None, price: float | None = None) -> tuple[list[int], int]:
     """The greedy's addition order over the batch's nodes and the length of its best prefix (the
-    reference of expert_greedy.cpp)."""
+    reference of expert_greedy.cpp). A prefix is judged by its ratio (-1 below the floor), or with
+    a price by expected - price x seconds."""
     state = _GreedyState(batch, coefficients, e2r, num_ranks, pad_to_widest)
     gain = batch.probs  # [N]
     expected = float(len(batch.sizes))
-    best_ratio = _ratio(expected, state.seconds) if expected >= floor else -1.0
+
+    def value_of(e: float, s: float) -> float:
+        return e - price * s if price is not None else (_ratio(e, s) if e >= floor else -1.0)
+
+    def better(value: float, best: float) -> bool:
+        return value > best + 1e-12 * abs(best) if price is not None else value >= 0 and value > best * (1 + 1e-12)
+
+    best_value = value_of(expected, state.seconds)
+    found = price is not None or best_value >= 0
     best_len, order = 0, []
     while bool(state.frontier.any()):
         dcost = state.marginal_costs()  # [N]
@@ -317,16 +345,16 @@ def _greedy_python(batch: _Batch, coefficients, e2r, num_ranks: int, pad_to_wide
         state.take(v, float(dcost[v]))
         expected += float(gain[v])
         order.append(v)
-        ratio = _ratio(expected, state.seconds)
-        if expected >= floor and ratio > best_ratio * (1 + 1e-12):
-            best_ratio, best_len = ratio, len(order)
-        elif best_ratio >= 0 and patience is not None and len(order) - best_len >= patience:
+        value = value_of(expected, state.seconds)
+        if better(value, best_value):
+            best_value, best_len, found = value, len(order), True
+        elif found and patience is not None and len(order) - best_len >= patience:
             break
     return order, best_len
 
 
 def _greedy_native(lib, batch: _Batch, coefficients, e2r, num_ranks: int, pad_to_widest: bool, floor: float,
-                   patience: int | None) -> tuple[list[int], int]:
+                   patience: int | None, price: float | None = None) -> tuple[list[int], int]:
     """_greedy_python in the compiled library (expert_greedy.cpp)."""
     a, b, c, d = coefficients
     N, L, _ = batch.experts.shape
@@ -341,7 +369,7 @@ def _greedy_native(lib, batch: _Batch, coefficients, e2r, num_ranks: int, pad_to
     steps = lib.jetspec_expert_greedy(N, L * E, L, num_ranks, len(batch.sizes), parents.data_ptr(), gain.data_ptr(),
                                       inc.data_ptr(), col.data_ptr(), tree_of.data_ptr(), a, b, c, d,
                                       int(pad_to_widest), -1 if patience is None else int(patience), floor,
-                                      order.data_ptr(), best.data_ptr())
+                                      0.0 if price is None else float(price), order.data_ptr(), best.data_ptr())
     return order[:steps].tolist(), int(best)
 
 
@@ -402,9 +430,10 @@ def closed_subsets(tree: DraftTree) -> torch.Tensor:
 
 def exhaustive_schedule(trees: list[DraftTree], probs: list[torch.Tensor], experts: list[torch.Tensor], cost,
                         expert_to_rank: torch.Tensor | None = None, pad_to_widest: bool = True,
-                        max_expected_loss: float | None = None) -> TreeSchedule:
+                        max_expected_loss: float | None = None, price: float | None = None) -> TreeSchedule:
     """The best ancestor-closed selection by enumeration (reference for `schedule_batch`): every
-    joint choice of one closed subset per tree is scored at once (so a few tiny trees only)."""
+    joint choice of one closed subset per tree is scored at once (so a few tiny trees only). With a
+    price: the most expected tokens - price x seconds."""
     batch = _flatten(trees, probs, experts, expert_to_rank)
     a, b, c, d = _coefficients(cost, expert_to_rank)
     e2r, num_ranks = _rank_info(expert_to_rank)
@@ -431,7 +460,10 @@ def exhaustive_schedule(trees: list[DraftTree], probs: list[torch.Tensor], exper
     seconds = a + b * tokens.double() + c * union.sum((1, 2)).double()
     if d > 0:
         seconds = seconds + d * el.rank_loads(union, e2r, num_ranks).amax(-1).sum(-1).double()
-    ratio = torch.where(expected >= _expected_floor(batch, len(trees), max_expected_loss), expected / seconds, -1.0)
-    best = int(ratio.argmax())
+    if price is not None:
+        best = int((expected - price * seconds).argmax())
+    else:
+        ratio = torch.where(expected >= _expected_floor(batch, len(trees), max_expected_loss), expected / seconds, -1.0)
+        best = int(ratio.argmax())
     keep = torch.cat([subsets[t][int(choice[best, t])] for t in range(len(trees))])
     return _result(trees, batch, keep, probs, experts, cost, expert_to_rank, pad_to_widest)

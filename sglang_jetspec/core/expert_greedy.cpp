@@ -9,6 +9,7 @@
 // Compiled with tree_native.cpp into one library by core/tree_native.py.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -36,11 +37,12 @@ extern "C" {
 // N nodes (global ids, roots have parent -1), reads = L * E (layer, expert) pairs, inc [N, reads]
 // 0/1, col [reads] the (layer, rank) column of each read (only read when d > 0), R ranks, B trees,
 // tree_of [N]. Writes the addition order to order[0..steps) and the best prefix length to
-// *best_len; returns steps. patience < 0: none. floor: -inf for none.
+// *best_len; returns steps. patience < 0: none. floor: -inf for none. price > 0: the best prefix is
+// the one with the most expected - price * seconds instead of the best ratio above the floor.
 int64_t jetspec_expert_greedy(int64_t N, int64_t reads, int64_t L, int64_t R, int64_t B, const int64_t* parents,
                               const double* gain, const uint8_t* inc, const int64_t* col, const int64_t* tree_of,
                               double a, double b, double c, double d, int32_t pad, int64_t patience, double floor,
-                              int64_t* order, int64_t* best_len) {
+                              double price, int64_t* order, int64_t* best_len) {
     const bool ranked = d > 0;
     const int64_t LR = L * R;
     std::vector<uint8_t> in_union(static_cast<size_t>(reads), 0), frontier(static_cast<size_t>(N), 0);
@@ -92,7 +94,13 @@ int64_t jetspec_expert_greedy(int64_t N, int64_t reads, int64_t L, int64_t R, in
     const double rows = b * static_cast<double>(B);
     auto ratio_of = [](double e, double s) { return s > 0 ? e / s : std::numeric_limits<double>::infinity(); };
     double expected = static_cast<double>(B);
-    double best_ratio = expected >= floor ? ratio_of(expected, seconds) : -1.0;
+    // the value each prefix is judged by: its ratio (-1 below the floor), or expected - price x seconds
+    const bool priced = price > 0;
+    auto value_of = [&](double e, double s) {
+        return priced ? e - price * s : (e >= floor ? ratio_of(e, s) : -1.0);
+    };
+    double best_value = value_of(expected, seconds);
+    bool found = priced || best_value >= 0;
     int64_t best = 0, steps = 0;
     std::vector<double> dcost(static_cast<size_t>(N), 0.0);
     while (true) {
@@ -148,11 +156,13 @@ int64_t jetspec_expert_greedy(int64_t N, int64_t reads, int64_t L, int64_t R, in
         seconds += dc;
         expected += gain[v];
         order[steps++] = v;
-        const double ratio = ratio_of(expected, seconds);
-        if (expected >= floor && ratio > best_ratio * (1 + 1e-12)) {
-            best_ratio = ratio;
+        const double value = value_of(expected, seconds);
+        if (priced ? value > best_value + 1e-12 * std::abs(best_value)
+                   : (value >= 0 && value > best_value * (1 + 1e-12))) {
+            best_value = value;
             best = steps;
-        } else if (best_ratio >= 0 && patience >= 0 && steps - best >= patience) {
+            found = true;
+        } else if (found && patience >= 0 && steps - best >= patience) {
             break;
         }
     }

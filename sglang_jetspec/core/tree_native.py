@@ -83,7 +83,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.jetspec_build_plain_trees.argtypes = [i64, i64, i64] + [p] * 6 + [i64] + [p] * 6
     f64 = ctypes.c_double
     lib.jetspec_expert_greedy.restype = i64
-    lib.jetspec_expert_greedy.argtypes = [i64] * 5 + [p] * 5 + [f64] * 4 + [ctypes.c_int32, i64, f64, p, p]
+    lib.jetspec_expert_greedy.argtypes = [i64] * 5 + [p] * 5 + [f64] * 4 + [ctypes.c_int32, i64, f64, f64, p, p]
     return lib
 
 
