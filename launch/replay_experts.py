@@ -3,7 +3,7 @@ expert-parallel placements, with the exact accepted length (sglang_jetspec/bench
 
     SGLANG_JETSPEC_EXPERT_AWARE=off SGLANG_JETSPEC_EXPERT_TRACE=trace.jsonl python -m sglang.launch_server ...
     python -m launch.replay_experts --trace trace.jsonl --num-experts 8 --ep 1,2,4,8 [--oracle-routing] \
-        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--hold-by labels|probes] [--hold-per width|all] [--probe-every 8]] [--json OUT]
+        [--acceptance recorded,conditional,ngram,oracle [--prior HEAD]] [--hold-loss 0.03 [--hold-by labels|probes] [--hold-per width|all] [--hold-knob fraction|price] [--probe-every 8]] [--json OUT]
 
 Cost the scheduler optimises (simulated deployment, seconds): a + b * tokens + c * distinct
 experts summed over layers (one device), or + d * most-loaded-rank experts (EP); defaults model a
@@ -42,6 +42,11 @@ def main(argv=None) -> None:
                    help="with --hold-loss: one bound for every round (the default, as replays before "
                         "2026-12-07 evening), or one per tree width (the widest candidate tree's node count "
                         "rounded up to a power of two: the server's way since then)")
+    p.add_argument("--hold-knob", default="fraction", choices=("fraction", "price"),
+                   help="with --hold-loss: the held bound is each round's share of its expected tokens to "
+                        "give up (the default, as replays before 2026-12-07 late night), or sets a price in "
+                        "expected tokens per predicted second every round prunes at (core/held_price.py: "
+                        "the server's way since then, with --hold-per width)")
     p.add_argument("--probe-every", type=int, default=None,
                    help="with --hold-loss: one round in this many unobserved ones verifies the whole trees "
                         "and measures the loss (default: the server's)")
@@ -92,11 +97,13 @@ def main(argv=None) -> None:
             raise ValueError("--probe-every needs --hold-loss")
         if args.hold_per != "all" and args.hold_loss is None:
             raise ValueError("--hold-per width needs --hold-loss")
+        if args.hold_knob != "fraction" and args.hold_loss is None:
+            raise ValueError("--hold-knob price needs --hold-loss")
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"launch.replay_experts: {exc}") from None
     cost = {"a": args.a, "b": args.b, "c": args.c, "d": args.d}
     rows = [replay(rounds, args.num_experts, ep, cost, args.max_expected_loss, oracle, kind, hold,
-                   labels=args.hold_by == "labels", per_width=args.hold_per == "width")
+                   labels=args.hold_by == "labels", per_width=args.hold_per == "width", knob=args.hold_knob)
             for kind in kinds for oracle in ([False, True] if args.oracle_routing else [False]) for ep in eps]
     print(markdown(rows))
     if args.json:

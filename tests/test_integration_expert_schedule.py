@@ -13,7 +13,8 @@ import torch
 
 from sglang_jetspec.core.tree import build_tree
 from sglang_jetspec.integration.expert_schedule import (
-    LOSS_TARGET, PROBE_EVERY, ExpertScheduler, check_expert_mode, loss_from_env, mode_from_env, moe_shape)
+    LOSS_TARGET, PROBE_EVERY, ExpertScheduler, check_expert_mode, hold_knob_from_env, loss_from_env, mode_from_env,
+    moe_shape)
 
 L, E, K, VOCAB = 3, 32, 2, 64
 
@@ -104,6 +105,48 @@ def test_held_loss_observes_each_pruned_round_or_probes_and_steers_the_bound(lab
     assert sum(kept[i] < cands[i] for i in range(n_rounds) if i not in probes) > 0  # the rest prune
     assert snap["bound"] != pytest.approx(0.03) and snap["observed_loss"] is not None
     assert 0.0 <= snap["observed_loss"] < 1.0
+
+
+def test_the_price_knob_prunes_each_round_at_its_widths_held_price(monkeypatch):
+    """hold_knob "price" (the worker's default): each pruned round keeps nodes down to the price
+    bound / target x PRICE_AT_TARGET x its width's reference rate, the reference being the running
+    mean of the earlier rounds' whole candidate trees' rate (a width's first round: its own), and
+    the held bound steers it as it steered the share."""
+    import sglang_jetspec.integration.expert_schedule as es
+    from sglang_jetspec.core.held_price import PRICE_AT_TARGET, REF_WEIGHT
+
+    sched = ExpertScheduler(L, E, K, prune=True, hold_loss=0.03, hold_knob="price")
+    seen, unpriced, orig = [], [], es.schedule_batch
+
+    def spy(trees, probs, experts, cost, **kw):
+        width = 1 << (max(t.n for t in trees) - 1).bit_length()
+        bound, ref = sched._held.bound, dict(sched.rates.by_width)
+        s = orig(trees, probs, experts, cost, **kw)
+        if "price" not in kw:  # the cost model does not price anything yet: the share, no reference
+            assert width not in sched.rates.by_width and kw["max_expected_loss"] == bound
+            unpriced.append(cost.predict(1, torch.zeros(L)))
+            return s
+        seen.append((width, kw, bound, ref, s.full_expected / s.full_seconds, sum(t.n for t in s.trees),
+                     sum(t.n for t in trees)))
+        return s
+    monkeypatch.setattr(es, "schedule_batch", spy)
+    for i in range(4):
+        rounds(sched, 5, budget=8 if i % 2 else 40, seed=i, labels=True)
+    assert len(unpriced) <= 2 and all(x == 0 for x in unpriced) and len(seen) >= 18
+    mean = {}
+    for width, kw, bound, ref, rate, kept, cand in seen:
+        start = ref.get(width, rate)  # a width's first round prices itself on its own rate
+        assert kw["price"] == pytest.approx(bound / 0.03 * PRICE_AT_TARGET * start)
+        mean[width] = rate if width not in mean else mean[width] + REF_WEIGHT * (rate - mean[width])
+    assert {int(k): v for k, v in sched.snapshot()["reference_rates"].items()} == pytest.approx(mean)
+    assert sum(kept < cand for *_, kept, cand in seen) > 0  # it prunes
+    snap = sched.snapshot()
+    assert snap["hold_knob"] == "price" and snap["price"] == seen[-1][1]["price"]
+    assert snap["held"]["labelled"] == 20 and snap["held"]["bound"] != pytest.approx(0.03)
+    # the share knob (the class default) never prices
+    monkeypatch.setattr(es, "schedule_batch", orig)
+    share = rounds(ExpertScheduler(L, E, K, prune=True, hold_loss=0.03), 3, labels=True).snapshot()
+    assert share["hold_knob"] == "fraction" and share["price"] is None and share["reference_rates"] == {}
 
 
 def test_each_tree_width_holds_its_own_bound(monkeypatch):
@@ -242,6 +285,12 @@ def test_bad_shapes_and_settings_are_named():
         errs = check_expert_mode(moe, {"SGLANG_JETSPEC_EXPERT_LOSS": bad})
         assert errs == [f"SGLANG_JETSPEC_EXPERT_LOSS={bad!r} must be a number in (0, 0.5): the share of the "
                         "accepted length expert-aware pruning may give up (default 0.03)"]
+    assert hold_knob_from_env({}) == "price" and hold_knob_from_env({"SGLANG_JETSPEC_EXPERT_HOLD": "Fraction"}) \
+        == "fraction"
+    assert check_expert_mode(moe, {"SGLANG_JETSPEC_EXPERT_HOLD": "share"}) == [
+        "SGLANG_JETSPEC_EXPERT_HOLD='share' must be one of ['price', 'fraction']"]
+    with pytest.raises(ValueError, match=r"hold_knob 'share' must be one of \['price', 'fraction'\]"):
+        ExpertScheduler(L, E, K, hold_knob="share")
 
 
 def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_rank(tmp_path, capsys):
@@ -304,6 +353,13 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     assert "by labels per width, bounds ended " in markdown([per])
     one = replay(recs, E, 1, cost, None, hold=hold)
     assert "by_width" not in one["held"] and not one["per_width"]
+    # the server's default since 2026-12-07 late night: the held bound sets a price
+    priced = replay(recs, E, 1, cost, None, hold=hold, per_width=True, knob="price")
+    assert priced["knob"] == "price" and per["knob"] == "fraction" and full["knob"] is None
+    assert priced["nodes_kept"] < 1.0 and priced["nodes_kept"] != per["nodes_kept"]
+    assert "by labels per width with a price, bounds ended " in markdown([priced])
+    with pytest.raises(ValueError, match="knob 'price' needs a held loss"):
+        replay(recs, E, 1, cost, 0.03, knob="price")
     from launch.replay_experts import main as replay_main
 
     with pytest.raises(SystemExit, match="--hold-per width needs --hold-loss"):
@@ -311,6 +367,11 @@ def test_a_trace_replays_exactly_and_pruning_under_ep_lowers_the_most_loaded_ran
     replay_main(["--trace", str(trace), "--num-experts", str(E), "--ep", "1", "--hold-loss", "0.03",
                  "--hold-per", "width"])
     assert "held at 3% by labels per width, bounds ended " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--hold-knob price needs --hold-loss"):
+        replay_main(["--trace", str(trace), "--num-experts", str(E), "--hold-knob", "price"])
+    replay_main(["--trace", str(trace), "--num-experts", str(E), "--ep", "1,4", "--hold-loss", "0.03",
+                 "--hold-per", "width", "--hold-knob", "price"])
+    assert capsys.readouterr().out.count("held at 3% by labels per width with a price, bounds ended ") == 2
     with pytest.raises(FileNotFoundError, match="SGLANG_JETSPEC_EXPERT_TRACE"):
         load_trace(tmp_path / "missing.jsonl")
     drafted = json.loads(trace.read_text().splitlines()[0]) | {"probs": None}

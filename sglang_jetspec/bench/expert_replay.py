@@ -30,7 +30,8 @@ from sglang_jetspec.bench.jsonl import read_jsonl
 from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
-from sglang_jetspec.core.expert_aware_tree import schedule_batch
+from sglang_jetspec.core.expert_aware_tree import schedule_batch, schedule_value
+from sglang_jetspec.core.held_price import ReferenceRates, price_of
 from sglang_jetspec.core.loss_bound import LossBound, WidthBounds, committed, pruned_outcome
 from sglang_jetspec.core.tree import DraftTree
 
@@ -150,7 +151,7 @@ def _labelled_loss(r: Round, kept: list[set[int]]) -> tuple[float, int]:
 
 def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expected_loss: float | None,
            oracle_routing: bool = False, acceptance: str = "recorded", hold: dict | None = None,
-           labels: bool = True, per_width: bool = False):
+           labels: bool = True, per_width: bool = False, knob: str = "fraction"):
     """Totals over the trace for the full trees and the expert-aware pruned ones at placement ep.
     oracle_routing: the scheduler sees the experts each node was really routed to instead of the
     prediction (an upper bound: how much better pruning could get with a perfect predictor).
@@ -161,10 +162,17 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
     labels=False (as a server sampling with recursive rejection) probe rounds measure it, which
     count as verified whole in the "pruned" totals, as they are in the server. per_width: a bound
     per tree width on a shared part (core/loss_bound.WidthBounds), as the server holds it since
-    2026-12-07 night."""
+    2026-12-07 night. knob: what the held bound sets, "fraction" (each round's share of its expected
+    tokens) or "price" (core/held_price.py, the server's default since 2026-12-07 late night; a
+    reference rate per width bucket, as the server keeps it)."""
+    if knob not in ("fraction", "price"):
+        raise ValueError(f"knob {knob!r} must be 'fraction' or 'price'")
+    if knob == "price" and not hold:
+        raise ValueError("knob 'price' needs a held loss (hold): the price is set by the held bound")
     rounds = with_acceptance(rounds, acceptance)
     bounds = (WidthBounds(**hold) if per_width else LossBound(**hold)) if hold else None
     held = bounds if not per_width else None
+    rates, held_target = ReferenceRates(), hold["target"] if hold else None
     e2r = el.contiguous_expert_to_rank(num_experts, ep) if ep > 1 else None
     if ep > 1:  # under EP the slowest rank prices the experts
         k = {"a": cost["a"], "b": cost["b"], "c": 0.0, "d": cost.get("d") or cost["c"]}
@@ -177,9 +185,21 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
     for r in rounds:
         if per_width and bounds is not None:
             held = bounds.for_width(max(t.n for t in r.trees))
-        s = schedule_batch(r.trees, [p.float().clamp(0, 1).double() for p in r.probs],
-                           r.routed if oracle_routing else r.predicted, k, expert_to_rank=e2r,
-                           max_expected_loss=held.bound if held else max_expected_loss)
+        probs = [p.float().clamp(0, 1).double() for p in r.probs]
+        experts = r.routed if oracle_routing else r.predicted
+        how, fresh = {"max_expected_loss": held.bound if held else max_expected_loss}, False
+        if held is not None and knob == "price":  # as integration/expert_schedule.ExpertScheduler._knob
+            widest = max(t.n for t in r.trees)
+            ref = rates.get(widest)
+            if ref is None:
+                everything = [torch.ones(t.n, dtype=torch.bool) for t in r.trees]
+                ref, fresh = rates.update(widest, *schedule_value(r.trees, probs, experts, everything, k,
+                                                                  expert_to_rank=e2r)), True
+            if ref is not None:
+                how = {"price": price_of(held.bound, held_target, ref)}
+        s = schedule_batch(r.trees, probs, experts, k, expert_to_rank=e2r, **how)
+        if s.full_seconds is not None and not fresh:
+            rates.update(max(t.n for t in r.trees), s.full_expected, s.full_seconds)
         full = [set(range(t.n)) for t in r.trees]
         kept = [set(x.tolist()) for x in s.kept]
         if held is not None and any(t.n > 1 for t in r.trees):
@@ -202,7 +222,7 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
         tot["pruned_nodes"] += sum(len(kk) for kk in kept)
     n, req = tot["rounds"], tot["requests"]
     return {"ep": ep, "rounds": n, "oracle_routing": oracle_routing, "acceptance": acceptance,
-            "held": bounds.snapshot() if bounds else None, "per_width": per_width, "held_by": ("labels" if labels else "probes") if held else None,
+            "held": bounds.snapshot() if bounds else None, "per_width": per_width, "knob": knob if hold else None, "held_by": ("labels" if labels else "probes") if held else None,
             "accept_length_full": tot["full_tokens"] / req, "accept_length_pruned": tot["pruned_tokens"] / req,
             "distinct_per_layer_full": tot["full_distinct"] / (n * layers),
             "distinct_per_layer_pruned": tot["pruned_distinct"] / (n * layers),
@@ -215,8 +235,12 @@ def _held_note(r: dict) -> str:
     h, by = r["held"], r.get("held_by") or "probes"
     if r.get("per_width"):
         ends = ", ".join(f"{w}: {x['bound']:.3f}" for w, x in h["by_width"].items() if int(w) > 1)
-        return f"held at {h['target']:.0%} by {by} per width, bounds ended {ends}"
-    return f"held at {h['target']:.0%} by {by}, bound ended {h['bound']:.3f}"
+        return f"held at {h['target']:.0%} by {by} per width{_knob_note(r)}, bounds ended {ends}"
+    return f"held at {h['target']:.0%} by {by}{_knob_note(r)}, bound ended {h['bound']:.3f}"
+
+
+def _knob_note(r: dict) -> str:
+    return " with a price" if r.get("knob") == "price" else ""
 
 
 def markdown(rows: list[dict]) -> str:

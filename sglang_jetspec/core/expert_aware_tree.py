@@ -23,6 +23,11 @@ then resample the pruned tree; never prune a tree whose tokens were already samp
 would then depend on the drawn tokens and bias RRS). Under RRS dropping a sibling also changes the
 others' chances, so the objective is an approximation there; the output stays exact.
 
+Stopping: the greedy's best prefix is the one with the best ratio, optionally above a floor of
+expected tokens (`max_expected_loss`), or, with a `price` in expected tokens per second, the one
+with the most expected tokens - price x seconds (a price shared by rounds spends an accepted-length
+loss where it saves the most verify time; core/held_price.py sets it in the server).
+
 Greedy: start from the roots; repeatedly add the frontier node (parent kept, itself not) with
 the best marginal ratio p_v / marginal cost, where the marginal cost counts only the experts the
 node NEWLY brings into the batch union (and, under EP, how much it raises the most loaded rank of

@@ -34,6 +34,11 @@ experts -19.3% / -16.3% overall at -3.0% / -3.1% accepted length (one bound: -19
 -3.2% / -3.1%; on a trace of budgets 64 and 128 only -18.2% at -3.1% against -18.6% at -2.9%;
 docs/bench/cpu-qwen3moe-acceptance/width_bounds.txt).
 
+What the bound bounds: the share of each round's expected tokens pruning may give up, or (the
+server's default since 2026-12-07 late night) it sets one price per expected token all rounds
+prune at (core/held_price.py: price proportional to bound / target); either way a round that gave
+up less than the target raises it.
+
 In exact replays of recorded rounds (four traces, two targets) the labelled estimate of the lost
 tokens came to 0.99-1.12x the truth (docs/bench/cpu-qwen3moe-acceptance/label_estimate.txt), and
 holding the bound with it instead of probes pruned more experts: 64 experts, budgets 64-128,

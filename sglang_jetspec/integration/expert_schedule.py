@@ -6,8 +6,10 @@ Each round, between building the candidate trees and the verify forward:
   2. price the batch with the online verify cost model (core/moe_cost.py: a + b tokens +
      c distinct experts) and keep the ancestor-closed node subset that maximises expected
      committed tokens per predicted second, giving up at most `max_expected_loss` of the
-     candidates' expected tokens (core/expert_aware_tree.schedule_batch), where
-     `max_expected_loss` is held (core/loss_bound.py) so that the ACCEPTED LENGTH the pruning
+     candidates' expected tokens (core/expert_aware_tree.schedule_batch) or, by default in the
+     worker, keeping nodes while they bring at least a price in expected tokens per predicted
+     second (core/held_price.py), where that bound or price is held (core/loss_bound.py) so that
+     the ACCEPTED LENGTH the pruning
      gives up is SGLANG_JETSPEC_EXPERT_LOSS (default 3%): a pruned round whose bonus tokens label
      it (greedy, the walk rule) observes its own loss (whether an accepted path ran into a pruned
      child is exact, the target's pick names it; how far it would have run is the model's
@@ -50,6 +52,10 @@ all its ancestors, and acceptance (greedy, or the host walk rule) commits the ta
   SGLANG_JETSPEC_EXPERT_AWARE=off  verify the best-first trees as built; routed experts are still
                                    read and counted, so the two settings are compared like for like
   SGLANG_JETSPEC_EXPERT_LOSS=0.03  the accepted-length share pruning may give up (0 < x < 0.5)
+  SGLANG_JETSPEC_EXPERT_HOLD=price  (default) the held bound sets a price every round prunes at
+                                   (core/held_price.py: the loss goes where pruning saves the
+                                   most verify time); =fraction: each round gives up the same
+                                   share of its own expected tokens (the rule before 2026-12-07)
   SGLANG_JETSPEC_EXPERT_TRACE=FILE  also write every verified round (trees, accepted paths, routed
                                    experts of every node, node probabilities, predicted
                                    experts) as a JSON line: `launch.replay_experts` replays such a
@@ -67,7 +73,8 @@ import time
 import torch
 
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
-from sglang_jetspec.core.expert_aware_tree import prune_tree, schedule_batch
+from sglang_jetspec.core.expert_aware_tree import prune_tree, schedule_batch, schedule_value
+from sglang_jetspec.core.held_price import ReferenceRates, price_of
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
 from sglang_jetspec.core.loss_bound import MAX_BOUND, WidthBounds, committed, pruned_outcome
@@ -78,7 +85,9 @@ from sglang_jetspec.integration.env_setting import env_choice
 ENV = "SGLANG_JETSPEC_EXPERT_AWARE"
 TRACE_ENV = "SGLANG_JETSPEC_EXPERT_TRACE"
 LOSS_ENV = "SGLANG_JETSPEC_EXPERT_LOSS"
+HOLD_ENV = "SGLANG_JETSPEC_EXPERT_HOLD"
 MODES = ("on", "off")
+HOLD_KNOBS = ("price", "fraction")  # what the held bound sets; the worker's default first
 # the worker's default: the share of the ACCEPTED LENGTH pruning may give up, held with probe
 # rounds (core/loss_bound.py), the quantity issue 5 bounds at 3%
 LOSS_TARGET = 0.03
@@ -105,6 +114,11 @@ def moe_shape(hf_config) -> tuple[int, int, int] | None:
     return int(hf_config.num_hidden_layers), int(experts), int(top_k)
 
 
+def hold_knob_from_env(environ=os.environ) -> str:
+    """SGLANG_JETSPEC_EXPERT_HOLD: price (default) or fraction."""
+    return env_choice(environ, HOLD_ENV, HOLD_KNOBS)
+
+
 def loss_from_env(environ=os.environ) -> float:
     """SGLANG_JETSPEC_EXPERT_LOSS (default LOSS_TARGET): the accepted-length share to hold."""
     raw = environ.get(LOSS_ENV, "").strip()
@@ -125,6 +139,7 @@ def check_expert_mode(hf_config, environ=os.environ) -> list[str]:
     try:
         mode = mode_from_env(environ)
         loss_from_env(environ)
+        hold_knob_from_env(environ)
     except ValueError as exc:
         return [str(exc)]
     if ENV in environ and mode == "on" and moe_shape(hf_config) is None:
@@ -137,7 +152,9 @@ class ExpertScheduler:
     def __init__(self, num_layers: int, num_experts: int, top_k: int, prune: bool = True,
                  max_expected_loss: float = MAX_EXPECTED_LOSS, patience: int | None = 16,
                  trace_path: str | None = None, gate: bool = False, hold_loss: float | None = None,
-                 probe_every: int = PROBE_EVERY, prior=None):
+                 probe_every: int = PROBE_EVERY, prior=None, hold_knob: str = "fraction"):
+        if hold_knob not in HOLD_KNOBS:
+            raise ValueError(f"hold_knob {hold_knob!r} must be one of {list(HOLD_KNOBS)}")
         self.L, self.E, self.K, self.prune = num_layers, num_experts, top_k, prune
         # prior: the head's n-gram prior (core/pair_prior.PairPrior) or None; with one, the
         # acceptance model also splits on each node's n-gram log-prob (NGRAM_BINS)
@@ -149,6 +166,10 @@ class ExpertScheduler:
         # (none when not pruning: nothing to hold); one bound per tree width (core/loss_bound.py)
         self.hold = WidthBounds(hold_loss, probe_every) if hold_loss is not None and prune else None
         self._held = None  # this round's width's bound (WidthBounds.for_width)
+        # hold_knob "price": the bound sets a price per expected token (core/held_price.py) on a
+        # running reference rate per width; "fraction": the share of each round's expected tokens
+        self.hold_knob, self.rates, self.price = hold_knob, ReferenceRates(), None
+        self._rate_is_this_rounds = False  # the reference was just started from this round's trees
         self._probe_kept: list[set[int]] | None = None
         # a pruned round's candidate trees, kept candidate indices and node probabilities: what
         # observe() learns from and estimates the round's loss with (core/loss_bound.pruned_outcome)
@@ -215,10 +236,13 @@ class ExpertScheduler:
             self._predicted, self._probs = experts, probs
             self.kept_expected += full
             return trees
-        self._held = self.hold.for_width(max(t.n for t in trees)) if self.hold is not None else None
+        widest = max(t.n for t in trees)
+        self._held = self.hold.for_width(widest) if self.hold is not None else None
         bound = self._held.bound if self._held is not None else self.max_expected_loss
-        s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True,
-                           patience=self.patience, max_expected_loss=bound)
+        s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True, patience=self.patience,
+                           **self._knob(widest, bound, trees, probs, experts))
+        if s.full_seconds is not None and not self._rate_is_this_rounds:
+            self.rates.update(widest, s.full_expected, s.full_seconds)
         if self._held is not None and self._held.next_is_probe():
             # verify the candidates whole; observe() compares what they commit with what the
             # pruned trees would have committed
@@ -239,6 +263,23 @@ class ExpertScheduler:
             full = self.cost.predict(len(trees) * max(t.n for t in trees), union)
             self._note_gate(self.clock() - t0, max(0.0, full - s.seconds))
         return s.trees
+
+    def _knob(self, widest: int, bound: float, trees, probs, experts) -> dict:
+        """schedule_batch's argument for this round: a price (held, hold_knob "price") or the share
+        of expected tokens to give up. The first round of a width prices itself on its own candidate
+        trees' rate; while the cost model prices the trees at no time, the share."""
+        self._rate_is_this_rounds, self.price = False, None
+        if self._held is None or self.hold_knob != "price":
+            return {"max_expected_loss": bound}
+        ref = self.rates.get(widest)
+        if ref is None:
+            everything = [torch.ones(t.n, dtype=torch.bool) for t in trees]
+            ref = self.rates.update(widest, *schedule_value(trees, probs, experts, everything, self.cost))
+            self._rate_is_this_rounds = True
+        if ref is None:
+            return {"max_expected_loss": bound}
+        self.price = price_of(bound, self.hold.target, ref)
+        return {"price": self.price}
 
     def _gated(self) -> bool:
         """Whether this round skips prediction and pruning (gate on, and it did not pay)."""
@@ -393,7 +434,10 @@ class ExpertScheduler:
                 if self.candidate_expected else None,
                 "precision_per_layer": prec, "recall_per_layer": rec,
                 "cost": self.cost.coefficients,
-                "held": self.hold.snapshot() if self.hold is not None else None}
+                "held": self.hold.snapshot() if self.hold is not None else None,
+                "hold_knob": self.hold_knob if self.hold is not None else None,
+                "price": self.price,  # the latest round's (expected tokens per predicted second)
+                "reference_rates": {str(k): v for k, v in sorted(self.rates.by_width.items())}}
 
 
 def _union_counts(expert_ids: list[torch.Tensor], num_experts: int) -> torch.Tensor:

@@ -57,6 +57,7 @@ from sglang_jetspec.integration.draft_vocab_setting import mode_from_env as draf
 from sglang_jetspec.integration.pair_prior_setting import mode_from_env as pair_prior_mode
 from sglang_jetspec.integration.expert_schedule import TRACE_ENV as EXPERT_TRACE_ENV
 from sglang_jetspec.integration.expert_schedule import ExpertScheduler, moe_shape
+from sglang_jetspec.integration.expert_schedule import hold_knob_from_env as expert_hold_knob_from_env
 from sglang_jetspec.integration.expert_schedule import loss_from_env as expert_loss_from_env
 from sglang_jetspec.integration.expert_schedule import mode_from_env as expert_mode_from_env
 from sglang_jetspec.integration.drafter import Drafter, top_of
@@ -165,11 +166,13 @@ class JetSpecWorker(BaseSpecWorker):
         self._capturer = capturer
         sched = ExpertScheduler(*shape, prune=expert_mode_from_env() == "on",
                                 trace_path=os.environ.get(EXPERT_TRACE_ENV) or None, gate=True,
-                                hold_loss=expert_loss_from_env(), prior=self.prior)
+                                hold_loss=expert_loss_from_env(), prior=self.prior,
+                                hold_knob=expert_hold_knob_from_env())
         self.stats.attach("experts", sched.snapshot)
         logger.info("JETSPEC expert-aware tree scheduling: %s (%d layers x %d experts, top-%d; node acceptance "
                     "from sibling rank and score step%s)",
-                    f"on, giving up at most {sched.hold.target:.1%} of the accepted length" if sched.prune
+                    f"on, giving up at most {sched.hold.target:.1%} of the accepted length (held by {sched.hold_knob})"
+                    if sched.prune
                     else "off (measuring only)", *shape,
                     ", split on the n-gram prior's log-prob" if sched.prior is not None else "")
         return sched
