@@ -23,3 +23,23 @@ def test_reference_rates_are_running_means_per_width_bucket_and_skip_unpriced_ro
     assert set(rates.by_width) == {16, 64}
     with pytest.raises(ValueError, match="reference weight 0 must be in"):
         ReferenceRates(0)
+
+
+def test_stop_at_starts_a_width_from_its_own_trees_then_prices_on_earlier_rounds():
+    from types import SimpleNamespace
+
+    rates, calls = ReferenceRates(), []
+
+    def whole():
+        calls.append(1)
+        return 6.0, 0.02  # 300 tokens a second
+
+    assert rates.stop_at(40, 0.03, 0.03, lambda: (6.0, 0.0)) == {"max_expected_loss": 0.03}  # unpriced model
+    rates.after(40, SimpleNamespace(full_expected=6.0, full_seconds=0.0))
+    assert rates.get(40) is None
+    assert rates.stop_at(40, 0.03, 0.03, whole) == {"price": pytest.approx(PRICE_AT_TARGET * 300.0)}
+    rates.after(40, SimpleNamespace(full_expected=6.0, full_seconds=0.02))  # the same trees: not twice
+    assert rates.get(40) == pytest.approx(300.0) and len(calls) == 1
+    assert rates.stop_at(40, 0.06, 0.03, whole) == {"price": pytest.approx(2 * PRICE_AT_TARGET * 300.0)}
+    rates.after(40, SimpleNamespace(full_expected=2.0, full_seconds=0.02))  # a later round folds in
+    assert rates.get(40) == pytest.approx(300.0 + REF_WEIGHT * (100.0 - 300.0)) and len(calls) == 1

@@ -31,7 +31,7 @@ from sglang_jetspec.core import expert_load as el
 from sglang_jetspec.core.calibration import AcceptanceCalibrator
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import schedule_batch, schedule_value
-from sglang_jetspec.core.held_price import ReferenceRates, price_of
+from sglang_jetspec.core.held_price import ReferenceRates
 from sglang_jetspec.core.loss_bound import LossBound, WidthBounds, committed, pruned_outcome
 from sglang_jetspec.core.tree import DraftTree
 
@@ -187,19 +187,13 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
             held = bounds.for_width(max(t.n for t in r.trees))
         probs = [p.float().clamp(0, 1).double() for p in r.probs]
         experts = r.routed if oracle_routing else r.predicted
-        how, fresh = {"max_expected_loss": held.bound if held else max_expected_loss}, False
-        if held is not None and knob == "price":  # as integration/expert_schedule.ExpertScheduler._knob
-            widest = max(t.n for t in r.trees)
-            ref = rates.get(widest)
-            if ref is None:
-                everything = [torch.ones(t.n, dtype=torch.bool) for t in r.trees]
-                ref, fresh = rates.update(widest, *schedule_value(r.trees, probs, experts, everything, k,
-                                                                  expert_to_rank=e2r)), True
-            if ref is not None:
-                how = {"price": price_of(held.bound, held_target, ref)}
+        widest, priced = max(t.n for t in r.trees), held is not None and knob == "price"
+        how = (rates.stop_at(widest, held.bound, held_target, lambda: schedule_value(
+            r.trees, probs, experts, [torch.ones(t.n, dtype=torch.bool) for t in r.trees], k, expert_to_rank=e2r))
+            if priced else {"max_expected_loss": held.bound if held else max_expected_loss})
         s = schedule_batch(r.trees, probs, experts, k, expert_to_rank=e2r, **how)
-        if s.full_seconds is not None and not fresh:
-            rates.update(max(t.n for t in r.trees), s.full_expected, s.full_seconds)
+        if priced:  # the server's rule (integration/expert_schedule.ExpertScheduler.schedule)
+            rates.after(widest, s)
         full = [set(range(t.n)) for t in r.trees]
         kept = [set(x.tolist()) for x in s.kept]
         if held is not None and any(t.n > 1 for t in r.trees):

@@ -45,10 +45,28 @@ class ReferenceRates:
             raise ValueError(f"reference weight {weight} must be in (0, 1]")
         self.weight = weight
         self.by_width: dict[int, float] = {}
+        self._fresh = False  # stop_at started this round's width's reference from its own trees
 
     def get(self, nodes: int) -> float | None:
         """The reference of the width bucket of a round whose widest candidate tree has `nodes`."""
         return self.by_width.get(width_bucket(nodes))
+
+    def stop_at(self, nodes: int, bound: float, target: float, whole) -> dict:
+        """schedule_batch's stopping argument for a held round: {"price": ...} on this width's
+        reference; a width's first round starts the reference from its own whole candidate trees
+        (`whole()` -> their (expected tokens, predicted seconds)); while the cost model prices
+        nothing, {"max_expected_loss": bound}. Call `after` with the round's schedule."""
+        ref, self._fresh = self.get(nodes), False
+        if ref is None:
+            ref, self._fresh = self.update(nodes, *whole()), True
+        return {"max_expected_loss": bound} if ref is None else {"price": price_of(bound, target, ref)}
+
+    def after(self, nodes: int, schedule) -> None:
+        """Fold in a priced round's whole candidate trees (TreeSchedule.full_expected / full_seconds),
+        unless `stop_at` just started the reference from them."""
+        if schedule.full_seconds is not None and not self._fresh:
+            self.update(nodes, schedule.full_expected, schedule.full_seconds)
+        self._fresh = False
 
     def update(self, nodes: int, expected: float, seconds: float) -> float | None:
         """Fold in a round's whole candidate trees (expected tokens, predicted seconds); a round the

@@ -74,7 +74,7 @@ import torch
 
 from sglang_jetspec.core.conditional_acceptance import NGRAM_BINS, ConditionalAcceptance
 from sglang_jetspec.core.expert_aware_tree import prune_tree, schedule_batch, schedule_value
-from sglang_jetspec.core.held_price import ReferenceRates, price_of
+from sglang_jetspec.core.held_price import ReferenceRates
 from sglang_jetspec.core.expert_load import expert_union_counts
 from sglang_jetspec.core.expert_predictor import ExpertPredictor, expert_sets
 from sglang_jetspec.core.loss_bound import MAX_BOUND, WidthBounds, committed, pruned_outcome
@@ -169,7 +169,6 @@ class ExpertScheduler:
         # hold_knob "price": the bound sets a price per expected token (core/held_price.py) on a
         # running reference rate per width; "fraction": the share of each round's expected tokens
         self.hold_knob, self.rates, self.price = hold_knob, ReferenceRates(), None
-        self._rate_is_this_rounds = False  # the reference was just started from this round's trees
         self._probe_kept: list[set[int]] | None = None
         # a pruned round's candidate trees, kept candidate indices and node probabilities: what
         # observe() learns from and estimates the round's loss with (core/loss_bound.pruned_outcome)
@@ -239,10 +238,14 @@ class ExpertScheduler:
         widest = max(t.n for t in trees)
         self._held = self.hold.for_width(widest) if self.hold is not None else None
         bound = self._held.bound if self._held is not None else self.max_expected_loss
-        s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True, patience=self.patience,
-                           **self._knob(widest, bound, trees, probs, experts))
-        if s.full_seconds is not None and not self._rate_is_this_rounds:
-            self.rates.update(widest, s.full_expected, s.full_seconds)
+        priced = self._held is not None and self.hold_knob == "price"
+        how = (self.rates.stop_at(widest, bound, self.hold.target,
+                                  lambda: schedule_value(trees, probs, experts, _everything(trees), self.cost))
+               if priced else {"max_expected_loss": bound})
+        self.price = how.get("price")
+        s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True, patience=self.patience, **how)
+        if priced:
+            self.rates.after(widest, s)
         if self._held is not None and self._held.next_is_probe():
             # verify the candidates whole; observe() compares what they commit with what the
             # pruned trees would have committed
@@ -263,23 +266,6 @@ class ExpertScheduler:
             full = self.cost.predict(len(trees) * max(t.n for t in trees), union)
             self._note_gate(self.clock() - t0, max(0.0, full - s.seconds))
         return s.trees
-
-    def _knob(self, widest: int, bound: float, trees, probs, experts) -> dict:
-        """schedule_batch's argument for this round: a price (held, hold_knob "price") or the share
-        of expected tokens to give up. The first round of a width prices itself on its own candidate
-        trees' rate; while the cost model prices the trees at no time, the share."""
-        self._rate_is_this_rounds, self.price = False, None
-        if self._held is None or self.hold_knob != "price":
-            return {"max_expected_loss": bound}
-        ref = self.rates.get(widest)
-        if ref is None:
-            everything = [torch.ones(t.n, dtype=torch.bool) for t in trees]
-            ref = self.rates.update(widest, *schedule_value(trees, probs, experts, everything, self.cost))
-            self._rate_is_this_rounds = True
-        if ref is None:
-            return {"max_expected_loss": bound}
-        self.price = price_of(bound, self.hold.target, ref)
-        return {"price": self.price}
 
     def _gated(self) -> bool:
         """Whether this round skips prediction and pruning (gate on, and it did not pay)."""
@@ -438,6 +424,11 @@ class ExpertScheduler:
                 "hold_knob": self.hold_knob if self.hold is not None else None,
                 "price": self.price,  # the latest round's (expected tokens per predicted second)
                 "reference_rates": {str(k): v for k, v in sorted(self.rates.by_width.items())}}
+
+
+def _everything(trees: list[DraftTree]) -> list[torch.Tensor]:
+    """Keep masks of whole trees."""
+    return [torch.ones(t.n, dtype=torch.bool) for t in trees]
 
 
 def _union_counts(expert_ids: list[torch.Tensor], num_experts: int) -> torch.Tensor:
