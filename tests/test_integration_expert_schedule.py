@@ -78,14 +78,15 @@ def test_learns_routing_prunes_to_fewer_experts_and_keeps_expected_tokens():
     assert s_on["rounds"] == 60 and len(s_on["distinct_per_layer_sum"]) == L
 
 
+@pytest.mark.parametrize("knob", ["fraction", "price"])
 @pytest.mark.parametrize("labels", [False, True])
-def test_held_loss_observes_each_pruned_round_or_probes_and_steers_the_bound(labels):
+def test_held_loss_observes_each_pruned_round_or_probes_and_steers_the_bound(labels, knob):
     """With a held accepted-length loss: rounds that label themselves (greedy) each observe their
     own loss and never probe; without labels one pruning round in PROBE_EVERY verifies the
     candidates whole and teaches the bound what the pruning would have cost. Either way the bound
     moves off its start."""
     n_rounds = 40
-    held = ExpertScheduler(L, E, K, prune=True, hold_loss=0.03)
+    held = ExpertScheduler(L, E, K, prune=True, hold_loss=0.03, hold_knob=knob)
     kept, cands = [], []
     orig = held.schedule
 
