@@ -260,6 +260,7 @@ def test_a_price_keeps_the_prefix_worth_its_seconds_close_to_the_exhaustive_best
         cases = [_case(g, int(torch.randint(2, 9, (1,), generator=g))) for _ in range(1 + i % 2)]
         args = [[c[j] for c in cases] for j in range(3)] + [_cost(g)]
         full = eat.schedule_value(*args[:3], [torch.ones(c[0].n, dtype=torch.bool) for c in cases], args[3])
+        assert eat.schedule_value(*args[:3], None, args[3]) == full  # None: every node
         price = float(torch.empty(1).uniform_(0.2, 3.0, generator=g)) * full[0] / full[1]
         greedy = eat.schedule_batch(*args, price=price)
         best = eat.exhaustive_schedule(*args, price=price)

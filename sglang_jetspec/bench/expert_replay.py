@@ -183,14 +183,15 @@ def replay(rounds: list[Round], num_experts: int, ep: int, cost: dict, max_expec
            "pruned_nodes": 0}
     layers = rounds[0].routed[0].shape[1]
     for r in rounds:
+        widest = max(t.n for t in r.trees)
         if per_width and bounds is not None:
-            held = bounds.for_width(max(t.n for t in r.trees))
+            held = bounds.for_width(widest)
         probs = [p.float().clamp(0, 1).double() for p in r.probs]
         experts = r.routed if oracle_routing else r.predicted
-        widest, priced = max(t.n for t in r.trees), held is not None and knob == "price"
-        how = (rates.stop_at(widest, held.bound, held_target, lambda: schedule_value(
-            r.trees, probs, experts, [torch.ones(t.n, dtype=torch.bool) for t in r.trees], k, expert_to_rank=e2r))
-            if priced else {"max_expected_loss": held.bound if held else max_expected_loss})
+        priced = held is not None and knob == "price"
+        how = (rates.stop_at(widest, held.bound, held_target,
+                             lambda: schedule_value(r.trees, probs, experts, None, k, expert_to_rank=e2r))
+               if priced else {"max_expected_loss": held.bound if held else max_expected_loss})
         s = schedule_batch(r.trees, probs, experts, k, expert_to_rank=e2r, **how)
         if priced:  # the server's rule (integration/expert_schedule.ExpertScheduler.schedule)
             rates.after(widest, s)

@@ -186,11 +186,14 @@ def _rank_info(expert_to_rank):
 
 
 def schedule_value(trees: list[DraftTree], probs: list[torch.Tensor], experts: list[torch.Tensor],
-                   keeps: list[torch.Tensor], cost, expert_to_rank: torch.Tensor | None = None,
+                   keeps: list[torch.Tensor] | None, cost, expert_to_rank: torch.Tensor | None = None,
                    pad_to_widest: bool = True) -> tuple[float, float]:
     """(expected committed tokens, predicted seconds) of verifying the kept nodes of each tree
-    (keeps[b]: [n_b] bool mask or indices, root included). The objective both schedulers use."""
+    (keeps[b]: [n_b] bool mask or indices, root included; None: every node of every tree). The
+    objective both schedulers use."""
     batch = _flatten(trees, probs, experts, expert_to_rank)
+    if keeps is None:
+        return _value(batch, torch.ones(len(batch.parents), dtype=torch.bool), cost, expert_to_rank, pad_to_widest)
     masks = [_keep_mask(k, t.n) for k, t in zip(keeps, trees)]
     return _value(batch, torch.cat(masks), cost, expert_to_rank, pad_to_widest)
 
@@ -318,7 +321,7 @@ def schedule_batch(trees: list[DraftTree], probs: list[torch.Tensor], experts: l
     result = _result(trees, batch, keep, probs, experts, cost, expert_to_rank, pad_to_widest)
     if price is not None:
         result.full_expected, result.full_seconds = _value(batch, torch.ones_like(keep), cost, expert_to_rank,
-                                                           pad_to_widest)
+                                                           pad_to_widest)  # as schedule_value(keeps=None)
     return result
 
 

@@ -240,7 +240,7 @@ class ExpertScheduler:
         bound = self._held.bound if self._held is not None else self.max_expected_loss
         priced = self._held is not None and self.hold_knob == "price"
         how = (self.rates.stop_at(widest, bound, self.hold.target,
-                                  lambda: schedule_value(trees, probs, experts, _everything(trees), self.cost))
+                                  lambda: schedule_value(trees, probs, experts, None, self.cost))
                if priced else {"max_expected_loss": bound})
         self.price = how.get("price")
         s = schedule_batch(trees, probs, experts, self.cost, pad_to_widest=True, patience=self.patience, **how)
@@ -424,11 +424,6 @@ class ExpertScheduler:
                 "hold_knob": self.hold_knob if self.hold is not None else None,
                 "price": self.price,  # the latest round's (expected tokens per predicted second)
                 "reference_rates": {str(k): v for k, v in sorted(self.rates.by_width.items())}}
-
-
-def _everything(trees: list[DraftTree]) -> list[torch.Tensor]:
-    """Keep masks of whole trees."""
-    return [torch.ones(t.n, dtype=torch.bool) for t in trees]
 
 
 def _union_counts(expert_ids: list[torch.Tensor], num_experts: int) -> torch.Tensor:
